@@ -1,0 +1,30 @@
+"""videored: interpretability-aware token reduction (IA-RED²) for video and image transformers."""
+from setuptools import find_packages, setup
+
+setup(
+    name="videored",
+    version="0.1.0",
+    description="IA-RED² token reduction for JointST TimeSformer (video) and DeiT (images)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["videored", "videored.*"]),
+    install_requires=[
+        # torch and torchvision must come from the registry together (matching builds).
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "timm>=1.0.9",
+        "einops>=0.8",
+        "decord>=0.6.0",
+        "av>=12",
+        "pytorchvideo==0.1.5",
+        "submitit>=1.5",
+        "omegaconf>=2.3",
+        "tqdm>=4.66",
+        "numpy",
+        "matplotlib>=3.8",
+        "pillow",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    entry_points={"console_scripts": ["videored=videored.cli:main"]},
+)
