@@ -1,0 +1,10 @@
+"""Token-reducing ViTs: JointST TimeSformer (video) and DeiT (images) on one core."""
+from .pretrained import LoadReport, load_pretrained, read_state_dict
+from .registry import ARCHITECTURES, create_model, list_models
+from .selectors import SELECTORS
+from .vit import ReductionOutput, TokenReductionViT
+
+__all__ = [
+    "ARCHITECTURES", "LoadReport", "ReductionOutput", "SELECTORS", "TokenReductionViT",
+    "create_model", "list_models", "load_pretrained", "read_state_dict",
+]

@@ -1,0 +1,35 @@
+"""Analytic cost in multiply-accumulates (MACs), the papers' "FLOPs" convention (DeiT-S = 4.6 G).
+
+Only matrix products are counted (linear layers, attention products, the patch-embedding conv),
+as fvcore and the papers do; normalization, activations and softmax are free. A block over n
+tokens (cls included) of width D with MLP ratio r costs
+    qkv 3nD² + proj nD² + QKᵀ n²D + AV n²D + MLP 2rnD²  =  (4 + 2r)·n·D² + 2·n²·D,
+i.e. 12nD² + 2n²D for r = 4, the formula in DESIGN.md.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def block_macs(num_tokens: torch.Tensor | int, dim: int, mlp_ratio: float = 4.0):
+    """MACs of one ViT block; works elementwise on a tensor of per-sample token counts."""
+    n = num_tokens
+    return (4 + 2 * mlp_ratio) * n * dim * dim + 2 * n * n * dim
+
+
+def patch_embed_macs(num_patches: int, patch_size: int, in_chans: int, dim: int) -> int:
+    return num_patches * in_chans * patch_size * patch_size * dim
+
+
+def attention_selector_macs(num_tokens: torch.Tensor | int, dim: int):
+    """cls query + keys of all tokens + the cls row of QKᵀ (num_tokens includes cls)."""
+    return dim * dim + num_tokens * dim * dim + num_tokens * dim
+
+
+def dense_vit_gmacs(*, num_patches: int, dim: int, depth: int, num_classes: int,
+                    patch_size: int = 16, in_chans: int = 3, mlp_ratio: float = 4.0) -> float:
+    """Closed form for a ViT that keeps every token: handy for docs, tests and benchmarks."""
+    n = num_patches + 1
+    macs = (patch_embed_macs(num_patches, patch_size, in_chans, dim)
+            + depth * block_macs(n, dim, mlp_ratio) + dim * num_classes)
+    return macs / 1e9

@@ -1,0 +1,100 @@
+"""Baseline token scorers and the keep decisions, as small pure tensor functions.
+
+Every scorer maps the alive patch tokens of one group to a score per row (B, n); higher means
+more informative. `topk_keep` turns scores into a keep mask at a fixed ratio. Scores are
+rescaled to [0, 1] per sample (divided by the sample's max) so that heatmaps of all methods share
+one colour scale; only their order matters for selection.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+
+from .tokens import TokenSet
+
+SELECTORS = ("none", "interpreter", "random", "attention", "temporal_difference")
+
+
+def check_selector(name: str) -> str:
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
+    return name
+
+
+def num_to_keep(counts: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+    """Tokens kept per sample: round(keep_ratio * alive), at least 1. counts (B,) -> (B,)."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    return torch.clamp(torch.round(counts.float() * keep_ratio).long(), min=1)
+
+
+def topk_keep(scores: torch.Tensor, tokens: TokenSet, keep_ratio: float) -> torch.Tensor:
+    """Keep the round(keep_ratio * alive) highest-scoring real rows of each sample. -> (B, n) bool."""
+    valid = tokens.valid_mask
+    k = num_to_keep(valid.sum(1), keep_ratio)  # (B,)
+    order = scores.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (rank < k.unsqueeze(1)) & valid
+
+
+def _per_sample_unit_max(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    scores = scores.masked_fill(~valid, 0.0)
+    return scores / scores.amax(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def random_scores(tokens: TokenSet, generator: torch.Generator) -> torch.Tensor:
+    """Uniform scores (B, n) drawn from `generator` (on the CPU, so any device gives one sequence)."""
+    u = torch.rand(tokens.index.shape, generator=generator)
+    return u.to(tokens.x.device).masked_fill(~tokens.valid_mask, 0.0)
+
+
+def attention_scores(block: Block, cls: torch.Tensor, tokens: TokenSet,
+                     attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """Raw attention: cls -> patch attention of `block` (the group's first), mean over heads.
+
+    cls (B, 1, D), tokens.x (B, n, D) -> (B, n). Only the cls query and the keys are projected:
+    the full qkv of the block is computed again when the block runs (that cost is counted).
+    """
+    attn = block.attn
+    H, hd = attn.num_heads, attn.head_dim
+    x = block.norm1(torch.cat([cls, tokens.x], dim=1))  # (B, 1+n, D)
+    w, b = attn.qkv.weight, attn.qkv.bias
+    inner = H * hd
+    q = F.linear(x[:, :1], w[:inner], None if b is None else b[:inner])  # (B, 1, H*hd)
+    k = F.linear(x, w[inner:2 * inner], None if b is None else b[inner:2 * inner])  # (B, 1+n, H*hd)
+    B, L, _ = k.shape
+    q = attn.q_norm(q.view(B, 1, H, hd).transpose(1, 2))  # (B, H, 1, hd)
+    k = attn.k_norm(k.view(B, L, H, hd).transpose(1, 2))  # (B, H, 1+n, hd)
+    logits = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, 1, 1+n)
+    if attn_mask is not None:  # (B, 1, 1, 1+n) bool, True = real key
+        logits = logits.masked_fill(~attn_mask, float("-inf"))
+    probs = logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)  # (B, n): drop cls->cls
+    return _per_sample_unit_max(probs, tokens.valid_mask)
+
+
+def temporal_difference_scores(tokens: TokenSet, grid: tuple[int, int, int]) -> torch.Tensor:
+    """L2 distance between a token at frame t and the same position at t-1 (zeros before frame 0).
+
+    Tokens dropped earlier count as zeros. grid = (T, gh, gw); patch n is frame n // (gh*gw).
+    Images (T = 1) reduce to the token norm. -> (B, n)
+    """
+    T, gh, gw = grid
+    B, _, D = tokens.x.shape
+    N = T * gh * gw
+    full = tokens.x.new_zeros(B, N, D)
+    full.scatter_(1, tokens.index.unsqueeze(-1).expand(-1, -1, D),
+                  tokens.x.masked_fill(~tokens.valid_mask.unsqueeze(-1), 0.0))
+    full = full.view(B, T, gh * gw, D)
+    previous = F.pad(full, (0, 0, 0, 0, 1, 0))[:, :T]  # frame t-1, zeros before frame 0
+    dist = (full - previous).norm(dim=-1).view(B, N)  # (B, N)
+    return _per_sample_unit_max(torch.gather(dist, 1, tokens.index), tokens.valid_mask)
+
+
+__all__ = [
+    "SELECTORS", "check_selector", "num_to_keep", "topk_keep", "random_scores", "attention_scores",
+    "temporal_difference_scores",
+]

@@ -1,0 +1,232 @@
+"""One token-dropping ViT for images (DeiT) and video (JointST TimeSformer).
+
+The blocks are timm's `Block` (SDPA attention). They are split into `groups` (D) groups of equal
+depth; before each group, a selector scores the alive patch tokens and the dropped ones are
+removed from the sequence for good (gather, see `tokens.py`). The cls token is always kept.
+
+Video: x (B, C, T, H, W), T*gh*gw patch tokens in one sequence (joint space-time attention).
+Patch token n belongs to frame n // (gh*gw), row (n % (gh*gw)) // gw, col n % gw.
+Images: x (B, C, H, W), the same model with T = 1 and no temporal embedding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+
+from . import flops
+from .embedding import SpaceTimeEmbedding
+from .interpreter import MultiHeadInterpreter
+from .selectors import (attention_scores, check_selector, random_scores,
+                        temporal_difference_scores, topk_keep)
+from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
+
+
+@dataclass
+class ReductionOutput:
+    """What one forward pass produced.
+
+    logits  (B, num_classes)
+    scores  per group, (B, N) informative scores at original patch positions; 0 for tokens
+            dropped by an earlier group; 1 for tokens a group passed on without selecting
+    keep    per group, (B, N) bool: alive after that group's selection (the sample u when sampled)
+    gflops  (B,) per-sample GMACs, selector cost included
+    """
+    logits: torch.Tensor
+    scores: list[torch.Tensor]
+    keep: list[torch.Tensor]
+    gflops: torch.Tensor
+
+    @property
+    def kept_ratio(self) -> torch.Tensor:
+        """(B,) fraction of patch tokens that reached the last group."""
+        return self.keep[-1].float().mean(dim=1)
+
+
+class TokenReductionViT(nn.Module):
+    """ViT whose patch tokens are reduced group by group.
+
+    Args:
+        img_size, patch_size, in_chans: input geometry (square frames).
+        num_frames: frames per clip for video; None for an image model.
+        num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the usual ViT knobs.
+        drop_rate, drop_path_rate: head dropout and stochastic depth.
+        groups: D, number of block groups; one selection (and one interpreter) before each.
+        selector: default selector, one of "none", "interpreter", "random", "attention",
+            "temporal_difference". Interpreter weights exist only when it is "interpreter"; the
+            baselines can still be chosen per call (`model(x, selector=...)`).
+        threshold: interpreter keeps token i iff I_i >= threshold (greedy decisions).
+        keep_ratio: fraction of alive tokens the baselines keep at each selection.
+        seed: seed of the random selector's generator (same seed, same sequence of masks).
+        interpreter_heads: heads of the multi-head interpreter (default: num_heads).
+    """
+
+    def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_frames: int | None = None, num_classes: int = 1000, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 groups: int = 1, selector: str = "none", threshold: float = 0.5,
+                 keep_ratio: float = 0.5, seed: int = 0,
+                 interpreter_heads: int | None = None) -> None:
+        super().__init__()
+        if groups < 1 or depth % groups:
+            raise ValueError(f"depth {depth} must split into groups={groups} equal groups")
+        self.selector = check_selector(selector)
+        self.groups, self.keep_ratio, self.seed = groups, keep_ratio, seed
+        self.embed_dim, self.mlp_ratio, self.patch_size = embed_dim, mlp_ratio, patch_size
+        self.num_classes = num_classes
+        self.embed = SpaceTimeEmbedding(img_size=img_size, patch_size=patch_size,
+                                        in_chans=in_chans, embed_dim=embed_dim,
+                                        num_frames=num_frames)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                  drop_path=dpr[i]) for i in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.interpreters = None
+        if selector == "interpreter":
+            self.interpreters = nn.ModuleList(
+                MultiHeadInterpreter(embed_dim, interpreter_heads or num_heads, threshold)
+                for _ in range(groups))
+        self._generator: torch.Generator | None = None  # random selector, created on first use
+        self.apply(_init_weights)
+
+    # ---- shared model interface (timm style) ----
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(T, gh, gw) of the patch tokens; images have T = 1."""
+        return self.embed.grid
+
+    @property
+    def num_patches(self) -> int:
+        return self.embed.num_patches
+
+    @property
+    def threshold(self) -> float:
+        return self.interpreters[0].threshold if self.interpreters is not None else 0.5
+
+    def group_blocks(self, j: int) -> list[Block]:
+        depth = len(self.blocks) // self.groups
+        return list(self.blocks[j * depth:(j + 1) * depth])
+
+    def embedding_parameters(self) -> Iterator[nn.Parameter]:
+        """Patch embedding, position/temporal embeddings and cls token: frozen in IA-RED²."""
+        return self.embed.parameters()
+
+    def no_weight_decay(self) -> set[str]:
+        return {"embed.pos_embed", "embed.cls_token", "embed.time_embed"} | {
+            f"interpreters.{j}.policy_token" for j in range(self.groups)}
+
+    def forward_head(self, cls_features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(cls_features))
+
+    def forward(self, x: torch.Tensor, *, sample: bool = False, active_groups: int | None = None,
+                selector: str | None = None, keep_ratio: float | None = None,
+                generator: torch.Generator | None = None) -> ReductionOutput:
+        """x (B, C, T, H, W) for video, (B, C, H, W) for images.
+
+        sample: the last active group's interpreter samples u ~ Bernoulli(I) (training);
+            earlier groups decide greedily.
+        active_groups: groups with index >= this keep every token (default: all select).
+        selector / keep_ratio: per-call overrides of the constructor's defaults.
+        generator: CPU generator for interpreter samples and random scores (default: the global
+            RNG for samples, a generator seeded with `seed` for the random selector).
+        """
+        features, scores, keep, macs = self.forward_features(
+            x, sample=sample, active_groups=active_groups, selector=selector,
+            keep_ratio=keep_ratio, generator=generator)
+        logits = self.forward_head(features)
+        macs = macs + self.embed_dim * self.num_classes
+        return ReductionOutput(logits=logits, scores=scores, keep=keep, gflops=(macs / 1e9).float())
+
+    def forward_features(self, x: torch.Tensor, *, sample: bool = False,
+                         active_groups: int | None = None, selector: str | None = None,
+                         keep_ratio: float | None = None,
+                         generator: torch.Generator | None = None):
+        """-> (cls features (B, D), scores per group, keep per group, MACs (B,))."""
+        selector = check_selector(selector or self.selector)
+        if selector == "interpreter" and self.interpreters is None:
+            raise ValueError("this model was built without interpreters "
+                             "(create it with selector='interpreter')")
+        keep_ratio = self.keep_ratio if keep_ratio is None else keep_ratio
+        active = self.groups if active_groups is None else active_groups
+        N = self.num_patches
+        cls, patches = self.embed(x)  # (B, 1, D), (B, N, D)
+        tokens = full_token_set(patches)
+        macs = torch.full((x.shape[0],), float(flops.patch_embed_macs(
+            N, self.patch_size, self.embed.patch_embed.proj.in_channels, self.embed_dim)),
+            device=x.device, dtype=torch.float64)
+        all_scores, all_keep = [], []
+        for j in range(self.groups):
+            blocks = self.group_blocks(j)
+            if selector != "none" and j < active:
+                row_scores, row_keep, cost = self._select(
+                    selector, j, blocks[0], cls, tokens, keep_ratio,
+                    sample=sample and j == active - 1, generator=generator)
+                macs = macs + cost
+                all_scores.append(scatter_to_positions(row_scores, tokens, N))
+                tokens = gather_kept(tokens, row_keep)
+            else:  # pass-through: every alive token scores 1
+                all_scores.append(scatter_to_positions(tokens.valid_mask.to(cls.dtype), tokens, N))
+            all_keep.append(scatter_to_positions(tokens.valid_mask.float(), tokens, N) > 0)
+            macs = macs + len(blocks) * flops.block_macs(
+                tokens.counts().double() + 1, self.embed_dim, self.mlp_ratio)
+            cls, tokens = self._run_blocks(blocks, cls, tokens)
+        features = self.norm(torch.cat([cls, tokens.x], dim=1))[:, 0]  # norm is per token
+        return features, all_scores, all_keep, macs
+
+    # ---- internals ----
+    def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
+        seq = torch.cat([cls, tokens.x], dim=1)  # (B, 1 + n, D)
+        mask = key_padding_mask(tokens.valid)
+        for blk in blocks:
+            seq = blk(seq, attn_mask=mask)
+        return seq[:, :1], TokenSet(x=seq[:, 1:], index=tokens.index, valid=tokens.valid)
+
+    def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,
+                tokens: TokenSet, keep_ratio: float, *, sample: bool,
+                generator: torch.Generator | None):
+        """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j."""
+        n_real = tokens.counts().double()
+        zero = torch.zeros_like(n_real)
+        if selector == "interpreter":
+            interpreter = self.interpreters[j]
+            scores = interpreter(tokens.x).masked_fill(~tokens.valid_mask, 0.0)
+            keep = interpreter.decide(scores, sample, generator) & tokens.valid_mask
+            return scores, keep, interpreter.macs(n_real) + zero
+        if selector == "random":
+            scores = random_scores(tokens, generator or self._random_generator())
+            cost = zero
+        elif selector == "attention":
+            scores = attention_scores(first_block, cls, tokens, key_padding_mask(tokens.valid))
+            cost = flops.attention_selector_macs(n_real + 1, self.embed_dim)
+        else:  # temporal_difference: elementwise only, free in the MAC count
+            scores = temporal_difference_scores(tokens, self.grid)
+            cost = zero
+        return scores, topk_keep(scores, tokens, keep_ratio), cost
+
+    def _random_generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return self._generator
+
+    def reset_random_selector(self, seed: int | None = None) -> None:
+        """Restart the random selector's mask sequence (e.g. before each evaluation pass)."""
+        self.seed = self.seed if seed is None else seed
+        self._generator = None
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
