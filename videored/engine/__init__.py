@@ -1,0 +1,15 @@
+"""Training engine: typed config, REINFORCE, Algorithm-1 stage loop, checkpoints, distributed setup.
+
+Modules (import what you need; nothing here runs at import):
+  config       typed experiment config (OmegaConf structured dataclasses), `load_config`
+  reinforce    reward (Eq. 2), self-critical advantage and policy loss (Eq. 3)
+  stages       stage plan, trainable parameters per stage, one step of each stage kind
+  trainer      the stage loop with exact resume, DDP, logging; `train(cfg, out_dir, resume)`
+  builders     build_model / build_dataset / build_optimizer / build_scheduler (shared with eval)
+  checkpoint   atomic save, newest-valid lookup, RNG states
+  distributed  torchrun / SLURM process-group setup, collectives
+  sampler      resumable DistributedSampler
+  metrics_log  JSONL metrics (TensorBoard when installed)
+  validation   greedy validation during training
+  bench_steps  micro-benchmark: interpreter-stage step vs finetune step
+"""

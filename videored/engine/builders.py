@@ -1,0 +1,152 @@
+"""Model, dataset, optimizer and lr-schedule builders from the typed config.
+
+Shared by training and evaluation so both build exactly the same model and data pipeline.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
+
+VIDEO_MODEL_PREFIX = "timesformer"
+
+
+def is_video_model(name: str) -> bool:
+    return name.startswith(VIDEO_MODEL_PREFIX)
+
+
+def build_model(cfg: DictConfig, selector: str = "interpreter") -> nn.Module:
+    """The token-reduction ViT of `cfg.model` (interpreters included by default)."""
+    from videored.models import create_model  # engine -> models, never the other way
+
+    m = cfg.model
+    kwargs: dict[str, Any] = dict(num_classes=m.num_classes, img_size=m.img_size, groups=m.groups,
+                                  threshold=m.threshold, selector=selector, seed=cfg.run.seed)
+    if is_video_model(m.name):
+        kwargs["num_frames"] = m.num_frames
+    if m.depth is not None:
+        kwargs["depth"] = m.depth
+    kwargs.update(OmegaConf.to_container(m.kwargs, resolve=True))
+    return create_model(m.name, pretrained_path=m.pretrained_path, **kwargs)
+
+
+class TensorFileDataset(Dataset):
+    """Samples from one `.pt` file holding {"x": (M, C, T, H, W) or (M, C, H, W), "y": (M,)}.
+
+    For tests and debugging of the training algorithm without a decoding pipeline. A file with
+    per-split entries {"train": {"x", "y"}, "val": {...}} selects the split.
+    """
+
+    def __init__(self, path: str | Path, split: str = "train") -> None:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if split in data and isinstance(data[split], dict):
+            data = data[split]
+        if "x" not in data or "y" not in data:
+            raise ValueError(f"{path}: expected keys 'x' and 'y' (or a '{split}' entry holding them)")
+        if len(data["x"]) != len(data["y"]):
+            raise ValueError(f"{path}: {len(data['x'])} inputs but {len(data['y'])} labels")
+        self.x, self.y = data["x"].float(), data["y"].long()
+        self.num_classes = int(self.y.max()) + 1 if len(self.y) else 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"video": self.x[i], "label": int(self.y[i])}
+
+
+def build_dataset(cfg: DictConfig, split: str) -> Dataset:
+    """The dataset of `cfg.data` for split "train" | "val" | "test".
+
+    video: `VideoClipDataset` on `<root>/<split>.csv` (mode = split); items are dicts with
+    "video" (C, T, H, W) and "label". image: the ImageNet folder dataset of `videored.data`.
+    """
+    d = cfg.data
+    if d.kind == "tensor_file":
+        return TensorFileDataset(d.root, split)
+    if d.kind == "video":
+        from videored.data import VideoClipDataset
+
+        csv = Path(d.root) / f"{split}.csv"
+        if not csv.is_file():
+            raise FileNotFoundError(f"data.root={d.root}: no {split}.csv list there")
+        return VideoClipDataset(
+            str(csv), mode=split, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
+            target_fps=d.target_fps, crop_size=cfg.model.img_size,
+            train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
+            num_temporal_views=d.num_temporal_views, backend=d.backend)
+    return _build_image_dataset(cfg, split)
+
+
+def _build_image_dataset(cfg: DictConfig, split: str) -> Dataset:
+    import videored.data as data
+
+    builder = getattr(data, "build_imagenet_dataset", None)
+    if builder is None:
+        raise NotImplementedError(
+            "data.kind=image: videored.data provides no `build_imagenet_dataset` yet; "
+            "use data.kind=video or tensor_file")
+    return builder(cfg.data.root, split=split, img_size=cfg.model.img_size)
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) from a dict batch ({"video"|"image", "label"}) or an (x, y) pair."""
+    if isinstance(batch, dict):
+        x = batch["video"] if "video" in batch else batch["image"]
+        return x, batch["label"]
+    x, y = batch[0], batch[1]
+    return x, y
+
+
+def param_groups(model: nn.Module, params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; biases, norms, tokens and embeddings are not decayed (timm)."""
+    wanted = {id(p) for p in params}
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if id(p) not in wanted:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, params: Iterable[nn.Parameter], cfg: DictConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD / Adam / AdamW of `cfg.optim` over `params` (the stage's trainable parameters)."""
+    o = cfg.optim
+    groups = param_groups(model, params, o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(groups, lr=lr, betas=tuple(o.betas))
+
+
+def stage_lr(cfg: DictConfig, kind: str, global_batch: int) -> float:
+    """Peak lr of a stage: `optim.lr` (or `optim.interpreter_lr`), linearly scaled by
+    global_batch / optim.reference_batch when a reference batch is configured."""
+    o = cfg.optim
+    lr = o.interpreter_lr if kind == "interpreter" and o.interpreter_lr is not None else o.lr
+    if o.reference_batch:
+        lr = lr * global_batch / o.reference_batch
+    return lr
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up then cosine decay from the peak lr to `optim.min_lr` (SGDR, [35])."""
+    peak = optimizer.param_groups[0]["lr"]
+    floor = cfg.optim.min_lr / peak if peak > 0 else 0.0
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

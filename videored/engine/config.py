@@ -1,0 +1,200 @@
+"""Typed experiment configuration: OmegaConf structured dataclasses + YAML override files.
+
+An experiment file is a small override of a base file, named by the key `_base_` (a path relative
+to the file itself; bases may chain). Load order: dataclass defaults <- base(s) <- file <- dotted
+command-line overrides (`optim.lr=1e-3`). Unknown keys and values of the wrong type are errors
+that name the file and the full key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+STAGE_KINDS = ("interpreter", "finetune", "supervised")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "timesformer_jointst_base_patch16_224"  # a `videored.models` registry name
+    num_classes: int = 400
+    img_size: int = 224
+    num_frames: int = 8  # video models only; ignored for image models
+    depth: Optional[int] = None  # None: the registry default (12 for ViT-B/DeiT)
+    groups: int = 1  # D: interpreter groups (video: 1, images: 3)
+    threshold: float = 0.5  # token kept when I_i > threshold (supplement Table 2)
+    pretrained_path: Optional[str] = None  # local .pth only; nothing downloads at run time
+    kwargs: dict[str, Any] = field(default_factory=dict)  # any other constructor argument
+
+
+@dataclass
+class DataConfig:
+    kind: str = "video"  # video | image | tensor_file (a .pt of tensors, for tests/debugging)
+    root: str = "???"  # video: folder with {train,val,test}.csv; image: ImageFolder root; tensor_file: the .pt
+    batch_size: int = 8  # per process (per GPU)
+    num_workers: int = 8
+    val_split: Optional[str] = None  # e.g. "val": greedy top-1 on it after every stage
+    # video clip sampling (VideoClipDataset)
+    sampling_rate: int = 32
+    target_fps: int = 30
+    train_jitter_scales: list[int] = field(default_factory=lambda: [256, 320])
+    num_spatial_crops: int = 1  # val/test views per video during training-time validation
+    num_temporal_views: int = 1
+    backend: str = "decord"  # decord | pyav
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 2.5e-3
+    # lr is multiplied by global_batch / reference_batch when set (linear scaling rule)
+    reference_batch: Optional[int] = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up, then cosine to min_lr, per stage
+    min_lr: float = 0.0
+    clip_grad: Optional[float] = None  # max global grad norm; None: no clipping
+    interpreter_lr: Optional[float] = None  # lr override for interpreter stages (None: lr)
+
+
+@dataclass
+class ScheduleConfig:
+    # Algorithm 1: for every group j in `groups`, these stage kinds in order. `[supervised]` is
+    # plain dense finetuning (e.g. a base model for a new dataset); kinds may be combined.
+    stages: list[str] = field(default_factory=lambda: ["interpreter", "finetune"])
+    groups: Optional[list[int]] = None  # None: all groups 0..D-1
+    interpreter_epochs: int = 5
+    finetune_epochs: int = 1
+    supervised_epochs: int = 0
+    max_steps_per_epoch: Optional[int] = None  # cap (smoke runs); None: the whole epoch
+
+
+@dataclass
+class ReinforceConfig:
+    tau: float = 1.5  # penalty for a wrong prediction (Eq. 2)
+    squared: bool = True  # reward 1 - k^2 (True) or 1 - k (supplement Table 3)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "bf16"  # bf16 autocast on CUDA only; CPU always runs fp32
+    log_every: int = 10  # steps between JSONL step rows
+    ckpt_every_steps: int = 500  # 0: only at epoch/stage ends
+    keep_checkpoints: int = 3  # newest kept in <out>/checkpoints
+    max_nonfinite: int = 20  # non-finite losses tolerated (skipped) before the run stops
+    progress: bool = True  # tqdm bar on rank 0
+
+
+@dataclass
+class DebugConfig:
+    # Hard-exit (os._exit, no cleanup) after this many optimizer steps: simulates a killed job.
+    kill_after_steps: Optional[int] = None
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the key."""
+
+
+def _format(err: OmegaConfBaseException, source: str) -> str:
+    key = getattr(err, "full_key", None)
+    first = str(err).splitlines()[0]
+    return f"{source}: key '{key}': {first}" if key else f"{source}: {first}"
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """The file and its `_base_` ancestors, oldest first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular `_base_` chain")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax errors carry line numbers in their message
+        raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = node.pop("_base_", None)
+    chain = _read_chain(path.parent / str(base), seen + (path,)) if base else []
+    return chain + [(path, node)]
+
+
+def validate(cfg: ExperimentConfig | DictConfig) -> None:
+    """Checks that types alone cannot express; raises ConfigError naming the key."""
+    for kind in cfg.schedule.stages:
+        if kind not in STAGE_KINDS:
+            raise ConfigError(f"key 'schedule.stages': unknown stage kind {kind!r}; use {STAGE_KINDS}")
+    if cfg.optim.name not in ("sgd", "adam", "adamw"):
+        raise ConfigError(f"key 'optim.name': unknown optimizer {cfg.optim.name!r}")
+    if cfg.data.kind not in ("video", "image", "tensor_file"):
+        raise ConfigError(f"key 'data.kind': unknown data kind {cfg.data.kind!r}")
+    if cfg.run.precision not in ("bf16", "fp32"):
+        raise ConfigError(f"key 'run.precision': use bf16 or fp32, not {cfg.run.precision!r}")
+    if cfg.run.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"key 'run.device': use auto, cpu or cuda, not {cfg.run.device!r}")
+    groups = cfg.schedule.groups
+    if groups is not None and any(not 0 <= g < cfg.model.groups for g in groups):
+        raise ConfigError(f"key 'schedule.groups': {list(groups)} outside 0..{cfg.model.groups - 1}")
+    if cfg.data.batch_size < 1:
+        raise ConfigError("key 'data.batch_size': must be >= 1")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
+    """Load an experiment file (with its `_base_` chain) and dotted overrides into a typed config.
+
+    Returns a structured DictConfig (attribute access, types enforced on assignment).
+    """
+    cfg = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        for file, node in _read_chain(Path(path)):
+            cfg = _merge(cfg, node, str(file))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    validate(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{path}: required keys not set: {', '.join(missing)}")
+    return cfg
+
+
+def config_from_dict(data: dict) -> DictConfig:
+    """A typed config from a plain dict (e.g. the one stored in a checkpoint or model.pt)."""
+    cfg = _merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(data), "stored config")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")

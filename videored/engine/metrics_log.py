@@ -1,0 +1,73 @@
+"""Metrics: a JSONL file in the run directory (one JSON object per row), plus TensorBoard scalars
+when `tensorboard` happens to be installed. Only rank 0 writes; other ranks get a disabled logger."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: tensors -> python numbers, NaN/inf -> strings (JSON has no NaN)."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsLogger:
+    """Append-only JSONL logger (appending keeps the earlier rows of a resumed run)."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._fh = None
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            self._tb = _maybe_tensorboard(Path(run_dir) / "tb")
+
+    def log(self, row: dict[str, Any], step: Optional[int] = None) -> None:
+        if not self.enabled:
+            return
+        row = {"time": round(time.time(), 3), **{k: _clean(v) for k, v in row.items()}}
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+        if self._tb is not None and step is not None:
+            prefix = row.get("kind", "train")
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _maybe_tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a metrics.jsonl file (a torn last line from a killed run is ignored)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -1,0 +1,152 @@
+"""Algorithm 1 as data and small functions: the stage plan, which parameters each stage trains,
+and one training step of each stage kind.
+
+Stage kinds (paper Sec. 3.2, supplement Alg. 1), for group j of D:
+  interpreter  only interpreter j learns, by REINFORCE; the backbone runs without grad
+               (`model(x, sample=True, active_groups=j+1)`: groups > j keep every token).
+  finetune     interpreter j frozen and greedy; cross-entropy trains the blocks of groups j..D-1
+               plus the final norm and head (they read the reduced token sequence too).
+  supervised   plain dense finetuning of the whole backbone (all tokens kept), e.g. to get a base
+               model on a new dataset before Algorithm 1.
+Patch embed, pos/temporal embed and cls token stay frozen in interpreter and finetune stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from .reinforce import policy_loss, reward
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int  # position in the plan
+    kind: str  # interpreter | finetune | supervised
+    group: int  # j (0 for supervised, unused)
+    epochs: int
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.kind == "supervised" else f"{self.kind}{self.group}"
+
+    @property
+    def active_groups(self) -> int:
+        """Groups < this select tokens; later ones keep everything (their turn has not come)."""
+        return 0 if self.kind == "supervised" else self.group + 1
+
+
+def plan_stages(cfg: DictConfig, num_groups: int) -> list[Stage]:
+    """The ordered stage list: leading `supervised` entries once, then the interpreter/finetune
+    kinds for every group in order (Algorithm 1), then trailing `supervised` entries once.
+    Stages with 0 epochs are left out."""
+    s = cfg.schedule
+    kinds = list(s.stages)
+    per_group = [k for k in kinds if k != "supervised"]
+    if per_group:
+        first = kinds.index(per_group[0])
+        last = len(kinds) - 1 - kinds[::-1].index(per_group[-1])
+        if "supervised" in kinds[first:last + 1]:
+            raise ValueError("schedule.stages: 'supervised' may only come before or after the "
+                             "interpreter/finetune kinds, not between them")
+    else:
+        first = last = len(kinds)
+    epochs = {"interpreter": s.interpreter_epochs, "finetune": s.finetune_epochs,
+              "supervised": s.supervised_epochs}
+    groups = list(range(num_groups)) if s.groups is None else sorted(s.groups)
+    order = [(k, 0) for k in kinds[:first]]
+    order += [(k, j) for j in groups for k in per_group]
+    order += [(k, 0) for k in kinds[last + 1:] if k == "supervised"]
+    plan = []
+    for kind, group in order:
+        if epochs[kind] > 0:
+            plan.append(Stage(index=len(plan), kind=kind, group=group, epochs=epochs[kind]))
+    return plan
+
+
+def trainable_parameters(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
+    """Set requires_grad for `stage` (everything else frozen) and return the trainable list.
+
+    interpreter j: the parameters of `model.interpreters[j]` only.
+    finetune j:    every backbone parameter except the embeddings (patch/pos/temporal/cls),
+                   the interpreters and the blocks of groups < j. That is the blocks of groups
+                   j..D-1 plus the final norm and the head.
+    supervised:    every backbone parameter (embeddings included), no interpreter.
+    """
+    interpreter_ids = {id(p) for p in model.interpreters.parameters()} if model.interpreters is not None else set()
+    if stage.kind == "interpreter":
+        chosen = {id(p) for p in model.interpreters[stage.group].parameters()}
+    else:
+        frozen = set(interpreter_ids)
+        if stage.kind == "finetune":
+            frozen |= {id(p) for p in model.embedding_parameters()}
+            for j in range(stage.group):
+                frozen |= {id(p) for blk in model.group_blocks(j) for p in blk.parameters()}
+        chosen = {id(p) for p in model.parameters()} - frozen
+    params = []
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+        if id(p) in chosen:
+            params.append(p)
+    return params
+
+
+def set_train_mode(model: nn.Module, stage: Stage) -> None:
+    """Interpreter stages keep the frozen backbone in eval mode (no dropout / drop-path noise in
+    the reward); the other stages train the whole module."""
+    if stage.kind == "interpreter":
+        model.eval()
+        model.interpreters[stage.group].train()
+    else:
+        model.train()
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # scalar, differentiable
+    sums: dict[str, torch.Tensor]  # per-metric sums over the local batch (0-dim, detached)
+    count: int  # local batch size
+
+
+def interpreter_step(model: nn.Module, raw_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     group: int, tau: float, squared: bool) -> StepResult:
+    """REINFORCE with the self-critical baseline for interpreter `group`.
+
+    model: the (possibly DDP-wrapped) module whose forward builds the graph; raw_model: the bare
+    module, used for the greedy baseline pass under no_grad. x (B, C, T, H, W); y (B,).
+    """
+    j = group
+    with torch.no_grad():  # greedy decisions u_hat = [I >= threshold]: the baseline R(u_hat)
+        greedy = raw_model(x, active_groups=j + 1)
+    out = model(x, sample=True, active_groups=j + 1)  # u ~ Bernoulli(I); only scores[j] has grad
+    kept_s = out.keep[j].float().mean(1)  # (B,) fraction of all N patch tokens kept
+    kept_g = greedy.keep[j].float().mean(1)
+    correct_s = out.logits.argmax(1) == y
+    correct_g = greedy.logits.argmax(1) == y
+    r_s = reward(correct_s, kept_s, tau, squared)  # (B,)
+    r_g = reward(correct_g, kept_g, tau, squared)
+    advantage = r_s - r_g  # A = R(u) - R(u_hat), Eq. 3
+    loss = policy_loss(out.scores[j], out.keep[j], advantage)
+    B = y.shape[0]
+    sums = {
+        "loss": loss.detach().float() * B, "reward": r_s.sum(), "reward_greedy": r_g.sum(),
+        "advantage": advantage.sum(), "kept": kept_s.sum(), "kept_greedy": kept_g.sum(),
+        "acc_sampled": correct_s.float().sum(), "acc_greedy": correct_g.float().sum(),
+        "gflops_greedy": greedy.gflops.float().sum(),
+    }
+    return StepResult(loss=loss, sums=sums, count=B)
+
+
+def classification_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: Stage) -> StepResult:
+    """Cross-entropy on the tokens that really reach the blocks (finetune) or on all (supervised)."""
+    out = model(x, active_groups=stage.active_groups)
+    loss = F.cross_entropy(out.logits.float(), y)
+    B = y.shape[0]
+    sums = {
+        "loss": loss.detach() * B, "acc": (out.logits.argmax(1) == y).float().sum(),
+        "kept": out.kept_ratio.float().sum(), "gflops": out.gflops.float().sum(),
+    }
+    return StepResult(loss=loss, sums=sums, count=B)
