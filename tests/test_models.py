@@ -332,3 +332,17 @@ def test_bad_arguments_are_clear():
         model(inputs(model), selector="interpreter")
     with pytest.raises(ValueError, match=r"\(B, C, T=3, H, W\)"):
         model(torch.zeros(1, 3, 32, 32))
+
+
+def test_model_file_rebuilds_the_model(tmp_path):
+    from videored.models import load_model_file, save_model_file
+    model = tiny("timesformer_jointst_tiny_patch16_224", selector="interpreter").eval()
+    save_model_file(model, tmp_path / "model.pt", note="quickstart")
+    again = load_model_file(tmp_path / "model.pt").eval()
+    x = inputs(model)
+    torch.testing.assert_close(again(x).logits, model(x).logits)
+    baseline = load_model_file(tmp_path / "model.pt", selector="random", keep_ratio=0.5)
+    assert baseline.interpreters is None and baseline(x).keep[0].float().mean() == 0.5
+    torch.save({"model": model.state_dict()}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="model_config"):
+        load_model_file(tmp_path / "plain.pt")

@@ -7,7 +7,11 @@ silently change `timm.create_model` for every other user in the process.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from timm.models import register_model
 
@@ -43,6 +47,7 @@ def create_model(name: str, *, pretrained_path: str | None = None, **kwargs: Any
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     model = TokenReductionViT(**{**ARCHITECTURES[name], **kwargs})
+    model.model_config = {"name": name, **kwargs}  # enough to rebuild it: see save_model_file
     if pretrained_path:
         load_pretrained(model, pretrained_path)
     return model
@@ -65,3 +70,31 @@ def _timm_entrypoint(name: str, timm_name: str):
 for _name in ARCHITECTURES:
     _timm_name = _name if _name.startswith("timesformer") else f"videored_{_name}"
     globals()[_timm_name] = register_model(_timm_entrypoint(_name, _timm_name))
+
+
+def save_model_file(model: TokenReductionViT, path: str | Path, **extra: Any) -> None:
+    """Write weights + how to rebuild them (`model.pt`), atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "model_config": model.model_config, **extra}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model_file(path: str | Path, **overrides: Any) -> TokenReductionViT:
+    """Rebuild a model saved by `save_model_file` (overrides e.g. selector=..., threshold=...)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or "model_config" not in obj:
+        raise ValueError(f"{path} has no 'model_config': it is not a videored model file "
+                         "(use create_model(..., pretrained_path=...) for foreign checkpoints)")
+    config = dict(obj["model_config"])
+    name = config.pop("name")
+    model = create_model(name, **{**config, **overrides})
+    state = obj["model"]
+    if model.interpreters is None:  # a baseline-only model: interpreter weights are not needed
+        state = {k: v for k, v in state.items() if not k.startswith("interpreters.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit {name} with {overrides}: missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}")
+    return model

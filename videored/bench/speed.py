@@ -1,0 +1,223 @@
+"""Model speed: realized speed-up of token removal against its FLOPs ratio, side by side.
+
+Every configuration of one table is timed in the same process, interleaved round by round
+(config A, B, C, A, B, C, ...), so that a noisy neighbour slows all of them alike; each cell is
+the median over rounds after warm-up, with device synchronization on CUDA.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import timm
+import torch
+
+from videored.models import TokenReductionViT, create_model
+
+METHODS = ("original", "interpreter", "random", "attention", "temporal_difference")
+
+
+@dataclass
+class SpeedRow:
+    model: str
+    method: str
+    keep_ratio: float
+    batch_size: int
+    device: str
+    dtype: str
+    clips_per_s: float
+    seconds: float  # median seconds per forward
+    speedup: float  # vs `original` of the same model/batch in the same run
+    flops_ratio: float  # analytic dense GMACs / this row's GMACs
+    gflops: float  # per clip, selector included
+    kept_ratio: float  # measured fraction of patch tokens kept
+    peak_mem_mb: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibrate_threshold(model: TokenReductionViT, x: torch.Tensor, keep_ratio: float) -> float:
+    """Interpreter threshold that keeps `keep_ratio` of this batch's tokens (untrained weights)."""
+    with torch.inference_mode():
+        _, tokens = model.embed(x)
+        scores = model.interpreters[0](tokens).flatten().float()
+    return float(torch.quantile(scores, 1.0 - keep_ratio)) if keep_ratio < 1.0 else 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:  # Linux: writing 5 resets the process' peak RSS (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_mb("VmRSS")
+    except OSError:
+        return float("nan")
+
+
+def _peak_mb(device: torch.device, baseline: float) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - baseline
+    peak = _proc_status_mb("VmHWM")
+    return None if peak != peak or baseline != baseline else peak - baseline
+
+
+def _proc_status_mb(field: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, runs: int,
+                     device: torch.device) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Median seconds per call of each fn, timed round-robin; plus peak memory per fn (MB)."""
+    peaks: dict[str, float | None] = {}
+    for name, fn in fns.items():  # warm-up (also measures the peak memory of one call)
+        baseline = _reset_peak(device)
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        peaks[name] = _peak_mb(device, baseline)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, peaks
+
+
+def speed_table(model_name: str, *, keep_ratios: Iterable[float], batch_sizes: Iterable[int],
+                methods: Iterable[str] = METHODS, device: str = "cpu", dtype: str = "fp32",
+                warmup: int = 1, runs: int = 3, model_kwargs: dict | None = None,
+                progress: Callable[[str], None] | None = None) -> list[SpeedRow]:
+    """Rows for one model: `original` once per batch size, every other method at every ratio."""
+    dev = torch.device(device)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    model = create_model(model_name, selector="interpreter", **(model_kwargs or {}))
+    model = model.to(dev).eval()
+    rows = []
+    for batch_size in batch_sizes:
+        x = _example_input(model, batch_size, dev)
+        configs: dict[str, dict] = {"original|1.0": dict(selector="none")}
+        for method in methods:
+            for ratio in keep_ratios:
+                if method != "original" and ratio < 1.0:
+                    configs[f"{method}|{ratio}"] = dict(selector=method, keep_ratio=ratio)
+        thresholds = {ratio: calibrate_threshold(model, x, ratio) for ratio in keep_ratios}
+
+        def run(cfg: dict) -> Callable[[], object]:
+            def call():
+                if cfg["selector"] == "interpreter":
+                    model.interpreters[0].threshold = thresholds[cfg["keep_ratio"]]
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype,
+                                                            enabled=amp_dtype is not None):
+                    return model(x, **cfg)
+            return call
+
+        fns = {name: run(cfg) for name, cfg in configs.items()}
+        if progress:
+            progress(f"{model_name} batch {batch_size}: {len(fns)} configs x {runs} rounds")
+        seconds, peaks = time_interleaved(fns, warmup=warmup, runs=runs, device=dev)
+        dense_gflops = None
+        for name, cfg in configs.items():
+            out = fns[name]()
+            gflops = float(out.gflops.float().mean())
+            dense_gflops = dense_gflops or gflops  # "original" is first
+            method, ratio = name.split("|")
+            rows.append(SpeedRow(
+                model=model_name, method=method, keep_ratio=float(ratio), batch_size=batch_size,
+                device=_device_name(dev), dtype=dtype, clips_per_s=batch_size / seconds[name],
+                seconds=seconds[name], speedup=seconds["original|1.0"] / seconds[name],
+                flops_ratio=dense_gflops / gflops, gflops=gflops,
+                kept_ratio=float(out.kept_ratio.mean()), peak_mem_mb=peaks[name]))
+    return rows
+
+
+def dense_vs_timm(model_name: str, *, batch_size: int = 1, device: str = "cpu", warmup: int = 1,
+                  runs: int = 3, model_kwargs: dict | None = None) -> dict:
+    """Our dense path against timm's own VisionTransformer with the same token count.
+
+    A video of T frames of S x S is N = T*(S/16)² patches; timm's ViT on an S x T*S image has the
+    same N patches and one cls token, so both run the same blocks over the same sequence length.
+    """
+    dev = torch.device(device)
+    ours = create_model(model_name, **(model_kwargs or {})).to(dev).eval()
+    T, gh, gw = ours.grid
+    size = gh * ours.patch_size
+    ref = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=(size, T * size),
+                            embed_dim=ours.embed_dim, depth=len(ours.blocks),
+                            num_heads=ours.blocks[0].attn.num_heads,
+                            num_classes=ours.num_classes, class_token=True,
+                            global_pool="token").to(dev).eval()
+    x_ours = _example_input(ours, batch_size, dev)
+    x_ref = torch.randn(batch_size, 3, size, T * size, device=dev)
+
+    def run(model, x):
+        def call():
+            with torch.inference_mode():
+                return model(x)
+        return call
+
+    seconds, _ = time_interleaved({"videored": run(ours, x_ours), "timm": run(ref, x_ref)},
+                                  warmup=warmup, runs=runs, device=dev)
+    return dict(model=model_name, batch_size=batch_size, device=_device_name(dev),
+                tokens=ours.num_patches + 1, videored_s=seconds["videored"], timm_s=seconds["timm"],
+                relative_speed=seconds["timm"] / seconds["videored"])
+
+
+def interpreter_cost(model_name: str, *, batch_size: int = 1, device: str = "cpu",
+                     warmup: int = 1, runs: int = 5, model_kwargs: dict | None = None) -> dict:
+    """Time of the interpreter alone (on all N tokens) as a fraction of the dense forward."""
+    dev = torch.device(device)
+    model = create_model(model_name, selector="interpreter", **(model_kwargs or {})).to(dev).eval()
+    x = _example_input(model, batch_size, dev)
+    with torch.inference_mode():
+        _, tokens = model.embed(x)
+
+    def dense():
+        with torch.inference_mode():
+            return model(x, selector="none")
+
+    def interpreter():
+        with torch.inference_mode():
+            return model.interpreters[0](tokens)
+
+    seconds, _ = time_interleaved({"dense": dense, "interpreter": interpreter}, warmup=warmup,
+                                  runs=runs, device=dev)
+    n = model.num_patches
+    dense_macs = float(model(x[:1], selector="none").gflops[0]) * 1e9
+    return dict(model=model_name, batch_size=batch_size, device=_device_name(dev),
+                interpreter_s=seconds["interpreter"], dense_s=seconds["dense"],
+                time_fraction=seconds["interpreter"] / seconds["dense"],
+                macs_fraction=model.interpreters[0].macs(n) / dense_macs)
+
+
+def _example_input(model: TokenReductionViT, batch_size: int, device: torch.device) -> torch.Tensor:
+    T, gh, _ = model.grid
+    size = gh * model.patch_size
+    shape = (batch_size, 3, T, size, size) if model.embed.num_frames else (batch_size, 3, size, size)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

@@ -1,0 +1,85 @@
+"""`videored bench`: speed tables (realized speed-up vs FLOPs ratio), printed and saved as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from videored.bench.speed import METHODS, dense_vs_timm, interpreter_cost, speed_table
+from videored.tables import markdown_table
+
+SPEED_COLUMNS = [
+    ("model", "model", "s"), ("method", "method", "s"), ("keep_ratio", "keep", ".1f"),
+    ("batch_size", "batch", "d"), ("dtype", "dtype", "s"), ("clips_per_s", "clips/s", ".2f"),
+    ("speedup", "speed-up", ".2f"), ("flops_ratio", "FLOPs ratio", ".2f"),
+    ("efficiency", "speed-up / FLOPs ratio", ".2f"), ("gflops", "GFLOPs", ".1f"),
+    ("kept_ratio", "kept", ".2f"), ("peak_mem_mb", "peak MB", ".0f"),
+]
+VIDEO = "timesformer_jointst_base_patch16_224"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--quick", action="store_true",
+                   help="fewer rows and rounds, same columns (<= 5 min on 2 CPU cores)")
+    p.add_argument("--models", default=None,
+                   help=f"comma list (default: {VIDEO},deit_small_patch16_224,deit_base_patch16_224)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--keep-ratios", default="1.0,0.7,0.5,0.3")
+    p.add_argument("--batch-sizes", default=None, help="default: 1,8 (CPU), 1,8,32 (GPU)")
+    p.add_argument("--runs", type=int, default=None, help="timed rounds per cell (median)")
+    p.add_argument("--decode", action="store_true", help="also the video decoding table")
+    p.add_argument("--json", type=Path, default=None, help="write all rows to this JSON file")
+
+
+def main(args: argparse.Namespace) -> int:
+    models = (args.models or f"{VIDEO},deit_small_patch16_224,deit_base_patch16_224").split(",")
+    methods = args.methods.split(",")
+    ratios = [float(r) for r in args.keep_ratios.split(",")]
+    batches = args.batch_sizes or ("1,8" if args.device == "cpu" else "1,8,32")
+    batches = [int(b) for b in batches.split(",")]
+    runs = args.runs or (3 if args.quick else 5)
+    if args.quick:  # the same columns on fewer cells
+        methods = [m for m in methods if m in ("original", "interpreter", "random")]
+        ratios = [r for r in ratios if r in (1.0, 0.5, 0.3)]
+    say = lambda msg: print(f"[bench] {msg}", flush=True)  # noqa: E731
+    rows = []
+    for name in models:
+        model_batches = [1] if args.quick and name == VIDEO and args.device == "cpu" else batches
+        rows += [r.as_dict() for r in speed_table(
+            name, keep_ratios=ratios, batch_sizes=model_batches, methods=methods,
+            device=args.device, dtype=args.dtype, runs=runs, progress=say)]
+    for row in rows:
+        row["efficiency"] = row["speedup"] / row["flops_ratio"]
+    print("\n## Speed: realized speed-up vs analytic FLOPs ratio\n")
+    print(markdown_table(rows, SPEED_COLUMNS))
+
+    say("dense path vs timm VisionTransformer, interpreter cost")
+    checks = [dense_vs_timm(VIDEO, device=args.device, runs=runs)]
+    cost = [interpreter_cost(VIDEO, device=args.device, runs=runs)]
+    print("\n## Dense path vs timm's VisionTransformer (same token count)\n")
+    print(markdown_table(checks, [("model", "model", "s"), ("tokens", "tokens", "d"),
+                                  ("videored_s", "videored s", ".3f"), ("timm_s", "timm s", ".3f"),
+                                  ("relative_speed", "videored / timm speed", ".3f")]))
+    print("\n## Interpreter cost (all tokens scored) vs dense forward\n")
+    print(markdown_table(cost, [("model", "model", "s"), ("interpreter_s", "interpreter s", ".4f"),
+                                ("dense_s", "dense s", ".3f"),
+                                ("time_fraction", "time fraction", ".4f"),
+                                ("macs_fraction", "MACs fraction", ".4f")]))
+    decode = []
+    if args.decode:
+        from videored.data.decode_bench import run_decode_benchmark
+        decode = run_decode_benchmark(quick=args.quick)
+        print("\n## Decoding: clips/s per worker\n")
+        print(markdown_table(decode, [(k, k, "s" if isinstance(v, str) else ".2f")
+                                      for k, v in decode[0].items()]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(speed=rows, dense_vs_timm=checks,
+                                             interpreter_cost=cost, decode=decode), indent=2))
+        say(f"wrote {args.json}")
+    return 0
