@@ -1,0 +1,133 @@
+"""Collect a sweep: one row per grid point from its run dir, written as a Markdown + JSON table.
+
+A point's metrics come from `summary.json` (train: the last stage's train/val means) or
+`results.json` (eval: every numeric entry). A point without them is listed anyway, as
+`failed` (with the job's error from submitit's result file), `pending`/`running` (still in the
+SLURM queue) or `missing` (no trace of it).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from submitit.core.utils import JobPaths, pickle_load
+
+RESULT_FILES = {"train": "summary.json", "eval": "results.json"}
+
+
+def flatten_numbers(data: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested dicts as {"a.b.c": value}; lists, strings and bools are skipped."""
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten_numbers(value, f"{prefix}{key}."))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        out[prefix.rstrip(".")] = float(data)
+    return out
+
+
+def metrics_of(command: str, result: dict) -> dict[str, float]:
+    if command == "train":  # the final model is the last stage's
+        last = result["stages"][-1] if result.get("stages") else {}
+        metrics = {f"train.{k}": v for k, v in flatten_numbers(last.get("train", {})).items()}
+        metrics.update({f"val.{k}": v for k, v in flatten_numbers(last.get("val", {})).items()})
+        if "global_steps" in result:
+            metrics["global_steps"] = float(result["global_steps"])
+        return metrics
+    return flatten_numbers(result)
+
+
+def _job_error(folder: Path, job_id: str) -> str | None:
+    """The last line of the job's error (submitit's result pickle of rank 0), None if it has none."""
+    path = JobPaths(folder, job_id=job_id, task_id=0).result_pickle
+    if not path.exists():
+        return None
+    try:
+        outcome, value = pickle_load(path)
+    except Exception as err:  # a torn pickle: say so rather than crash the whole table
+        return f"unreadable {path.name}: {err}"
+    if outcome == "success":
+        return "the job succeeded but wrote no result file"
+    lines = [ln for ln in str(value).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _queue_state(job_id: str) -> str | None:
+    """pending/running/... while SLURM still lists the job, else None."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    state = res.stdout.strip().splitlines()
+    return state[0].lower() if res.returncode == 0 and state else None
+
+
+def collect_point(point: dict, command: str, folder: Path, cluster: str) -> dict:
+    row: dict[str, Any] = {"name": point["name"], "overrides": point["overrides"],
+                           "run_dir": point["run_dir"], "job_id": point.get("job_id"),
+                           "status": "missing", "error": None, "metrics": {}}
+    result_file = Path(point["run_dir"]) / RESULT_FILES[command]
+    if result_file.exists():
+        try:
+            row["metrics"] = metrics_of(command, json.loads(result_file.read_text(encoding="utf-8")))
+            row["status"] = "ok"
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            row["status"], row["error"] = "failed", f"{result_file}: cannot read ({err})"
+        return row
+    job_id = str(point.get("job_id") or "")
+    error = _job_error(folder, job_id) if job_id else None
+    if error is not None:
+        row["status"], row["error"] = "failed", error
+    elif cluster == "slurm" and job_id and (state := _queue_state(job_id)):
+        row["status"] = state
+    return row
+
+
+def collect(job_dir: str | Path) -> list[dict]:
+    """One row per point of the sweep in `job_dir` (its sweep.json), in grid order."""
+    job_dir = Path(job_dir)
+    manifest_path = job_dir / "sweep.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no sweep manifest (was this dir made by `sweep`?)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    folder = Path(manifest["submitit_folder"])
+    return [collect_point(p, manifest["command"], folder, manifest["cluster"]) for p in manifest["points"]]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
+    metrics = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
+    header = ["point", *keys, "status", *metrics, "error"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["name"], *(r["overrides"].get(k) for k in keys), r["status"],
+                 *(r["metrics"].get(m) for m in metrics), r["error"]]
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"# Sweep summary\n\n{len(rows)} points: {tally}\n\n" + "\n".join(lines) + "\n"
+
+
+def write_summary(job_dir: str | Path, rows: list[dict]) -> tuple[Path, Path]:
+    """Write `sweep_summary.md` and `sweep_summary.json` into `job_dir`; returns both paths."""
+    job_dir = Path(job_dir)
+    md, js = job_dir / "sweep_summary.md", job_dir / "sweep_summary.json"
+    md.write_text(markdown_table(rows), encoding="utf-8")
+    js.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return md, js
