@@ -346,3 +346,13 @@ def test_model_file_rebuilds_the_model(tmp_path):
     torch.save({"model": model.state_dict()}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="model_config"):
         load_model_file(tmp_path / "plain.pt")
+
+
+def test_random_seeds_make_masks_batch_independent():
+    model = tiny("timesformer_jointst_tiny_patch16_224", selector="random", keep_ratio=0.5)
+    x = inputs(model, batch=3)
+    seeds = torch.tensor([11, 12, 13])
+    together = model(x, random_seeds=seeds).keep[0]
+    alone = torch.cat([model(x[b:b + 1], random_seeds=seeds[b:b + 1]).keep[0] for b in (2, 0, 1)])
+    assert torch.equal(together, alone[[1, 2, 0]])
+    assert not torch.equal(together[0], together[1])

@@ -15,9 +15,9 @@ from typing import Callable, Iterable
 import timm
 import torch
 
-from videored.models import TokenReductionViT, create_model
+from videored.models import METHOD_SELECTORS, TokenReductionViT, create_model
 
-METHODS = ("original", "interpreter", "random", "attention", "temporal_difference")
+METHODS = tuple(METHOD_SELECTORS)
 
 
 @dataclass
@@ -116,11 +116,12 @@ def speed_table(model_name: str, *, keep_ratios: Iterable[float], batch_sizes: I
     rows = []
     for batch_size in batch_sizes:
         x = _example_input(model, batch_size, dev)
-        configs: dict[str, dict] = {"original|1.0": dict(selector="none")}
+        configs: dict[str, dict] = {"original|1.0": dict(selector=METHOD_SELECTORS["original"])}
         for method in methods:
             for ratio in keep_ratios:
                 if method != "original" and ratio < 1.0:
-                    configs[f"{method}|{ratio}"] = dict(selector=method, keep_ratio=ratio)
+                    configs[f"{method}|{ratio}"] = dict(selector=METHOD_SELECTORS[method],
+                                                        keep_ratio=ratio)
         thresholds = {ratio: calibrate_threshold(model, x, ratio) for ratio in keep_ratios}
 
         def run(cfg: dict) -> Callable[[], object]:

@@ -16,6 +16,9 @@ from timm.models.vision_transformer import Block
 from .tokens import TokenSet
 
 SELECTORS = ("none", "interpreter", "random", "attention", "temporal_difference")
+# Method names used in tables (paper Table 4) -> the selector that implements each.
+METHOD_SELECTORS = {"original": "none", "interpreter": "interpreter", "random": "random",
+                    "attention": "attention", "temporal_difference": "temporal_difference"}
 
 
 def check_selector(name: str) -> str:
@@ -46,9 +49,19 @@ def _per_sample_unit_max(scores: torch.Tensor, valid: torch.Tensor) -> torch.Ten
     return scores / scores.amax(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def random_scores(tokens: TokenSet, generator: torch.Generator) -> torch.Tensor:
-    """Uniform scores (B, n) drawn from `generator` (on the CPU, so any device gives one sequence)."""
-    u = torch.rand(tokens.index.shape, generator=generator)
+def random_scores(tokens: TokenSet, generator: torch.Generator,
+                  seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniform scores (B, n), drawn on the CPU so any device gives the same sequence.
+
+    With per-sample `seeds` (B,), row b comes from its own generator seeded with seeds[b], so a
+    sample's mask does not depend on its batch (e.g. sharded evaluation); else from `generator`.
+    """
+    shape = tokens.index.shape
+    if seeds is None:
+        u = torch.rand(shape, generator=generator)
+    else:
+        u = torch.stack([torch.rand(shape[1], generator=torch.Generator().manual_seed(int(s)))
+                         for s in seeds.tolist()])
     return u.to(tokens.x.device).masked_fill(~tokens.valid_mask, 0.0)
 
 
@@ -95,6 +108,6 @@ def temporal_difference_scores(tokens: TokenSet, grid: tuple[int, int, int]) -> 
 
 
 __all__ = [
-    "SELECTORS", "check_selector", "num_to_keep", "topk_keep", "random_scores", "attention_scores",
+    "METHOD_SELECTORS", "SELECTORS", "check_selector", "num_to_keep", "topk_keep", "random_scores", "attention_scores",
     "temporal_difference_scores",
 ]

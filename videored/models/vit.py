@@ -128,7 +128,8 @@ class TokenReductionViT(nn.Module):
 
     def forward(self, x: torch.Tensor, *, sample: bool = False, active_groups: int | None = None,
                 selector: str | None = None, keep_ratio: float | None = None,
-                generator: torch.Generator | None = None) -> ReductionOutput:
+                generator: torch.Generator | None = None,
+                random_seeds: torch.Tensor | None = None) -> ReductionOutput:
         """x (B, C, T, H, W) for video, (B, C, H, W) for images.
 
         sample: the last active group's interpreter samples u ~ Bernoulli(I) (training);
@@ -137,10 +138,12 @@ class TokenReductionViT(nn.Module):
         selector / keep_ratio: per-call overrides of the constructor's defaults.
         generator: CPU generator for interpreter samples and random scores (default: the global
             RNG for samples, a generator seeded with `seed` for the random selector).
+        random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
+            on batch composition (sharded evaluation).
         """
         features, scores, keep, macs = self.forward_features(
             x, sample=sample, active_groups=active_groups, selector=selector,
-            keep_ratio=keep_ratio, generator=generator)
+            keep_ratio=keep_ratio, generator=generator, random_seeds=random_seeds)
         logits = self.forward_head(features)
         macs = macs + self.embed_dim * self.num_classes
         return ReductionOutput(logits=logits, scores=scores, keep=keep, gflops=(macs / 1e9).float())
@@ -148,7 +151,8 @@ class TokenReductionViT(nn.Module):
     def forward_features(self, x: torch.Tensor, *, sample: bool = False,
                          active_groups: int | None = None, selector: str | None = None,
                          keep_ratio: float | None = None,
-                         generator: torch.Generator | None = None):
+                         generator: torch.Generator | None = None,
+                         random_seeds: torch.Tensor | None = None):
         """-> (cls features (B, D), scores per group, keep per group, MACs (B,))."""
         selector = check_selector(selector or self.selector)
         if selector == "interpreter" and self.interpreters is None:
@@ -168,7 +172,8 @@ class TokenReductionViT(nn.Module):
             if selector != "none" and j < active:
                 row_scores, row_keep, cost = self._select(
                     selector, j, blocks[0], cls, tokens, keep_ratio,
-                    sample=sample and j == active - 1, generator=generator)
+                    sample=sample and j == active - 1, generator=generator,
+                    random_seeds=None if random_seeds is None else random_seeds * self.groups + j)
                 macs = macs + cost
                 all_scores.append(scatter_to_positions(row_scores, tokens, N))
                 tokens = gather_kept(tokens, row_keep)
@@ -191,7 +196,7 @@ class TokenReductionViT(nn.Module):
 
     def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,
                 tokens: TokenSet, keep_ratio: float, *, sample: bool,
-                generator: torch.Generator | None):
+                generator: torch.Generator | None, random_seeds: torch.Tensor | None):
         """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j."""
         n_real = tokens.counts().double()
         zero = torch.zeros_like(n_real)
@@ -201,7 +206,7 @@ class TokenReductionViT(nn.Module):
             keep = interpreter.decide(scores, sample, generator) & tokens.valid_mask
             return scores, keep, interpreter.macs(n_real) + zero
         if selector == "random":
-            scores = random_scores(tokens, generator or self._random_generator())
+            scores = random_scores(tokens, generator or self._random_generator(), random_seeds)
             cost = zero
         elif selector == "attention":
             scores = attention_scores(first_block, cls, tokens, key_padding_mask(tokens.valid))

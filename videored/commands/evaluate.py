@@ -1,0 +1,72 @@
+"""`videored eval`: every method on one trained model, clip-1 / video-1, speed; results.json + .md.
+
+    videored eval --config CFG --checkpoint model.pt --out DIR \
+        [--methods original,random,attention,temporal_difference,interpreter] [--keep-ratio R]
+
+Baselines keep the interpreter's measured mean kept ratio on the same data unless --keep-ratio
+is given (the paper compares methods at equal speed). Runs under torchrun / SLURM like `train`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from videored.models.selectors import METHOD_SELECTORS
+
+METHODS = tuple(METHOD_SELECTORS)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment YAML (model + data settings)")
+    p.add_argument("--checkpoint", required=True,
+                   help="model.pt or a training checkpoint (local file)")
+    p.add_argument("--out", type=Path, default=None, help="output dir (default: next to checkpoint)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--keep-ratio", type=float, default=None,
+                   help="baselines' keep ratio (default: the interpreter's measured kept ratio)")
+    p.add_argument("--split", default="test", help="csv split / image folder split to score")
+    p.add_argument("--spatial-crops", type=int, default=3, help="video-1 views (paper: 3)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
+    p.add_argument("--num-workers", type=int, default=None, help="default: data.num_workers")
+    p.add_argument("--speed-runs", type=int, default=5,
+                   help="timed rounds for clips/s (0: skip speed)")
+    p.add_argument("--interpretability", action="store_true",
+                   help="also mIoU / pixel acc of kept patches vs object masks (needs masks)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def main(args: argparse.Namespace) -> int:
+    from videored.engine.config import ConfigError, load_config
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(f"videored eval: unknown methods {unknown}; choose from {', '.join(METHODS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"videored eval: config error: {err}", file=sys.stderr)
+        return 2
+    if "interpreter" not in methods and args.keep_ratio is None and set(methods) - {"original"}:
+        print("videored eval: baselines need --keep-ratio when 'interpreter' is not evaluated",
+              file=sys.stderr)
+        return 2
+    from videored.engine.run_eval import run_evaluation
+
+    out = args.out or Path(args.checkpoint).resolve().parent
+    try:
+        results = run_evaluation(cfg, checkpoint=args.checkpoint, out_dir=out, methods=methods,
+                                 keep_ratio=args.keep_ratio, split=args.split,
+                                 spatial_crops=args.spatial_crops, batch_size=args.batch_size,
+                                 num_workers=args.num_workers, speed_runs=args.speed_runs,
+                                 interpretability=args.interpretability)
+    except (ValueError, FileNotFoundError) as err:  # bad checkpoint / data: say what, no traceback
+        print(f"videored eval: {err}", file=sys.stderr)
+        return 2
+    if results is not None:  # rank 0
+        print((out / "results.md").read_text())
+        print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0

@@ -1,0 +1,168 @@
+"""The evaluation job behind `videored eval`: load, score every method, time them, write reports.
+
+Writes (rank 0) `results.json`: {"methods": {method: {clip1_err, video1_err, clip1_top5_err,
+video1_top5_err, clips_per_s, kept_ratio, gflops, per_class_video1_acc, ...}}, "num_videos",
+"failed_videos", ...} and `results.md`, a table laid out like paper Table 4 (video) or Table 2
+(images).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from videored.models import METHOD_SELECTORS
+from videored.tables import markdown_table
+
+from .builders import build_dataset, build_model, is_video_model
+from .config import to_dict
+from .distributed import DistInfo, barrier, init_distributed
+from .evaluation import aggregate, predict_views
+
+
+
+def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: bool):
+    """The model of `cfg` with the weights of `checkpoint` (model.pt or a training checkpoint)."""
+    from videored.models import load_pretrained
+
+    cfg.model.pretrained_path = None  # the checkpoint holds every weight
+    model = build_model(cfg, selector="interpreter" if need_interpreter else "none")
+    report = load_pretrained(model, checkpoint)
+    fresh_interpreters = [k for k in report.initialized if k.startswith("interpreters.")]
+    if need_interpreter and fresh_interpreters:
+        raise ValueError(f"{checkpoint} has no trained interpreter weights; evaluate it without "
+                         "'interpreter' in --methods (and give --keep-ratio)")
+    if report.dropped or any(k.startswith("head.") for k in report.initialized):
+        raise ValueError(f"{checkpoint}: classification head does not fit "
+                         f"model.num_classes={cfg.model.num_classes}")
+    return model
+
+
+def measure_speed(model, dataset, methods: dict[str, dict], *, dist: DistInfo, batch_size: int,
+                  runs: int, amp: bool) -> dict[str, float]:
+    """Model clips/s per method on the first batch of real clips (decoding excluded), all methods
+    timed interleaved in one run (the dense model included) after warm-up, synchronized."""
+    from videored.bench.speed import time_interleaved
+
+    items = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    x = torch.stack([it["video"] if isinstance(it, dict) else it[0] for it in items]).to(dist.device)
+
+    def call(kwargs):
+        def run():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                return model(x, **kwargs)
+        return run
+
+    seconds, _ = time_interleaved({m: call(kw) for m, kw in methods.items()}, warmup=1,
+                                  runs=runs, device=dist.device)
+    return {m: len(x) / s for m, s in seconds.items()}
+
+
+def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Path,
+                   methods: list[str], keep_ratio: Optional[float] = None, split: str = "test",
+                   spatial_crops: int = 3, batch_size: Optional[int] = None,
+                   num_workers: Optional[int] = None, speed_runs: int = 5,
+                   interpretability: bool = False) -> Optional[dict[str, Any]]:
+    """Score `methods` on `split`; returns the results dict on rank 0 (None elsewhere)."""
+    dist = init_distributed(cfg.run.device)
+    amp = dist.device.type == "cuda" and cfg.run.precision == "bf16"
+    video = is_video_model(cfg.model.name)
+    if video:
+        cfg.data.num_spatial_crops = spatial_crops
+    model = load_for_eval(cfg, checkpoint, "interpreter" in methods).to(dist.device).eval()
+    dataset = build_dataset(cfg, split)
+    num_classes = cfg.model.num_classes
+    batch_size = batch_size or cfg.data.batch_size
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+
+    # The interpreter runs first: its measured kept ratio sets the baselines' ratio.
+    order = sorted(methods, key=lambda m: m != "interpreter")
+    results: dict[str, dict[str, Any]] = {}
+    forward: dict[str, dict] = {}
+    for method in order:
+        kwargs: dict[str, Any] = {"selector": METHOD_SELECTORS[method]}
+        if method not in ("original", "interpreter"):
+            kwargs["keep_ratio"] = keep_ratio if keep_ratio is not None else results[
+                "interpreter"]["kept_ratio"]
+        forward[method] = kwargs
+        views = predict_views(model, dataset, dist=dist, batch_size=batch_size,
+                              num_workers=workers, amp=amp, progress=f"eval {method}",
+                              seed=cfg.run.seed, **kwargs)
+        results[method] = aggregate(views, num_classes)
+        results[method]["keep_ratio_setting"] = kwargs.get("keep_ratio")
+    if speed_runs > 0:
+        speeds = measure_speed(model, dataset, forward, dist=dist, batch_size=batch_size,
+                               runs=speed_runs, amp=amp)
+        for method, clips_per_s in speeds.items():
+            results[method]["clips_per_s"] = clips_per_s
+
+    interp = None
+    if interpretability:
+        interp = _interpretability(cfg, model, split, methods, results, keep_ratio)
+    barrier()
+    if not dist.is_main:
+        return None
+    first = results[order[0]]
+    summary = {
+        "checkpoint": str(checkpoint), "split": split, "video": video,
+        "device": str(dist.device), "world_size": dist.world_size,
+        "num_videos": first["num_videos"], "failed_videos": first["failed_videos"],
+        "methods": {m: {k: v for k, v in results[m].items()
+                        if k not in ("num_videos", "failed_videos")} for m in methods},
+        "config": to_dict(cfg),
+    }
+    if interp is not None:
+        summary["interpretability"] = interp
+        for method, row in interp.items():
+            if method in summary["methods"]:
+                summary["methods"][method]["interpretability"] = row
+    write_reports(summary, out_dir)
+    return summary
+
+
+def _interpretability(cfg, model, split, methods, results, keep_ratio):
+    from videored.data import VideoClipDataset  # noqa: F401  (masks come from the video dataset)
+    from videored.viz.segmentation import interpretability_table
+
+    masked = build_dataset(cfg, split, return_masks=True, num_spatial_crops=1)
+    ratio = keep_ratio if keep_ratio is not None else results.get("interpreter", {}).get("kept_ratio")
+    return interpretability_table(model, masked, methods, ratio)
+
+
+def write_reports(summary: dict[str, Any], out_dir: str | Path) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.md").write_text(results_markdown(summary))
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+    """Paper Table 4 layout for video (clip-1 / video-1 errors), Table 2 for images (top-1/5)."""
+    rows = []
+    for method, r in summary["methods"].items():
+        kept = r.get("kept_ratio")
+        rows.append({**r, "method": method, "kept_pct": None if kept is None else 100 * kept,
+                     "top1": None if r["clip1_err"] is None else 100 - r["clip1_err"],
+                     "top5": None if r["clip1_top5_err"] is None else 100 - r["clip1_top5_err"]})
+    head = [("method", "method", "s"), ("clips_per_s", "clips/s" if summary["video"] else "img/s",
+                                         ".1f"),
+            ("kept_pct", "kept %", ".1f"), ("gflops", "GFLOPs", ".2f")]
+    if summary["video"]:
+        cols = head + [("clip1_err", "clip-1 err", ".1f"), ("video1_err", "video-1 err", ".1f"),
+                       ("clip1_top5_err", "clip-1 top-5 err", ".1f"),
+                       ("video1_top5_err", "video-1 top-5 err", ".1f")]
+    else:
+        cols = head + [("top1", "top-1 acc", ".1f"), ("top5", "top-5 acc", ".1f")]
+    if "interpretability" in summary:
+        for row in rows:
+            row.update({f"i_{k}": v for k, v in summary["interpretability"].get(row["method"], {}).items()})
+        cols += [("i_miou", "mask mIoU", ".3f"), ("i_pixel_acc", "pixel acc", ".3f"),
+                 ("i_mean_acc", "mean acc", ".3f")]
+    failed = summary["failed_videos"]
+    lines = [f"Split `{summary['split']}`: {summary['num_videos']} videos, {len(failed)} failed to "
+             f"decode{' (listed in results.json; errors are over the rest)' if failed else ''}. "
+             f"Device: {summary['device']}.", "", markdown_table(rows, cols), ""]
+    return "\n".join(lines)
