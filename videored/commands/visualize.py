@@ -1,0 +1,199 @@
+"""`videored visualize`: per-frame redundancy heatmaps of a videored model on videos or images.
+
+    videored visualize --checkpoint runs/x/model.pt -p clip.mp4 -o figs [--method all] [--gif]
+    videored visualize --checkpoint runs/x/model.pt --csv data/test.csv --limit 4 -o figs
+
+Writes `OUT/<stem>_<method>.png` (+ `.gif` with --gif) per input and method, and with
+`--method all` also `OUT/<stem>_all.png` (methods as rows). Baselines keep, by default, the
+fraction of patches the interpreter kept on that input (equal speed, as the paper compares).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+VIEW_METHODS = ("interpreter", "attention", "temporal_difference", "random")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="a videored model file (model.pt written by training)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-p", "--path", type=Path,
+                     help="a video or image file, or a folder of them")
+    src.add_argument("--csv", type=Path, help="a dataset list (`path label` lines) of videos")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--method", default="interpreter", choices=[*VIEW_METHODS, "all"])
+    p.add_argument("--keep-ratio", type=float, default=None,
+                   help="baselines' keep ratio per selection (default: the interpreter's kept "
+                        "fraction on each input; the model's keep_ratio without an interpreter)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override the interpreter's keep threshold")
+    p.add_argument("--limit", type=int, default=None, help="with --csv: the first N videos")
+    p.add_argument("--gif", action="store_true", help="also an animated GIF per video and method")
+    p.add_argument("--smooth", action="store_true",
+                   help="bilinear heatmaps (default: nearest, one flat block per patch)")
+    p.add_argument("--sampling-rate", type=int, default=None,
+                   help="frame stride at --target-fps (default: the model file's training config, "
+                        "else 32)")
+    p.add_argument("--target-fps", type=float, default=None,
+                   help="default: the model file's training config, else 30")
+    p.add_argument("--backend", default="decord", choices=["decord", "pyav"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _training_data_config(path: Path) -> dict:
+    """The `data` section of the experiment config stored in a model file ({} if none)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return dict(config.get("data") or {}) if isinstance(config, dict) else {}
+
+
+def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: float
+            ) -> Iterator[tuple[str, object, int | None, str | None]]:
+    """Yield (name, PreparedInput or None, label or None, error or None) per input."""
+    from videored.viz.inputs import IMAGE_SUFFIXES, PreparedInput, prepare_input
+
+    if args.csv is not None:
+        from videored.data import VideoClipDataset
+        from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+
+        T, gh, _ = model.grid
+        ds = VideoClipDataset(args.csv, mode="test", num_frames=T, sampling_rate=sampling_rate,
+                              target_fps=target_fps, crop_size=gh * model.patch_size,
+                              num_spatial_crops=1, backend=args.backend)
+        n = len(ds) if args.limit is None else min(args.limit, len(ds))
+        for i in range(n):
+            item = ds[i]
+            if item["failed"]:
+                yield item["path"], None, None, "could not be decoded (see the warning above)"
+                continue
+            desc = (f"centre {ds.crop_size}x{ds.crop_size} crop (short side -> {ds.crop_size}), "
+                    f"centred clip of {T} frames, stride {sampling_rate} at {target_fps:g} fps")
+            yield item["path"], PreparedInput(item["video"], KINETICS_MEAN, KINETICS_STD, desc), \
+                item["label"], None
+        return
+    paths = [args.path]
+    if args.path.is_dir():
+        paths = sorted(p for p in args.path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | {
+                           ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"})
+        if not paths:
+            raise FileNotFoundError(f"{args.path}: no video or image files")
+    for path in paths:
+        try:
+            yield str(path), prepare_input(path, model, sampling_rate=sampling_rate,
+                                           target_fps=target_fps, backend=args.backend), None, None
+        except Exception as e:  # a bad file is reported and skipped; the others still render
+            yield str(path), None, None, f"{type(e).__name__}: {e}"
+
+
+def _run_methods(model, x: torch.Tensor, methods: list[str], keep_ratio: float | None):
+    """method -> (scores (D, T, gh, gw), keep (D, T, gh, gw)) for one input x (C, ...)."""
+    from videored.viz.heatmap import patch_grid
+    from videored.viz.segmentation import matched_keep_ratio
+
+    results, notes = {}, {}
+    batch = x.unsqueeze(0)
+    out = None
+    if model.interpreters is not None:
+        out = model(batch, selector="interpreter")
+    for m in methods:
+        if m == "interpreter":
+            res = out
+            notes[m] = f"threshold {model.threshold:g}"
+        else:
+            ratio = keep_ratio
+            if ratio is None:
+                ratio = (matched_keep_ratio(float(out.kept_ratio[0]), model.groups)
+                         if out is not None else model.keep_ratio)
+                source = "interpreter's kept fraction" if out is not None else "model default"
+                notes[m] = f"keep ratio {ratio:.3f} ({source})"
+            else:
+                notes[m] = f"keep ratio {ratio:g}"
+            res = model(batch, selector=m, keep_ratio=ratio)
+        scores = np.stack([patch_grid(s[0], model.grid) for s in res.scores])  # (D, T, gh, gw)
+        keep = np.stack([patch_grid(k[0], model.grid) for k in res.keep])
+        prob, label = res.logits[0].softmax(-1).max(-1)
+        results[m] = (scores, keep, int(label), float(prob))
+    return results, notes
+
+
+def main(args: argparse.Namespace) -> int:
+    from videored.models import load_model_file
+    from videored.viz import figures
+    from videored.viz.inputs import video_frames_uint8
+
+    overrides = {} if args.threshold is None else {"threshold": args.threshold}
+    model = load_model_file(args.checkpoint, **overrides).to(args.device).eval()
+    if args.keep_ratio is not None and not 0 < args.keep_ratio <= 1:
+        raise SystemExit(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
+    methods = list(VIEW_METHODS) if args.method == "all" else [args.method]
+    if model.interpreters is None:
+        if args.method == "interpreter":
+            raise SystemExit(f"{args.checkpoint}: this model has no interpreter; choose a "
+                             "baseline --method")
+        methods = [m for m in methods if m != "interpreter"]
+    data_cfg = _training_data_config(args.checkpoint)
+    sampling_rate = args.sampling_rate or int(data_cfg.get("sampling_rate") or 32)
+    target_fps = args.target_fps or float(data_cfg.get("target_fps") or 30)
+    video_model = model.embed.num_frames is not None
+    if args.csv is not None and not video_model:
+        raise SystemExit(f"--csv lists videos but {args.checkpoint} is an image model; "
+                         "pass a folder of images with -p")
+    args.out.mkdir(parents=True, exist_ok=True)
+    written, skipped, used = [], [], set()
+    for name, prepared, label, error in _inputs(args, model, sampling_rate, target_fps):
+        if prepared is None:
+            print(f"skipped {name}: {error}", file=sys.stderr)
+            skipped.append(name)
+            continue
+        stem = Path(name).stem
+        stem = stem if stem not in used else f"{stem}_{len(used)}"
+        used.add(stem)
+        with torch.no_grad():
+            results, notes = _run_methods(model, prepared.x.to(args.device), methods,
+                                          args.keep_ratio)
+        frames = video_frames_uint8(prepared)  # (T, H, W, 3): the crop the model saw
+        truth = "" if label is None else f", label {label}"
+        for m, (scores, keep, pred, prob) in results.items():
+            title = (f"{m} ({notes[m]}) | {Path(name).name}: {prepared.description} | kept "
+                     f"{keep[-1].mean():.2f} of the patches | predicted class {pred} "
+                     f"(p={prob:.2f}){truth}")
+            threshold = model.threshold if m == "interpreter" else None
+            png = args.out / f"{stem}_{m}.png"
+            if video_model:
+                figures.video_figure(png, frames, scores[-1], keep[-1], model.patch_size,
+                                     title=title, smooth=args.smooth, threshold=threshold)
+            else:  # image: one panel per group (paper Fig. 4)
+                figures.image_groups_figure(png, frames[0], scores[:, 0], keep[:, 0],
+                                            model.patch_size, title=title, smooth=args.smooth,
+                                            threshold=threshold)
+            written.append(png)
+            if args.gif and video_model:
+                written.append(figures.video_gif(args.out / f"{stem}_{m}.gif", frames,
+                                                 scores[-1], keep[-1], model.patch_size,
+                                                 smooth=args.smooth))
+        if args.method == "all":
+            if video_model:
+                rows = {m: (s[-1], k[-1]) for m, (s, k, _, _) in results.items()}
+                panels = frames
+            else:  # columns = groups
+                rows = {m: (s[:, 0], k[:, 0]) for m, (s, k, _, _) in results.items()}
+                panels = np.repeat(frames, model.groups, axis=0)
+            png = args.out / f"{stem}_all.png"
+            kept = {m: float(k[-1].mean()) for m, (_, k, _, _) in results.items()}
+            figures.methods_figure(png, panels, rows, model.patch_size, kept=kept,
+                                   title=f"{Path(name).name}: {prepared.description}",
+                                   smooth=args.smooth)
+            written.append(png)
+    for path in written:
+        print(path)
+    print(f"[visualize] wrote {len(written)} files to {args.out}; skipped {len(skipped)} inputs",
+          file=sys.stderr)
+    return 1 if skipped and not written else 0

@@ -1,0 +1,133 @@
+"""Pure rendering: patch scores -> per-frame heatmaps, overlays and greyed-out dropped patches.
+
+Everything here is a plain function on numpy arrays (tensors are accepted and converted), so the
+pictures can be checked pixel by pixel. No matplotlib state is touched: colour maps are read as a
+256-entry lookup table.
+
+Patch order is the model's (`videored.models.embedding`): patch n of a clip with grid
+(T, gh, gw) is frame n // (gh*gw), row (n % (gh*gw)) // gw, col n % gw, i.e. a C-order reshape.
+
+Upsampling: "nearest" (default) gives every patch_size x patch_size block its patch's value,
+which is exactly what the model decided on; "bilinear" (patch centres, align_corners=False)
+gives a smooth map for presentation only.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def patch_grid(values, grid: tuple[int, int, int]) -> np.ndarray:
+    """Per-patch values (N,) or (B, N) -> (T, gh, gw) or (B, T, gh, gw), in the model's order."""
+    values = _numpy(values)
+    T, gh, gw = grid
+    if values.shape[-1] != T * gh * gw:
+        raise ValueError(f"{values.shape[-1]} patch values do not fit the grid {grid} "
+                         f"({T * gh * gw} patches)")
+    return values.reshape(*values.shape[:-1], T, gh, gw)
+
+
+def upsample_patches(grid_values, patch_size: int, mode: str = "nearest") -> np.ndarray:
+    """(..., gh, gw) patch values -> (..., gh*patch_size, gw*patch_size) float32 pixel map."""
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsampling mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    values = _numpy(grid_values).astype(np.float32)
+    if mode == "nearest":
+        return values.repeat(patch_size, axis=-2).repeat(patch_size, axis=-1)
+    lead, (gh, gw) = values.shape[:-2], values.shape[-2:]
+    flat = torch.from_numpy(values.reshape(1, -1, gh, gw))  # (1, M, gh, gw): one map per channel
+    out = F.interpolate(flat, size=(gh * patch_size, gw * patch_size), mode="bilinear",
+                        align_corners=False)
+    return out.numpy().reshape(*lead, gh * patch_size, gw * patch_size)
+
+
+def kept_ratio_per_frame(keep_grid) -> np.ndarray:
+    """(T, gh, gw) bool keep decisions -> (T,) fraction of each frame's patches kept."""
+    keep = _numpy(keep_grid).astype(bool)
+    return keep.reshape(keep.shape[0], -1).mean(axis=1)
+
+
+def to_uint8_frames(video, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the input normalization: (C, T, H, W) or image (C, H, W) -> (T, H, W, 3) uint8.
+
+    This shows exactly the crop the model saw (same resize, crop and frames).
+    """
+    x = _numpy(video).astype(np.float32)
+    if x.ndim == 3:
+        x = x[:, None]  # (C, 1, H, W)
+    if x.ndim != 4 or x.shape[0] != 3:
+        raise ValueError(f"expected a (3, T, H, W) video or (3, H, W) image, got {x.shape}")
+    m = np.asarray(mean, np.float32).reshape(3, 1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(3, 1, 1, 1)
+    pixels = np.clip(np.rint((x * s + m) * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(1, 2, 3, 0))  # (T, H, W, 3)
+
+
+def colormap_lut(cmap: str = "jet") -> np.ndarray:
+    """(256, 3) uint8 colours of a matplotlib colour map (read only, no global state)."""
+    import matplotlib  # lazy: importing matplotlib (not pyplot) selects no backend
+
+    table = matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3]
+    return np.rint(table * 255.0).astype(np.uint8)
+
+
+def colorize(values, cmap: str = "jet", lut: np.ndarray | None = None) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> (..., 3) uint8 colours; value v uses entry round(255 v)."""
+    lut = colormap_lut(cmap) if lut is None else lut
+    idx = np.clip(np.rint(_numpy(values).astype(np.float32) * 255.0), 0, 255).astype(np.int64)
+    return lut[idx]
+
+
+def overlay_heatmap(frames, heat, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend colourized `heat` (T, H, W) in [0, 1] over `frames` (T, H, W, 3) uint8.
+
+    out = round((1 - alpha) * frame + alpha * colour), uint8.
+    """
+    frames = _numpy(frames)
+    colour = colorize(heat, cmap).astype(np.float32)
+    if colour.shape != frames.shape:
+        raise ValueError(f"heatmap {colour.shape[:-1]} does not match frames {frames.shape[:-1]}")
+    out = (1.0 - alpha) * frames.astype(np.float32) + alpha * colour
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def grey_out(frames, keep_pixels, strength: float = 0.8, grey: int = 128) -> np.ndarray:
+    """Fade dropped pixels towards grey: where not kept, round((1 - s) * frame + s * grey).
+
+    frames (T, H, W, 3) uint8, keep_pixels (T, H, W) bool (upsample the patch keep mask with
+    `upsample_patches(..., mode="nearest")`). Kept pixels are unchanged.
+    """
+    frames = _numpy(frames)
+    keep = _numpy(keep_pixels).astype(bool)
+    if keep.shape != frames.shape[:-1]:
+        raise ValueError(f"keep mask {keep.shape} does not match frames {frames.shape[:-1]}")
+    faded = np.rint((1.0 - strength) * frames.astype(np.float32) + strength * grey)
+    return np.where(keep[..., None], frames, faded.astype(np.uint8))
+
+
+def render_overlays(frames, scores_grid, keep_grid, patch_size: int, *, smooth: bool = False,
+                    alpha: float = 0.5, cmap: str = "jet") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three pictures of a clip: (heatmap overlay, dropped-greyed, heatmap-on-kept), each
+    (T, H, W, 3) uint8. scores_grid (T, gh, gw) in [0, 1], keep_grid (T, gh, gw) bool.
+    """
+    heat = upsample_patches(scores_grid, patch_size, "bilinear" if smooth else "nearest")
+    keep_px = upsample_patches(keep_grid, patch_size, "nearest") > 0.5
+    heated = overlay_heatmap(frames, np.clip(heat, 0.0, 1.0), alpha, cmap)
+    return heated, grey_out(frames, keep_px), grey_out(heated, keep_px)
+
+
+__all__ = [
+    "UPSAMPLE_MODES", "colorize", "colormap_lut", "grey_out", "kept_ratio_per_frame",
+    "overlay_heatmap", "patch_grid", "render_overlays", "to_uint8_frames", "upsample_patches",
+]

@@ -1,0 +1,100 @@
+"""Model inputs from one file (video or image), prepared exactly as the test-mode datasets do.
+
+Video: the centred clip of `VideoClipDataset(mode="test")` (same `sampling` functions, so the
+same frame indices), the short side resized to the model's input size and the centre crop, with
+the Kinetics normalization; works for any size, orientation and frame rate decord/PyAV can read.
+Image: DeiT's evaluation transform (`build_imagenet_transform`), ImageNet normalization.
+The uint8 pixels shown in figures are the normalized input mapped back, i.e. the crop the model saw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass
+class PreparedInput:
+    x: torch.Tensor  # (C, T, H, W) video clip or (C, H, W) image, normalized
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    description: str  # what the model saw, for figure titles
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
+                    target_fps: float, backend: str = "decord") -> PreparedInput:
+    """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized."""
+    from videored.data import open_video
+    from videored.data import transforms as T
+    from videored.data.sampling import centred_start, clip_indices, clip_span
+    from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+
+    with open_video(path, backend) as video:
+        span = clip_span(num_frames, sampling_rate, target_fps, video.fps)
+        idx = clip_indices(centred_start(video.num_frames, span), span, num_frames,
+                           video.num_frames)
+        frames = video.get_frames(idx)  # (T, H, W, 3) uint8
+        fps, length = video.fps, video.num_frames
+    h, w = frames.shape[1:3]
+    clip = T.short_side_resize(T.to_float_cthw(frames), crop_size)  # (3, T, H', W')
+    top, left = T.spatial_crop_offsets(clip.shape[-2], clip.shape[-1], crop_size, 0, 1)
+    x = T.normalize(T.crop(clip, top, left, crop_size), KINETICS_MEAN, KINETICS_STD).contiguous()
+    description = (f"centre {crop_size}x{crop_size} crop of {w}x{h} video (short side -> "
+                   f"{crop_size}), frames {idx.tolist()} of {length} at {fps:g} fps")
+    return PreparedInput(x=x, mean=KINETICS_MEAN, std=KINETICS_STD, description=description)
+
+
+def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
+    """DeiT's evaluation view of an image file: x (3, img_size, img_size) normalized."""
+    from PIL import Image
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from videored.data import build_imagenet_transform
+
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read image: {e}") from e
+    x = build_imagenet_transform(False, img_size)(image)
+    resize = int(img_size / 0.875)
+    description = (f"centre {img_size}x{img_size} crop of {image.width}x{image.height} image "
+                   f"(short side -> {resize})")
+    return PreparedInput(x=x, mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD),
+                         description=description)
+
+
+def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: int = 32,
+                  target_fps: float = 30, backend: str = "decord") -> PreparedInput:
+    """Video or image input for `model` (its frames and input size decide the geometry)."""
+    T, gh, _ = model.grid
+    size = gh * model.patch_size
+    video_model = model.embed.num_frames is not None
+    if is_image_file(path):
+        if video_model:
+            raise ValueError(f"{path} is an image but the model is a video model ({T} frames)")
+        return load_image(path, img_size=size)
+    if not video_model:
+        raise ValueError(f"{path} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                         "but the model is an image model")
+    return load_video_clip(path, num_frames=T, crop_size=size, sampling_rate=sampling_rate,
+                           target_fps=target_fps, backend=backend)
+
+
+def video_frames_uint8(prepared: PreparedInput) -> np.ndarray:
+    """(T, H, W, 3) uint8 pixels of the prepared input (T = 1 for an image)."""
+    from .heatmap import to_uint8_frames
+
+    return to_uint8_frames(prepared.x, prepared.mean, prepared.std)
+
+
+__all__ = ["IMAGE_SUFFIXES", "PreparedInput", "is_image_file", "load_image", "load_video_clip",
+           "prepare_input", "video_frames_uint8"]

@@ -1,0 +1,168 @@
+"""Interpretability metric (paper Table 1): the kept-patch mask as a weakly supervised segmentation.
+
+The keep decisions of a method, upsampled to pixels (each patch_size x patch_size block takes its
+patch's decision), are the predicted "object" mask; the ground-truth object mask is the target.
+Two classes (background = 0, object = 1). From the 2x2 confusion counts C[target, predicted]:
+
+    pixel_acc = (TP + TN) / all pixels
+    mean_acc  = mean over the two classes of per-class accuracy
+              = (TP / (TP + FN) + TN / (TN + FP)) / 2
+    miou      = mean over the two classes of IoU
+              = (TP / (TP + FP + FN) + TN / (TN + FN + FP)) / 2
+
+The counts are accumulated over every pixel of every frame of the whole dataset and the ratios
+taken once at the end (not averages of per-frame ratios): large and small objects weigh by their
+pixels, and frames where a class is absent do not produce 0/0. A class with no pixels in either
+mask over the whole dataset is left out of the means (nan-mean). Values are percentages, as in the
+paper's Table 1.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+METHODS = ("original", "interpreter", "attention", "temporal_difference", "random")
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(2, 2) int64 counts C[t, p] of pixels with target class t and predicted class p.
+
+    pred, target: bool tensors of the same shape (True = object).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"predicted mask {tuple(pred.shape)} and object mask "
+                         f"{tuple(target.shape)} differ in shape")
+    index = target.reshape(-1).long() * 2 + pred.reshape(-1).long()  # 0 tn, 1 fp, 2 fn, 3 tp
+    return torch.bincount(index, minlength=4).view(2, 2).cpu()
+
+
+def segmentation_metrics(confusion: torch.Tensor) -> dict[str, float]:
+    """{"pixel_acc", "mean_acc", "miou"} in percent from (2, 2) counts C[target, predicted]."""
+    c = confusion.double()
+    diag = c.diagonal()
+    per_class_total = c.sum(1)  # target pixels of each class
+    union = c.sum(1) + c.sum(0) - diag
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = (diag / per_class_total).numpy()  # nan where a class has no target pixels
+        iou = (diag / union).numpy()  # nan where a class is absent from both masks
+    total = float(c.sum())
+    return {
+        "pixel_acc": 100.0 * float(diag.sum()) / total if total else float("nan"),
+        "mean_acc": 100.0 * float(np.nanmean(acc)) if not np.isnan(acc).all() else float("nan"),
+        "miou": 100.0 * float(np.nanmean(iou)) if not np.isnan(iou).all() else float("nan"),
+    }
+
+
+def keep_to_pixels(keep: torch.Tensor, grid: tuple[int, int, int], patch_size: int) -> torch.Tensor:
+    """(B, N) bool keep decisions -> (B, T, gh*p, gw*p) bool pixel mask (nearest upsampling)."""
+    T, gh, gw = grid
+    k = keep.view(keep.shape[0], T, gh, gw)
+    return k.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+
+
+def matched_keep_ratio(kept_fraction: float, groups: int) -> float:
+    """Per-selection keep ratio giving a baseline the final kept fraction `kept_fraction` after
+    `groups` selections (each keeps that ratio of the alive tokens): kept ** (1 / D)."""
+    return min(1.0, max(kept_fraction, 1e-6) ** (1.0 / groups))
+
+
+@torch.no_grad()
+def method_keep(model: nn.Module, x: torch.Tensor, method: str,
+                keep_ratio: float | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Scores and keep masks, (B, N) per group, of `method` on inputs x.
+
+    keep_ratio None: each baseline keeps, input by input, the fraction the interpreter kept on
+    that input (equal speed, as the paper compares). "original" keeps every patch (scores 1).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    B, N = x.shape[0], model.num_patches
+    if method == "original":
+        ones = torch.ones(B, N, device=x.device)
+        return [ones] * model.groups, [ones > 0] * model.groups
+    if method == "interpreter" or keep_ratio is not None:
+        out = model(x, selector=method, keep_ratio=keep_ratio)
+        return out.scores, out.keep
+    target = model(x, selector="interpreter").keep[-1].float().mean(1)  # (B,) kept fractions
+    rows = [model(x[i:i + 1], selector=method,
+                  keep_ratio=matched_keep_ratio(float(target[i]), model.groups))
+            for i in range(B)]
+    return ([torch.cat([r.scores[j] for r in rows]) for j in range(model.groups)],
+            [torch.cat([r.keep[j] for r in rows]) for j in range(model.groups)])
+
+
+@torch.no_grad()
+def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
+                           methods: Iterable[str] = METHODS, keep_ratio: float | None = None,
+                           *, batch_size: int = 4, num_workers: int = 0, group: int = -1,
+                           device: str | torch.device | None = None,
+                           progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Pixel accuracy, mean accuracy and mIoU of each method's kept-patch mask vs object masks.
+
+    dataset items: {"video" (C, T, H, W) or "image" (C, H, W), "mask" (T, H, W) or (H, W) bool,
+    optional "failed"} with H, W the model's input size (e.g. `VideoClipDataset(...,
+    return_masks=True)` or `ImageMaskFolder`). keep_ratio: the baselines' per-selection keep ratio;
+    None matches the interpreter's kept fraction input by input. group: which group's keep mask
+    (default the last, i.e. the tokens that reach the last group; matched baselines match the
+    interpreter's final kept fraction).
+
+    Returns {method: {"miou", "pixel_acc", "mean_acc" (percent), "kept" (mean kept fraction),
+    "samples", "failed"}}. Failed items (undecodable videos) are skipped and counted.
+    """
+    methods = list(methods)
+    baselines = [m for m in methods if m not in ("original", "interpreter")]
+    if keep_ratio is None and baselines and getattr(model, "interpreters", None) is None:
+        raise ValueError(f"keep_ratio is needed for {baselines}: this model has no interpreter "
+                         "whose kept fraction they could match")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    if hasattr(model, "reset_random_selector"):
+        model.reset_random_selector()  # the same random masks on every call
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    conf = {m: torch.zeros(2, 2, dtype=torch.long) for m in methods}
+    kept = {m: 0.0 for m in methods}
+    samples = failed = 0
+    for step, batch in enumerate(loader):
+        x = batch["video"] if "video" in batch else batch["image"]
+        if "mask" not in batch:
+            raise KeyError("dataset items have no 'mask': build the video dataset with "
+                           "return_masks=True")
+        mask = batch["mask"].bool()
+        ok = ~batch["failed"].bool() if "failed" in batch else torch.ones(len(x), dtype=torch.bool)
+        failed += int((~ok).sum())
+        if not ok.any():
+            continue
+        x, mask = x[ok].to(device), mask[ok]
+        if mask.ndim == 3:  # images: (B, H, W) -> (B, 1, H, W)
+            mask = mask.unsqueeze(1)
+        for m in methods:
+            _, keeps = method_keep(model, x, m, keep_ratio)
+            keep = keeps[group].cpu()
+            pixels = keep_to_pixels(keep, model.grid, model.patch_size)
+            conf[m] += confusion_counts(pixels, mask)
+            kept[m] += float(keep.float().mean(1).sum())
+        samples += len(x)
+        if progress:
+            progress(f"batch {step + 1}: {samples} samples, {failed} failed")
+    model.train(was_training)
+    if failed:
+        log.warning("interpretability: %d failed items skipped (%d used)", failed, samples)
+    table = {}
+    for m in methods:
+        row = segmentation_metrics(conf[m]) if samples else dict.fromkeys(
+            ("pixel_acc", "mean_acc", "miou"), float("nan"))
+        table[m] = {**row, "kept": kept[m] / max(samples, 1), "samples": samples,
+                    "failed": failed}
+    return table
+
+
+__all__ = ["METHODS", "confusion_counts", "interpretability_table", "keep_to_pixels",
+           "matched_keep_ratio", "method_keep", "segmentation_metrics"]
