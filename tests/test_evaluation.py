@@ -130,3 +130,16 @@ def test_eval_refuses_checkpoint_without_interpreter(tmp_path):
     proc = subprocess.run([sys.executable, *_eval_cmd(cfg, tmp_path / "dense.pt", tmp_path / "o")],
                           env=_clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "no trained interpreter weights" in proc.stderr
+
+
+def test_eval_uses_config_stored_in_checkpoint(tmp_path):
+    cfg, ckpt = _setup_run(tmp_path)
+    from videored.engine.config import load_config, to_dict
+    obj = torch.load(ckpt, weights_only=True)
+    obj["config"] = to_dict(load_config(cfg))
+    torch.save(obj, ckpt)
+    cmd = [a for a in _eval_cmd(cfg, ckpt, tmp_path / "o") if a not in ("--config", str(cfg))]
+    subprocess.run([sys.executable, *cmd, "--methods", "original,interpreter"], check=True,
+                   env=_clean_env(), timeout=300)
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert set(res["methods"]) == {"original", "interpreter"} and res["num_videos"] == 7

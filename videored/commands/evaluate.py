@@ -18,7 +18,9 @@ METHODS = tuple(METHOD_SELECTORS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="experiment YAML (model + data settings)")
+    p.add_argument("--config", default=None,
+                   help="experiment YAML (model + data settings); default: the config stored in "
+                        "the checkpoint by `videored train`")
     p.add_argument("--checkpoint", required=True,
                    help="model.pt or a training checkpoint (local file)")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: next to checkpoint)")
@@ -37,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from videored.engine.config import ConfigError, load_config
+    from videored.engine.config import ConfigError
+    from videored.engine.run_eval import config_for_checkpoint
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -46,8 +49,8 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
+        cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as err:
         print(f"videored eval: config error: {err}", file=sys.stderr)
         return 2
     if "interpreter" not in methods and args.keep_ratio is None and set(methods) - {"original"}:

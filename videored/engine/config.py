@@ -165,12 +165,16 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
         raise ConfigError("key 'data.batch_size': must be >= 1")
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
+def load_config(path: str | Path | None, overrides: list[str] = (),
+                base: dict | None = None) -> DictConfig:
     """Load an experiment file (with its `_base_` chain) and dotted overrides into a typed config.
 
+    base: a plain dict applied first (e.g. the config stored in a checkpoint).
     Returns a structured DictConfig (attribute access, types enforced on assignment).
     """
     cfg = OmegaConf.structured(ExperimentConfig)
+    if base is not None:
+        cfg = _merge(cfg, OmegaConf.create(base), "stored config")
     if path is not None:
         for file, node in _read_chain(Path(path)):
             cfg = _merge(cfg, node, str(file))

@@ -18,10 +18,23 @@ from videored.models import METHOD_SELECTORS
 from videored.tables import markdown_table
 
 from .builders import build_dataset, build_model, is_video_model
-from .config import to_dict
+from .config import ConfigError, load_config, to_dict
 from .distributed import DistInfo, barrier, init_distributed
 from .evaluation import aggregate, predict_views
 
+
+
+def config_for_checkpoint(checkpoint: str | Path, config_path: Optional[str | Path],
+                          overrides: list[str]) -> DictConfig:
+    """The YAML config when given, else the one `videored train` stored in the checkpoint."""
+    if config_path is not None:
+        return load_config(config_path, overrides)
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get("config")
+    if stored is None:
+        raise ConfigError(f"{checkpoint} holds no config: pass --config")
+    return load_config(None, overrides, base=stored)
 
 
 def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: bool):
