@@ -138,8 +138,9 @@ def build_executor(args: argparse.Namespace, folder: Path, command: str) -> subm
                                      slurm_max_num_timeout=args.max_timeouts)
     tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
     params = dict(name=args.job_name or f"videored-{command}", timeout_min=args.timeout,
-                  nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=tasks,
-                  slurm_signal_delay_s=args.signal_delay)
+                  nodes=args.nodes, tasks_per_node=tasks, slurm_signal_delay_s=args.signal_delay)
+    if args.gpus_per_node > 0:  # a GPU-less cluster may reject even --gpus-per-node=0
+        params["gpus_per_node"] = args.gpus_per_node
     if args.cpus_per_task is not None:
         params["cpus_per_task"] = args.cpus_per_task
     if args.mem is not None:
