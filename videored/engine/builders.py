@@ -64,7 +64,7 @@ def build_dataset(cfg: DictConfig, split: str) -> Dataset:
     """The dataset of `cfg.data` for split "train" | "val" | "test".
 
     video: `VideoClipDataset` on `<root>/<split>.csv` (mode = split); items are dicts with
-    "video" (C, T, H, W) and "label". image: the ImageNet folder dataset of `videored.data`.
+    "video" (C, T, H, W) and "label". image: `<root>/<split>/<class>/*` with DeiT's transforms.
     """
     d = cfg.data
     if d.kind == "tensor_file":
@@ -84,14 +84,9 @@ def build_dataset(cfg: DictConfig, split: str) -> Dataset:
 
 
 def _build_image_dataset(cfg: DictConfig, split: str) -> Dataset:
-    import videored.data as data
+    from videored.data import build_imagenet_dataset
 
-    builder = getattr(data, "build_imagenet_dataset", None)
-    if builder is None:
-        raise NotImplementedError(
-            "data.kind=image: videored.data provides no `build_imagenet_dataset` yet; "
-            "use data.kind=video or tensor_file")
-    return builder(cfg.data.root, split=split, img_size=cfg.model.img_size)
+    return build_imagenet_dataset(cfg.data.root, split=split, input_size=cfg.model.img_size)
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -231,7 +231,9 @@ class Trainer:
         for step, batch in zip(range(start, self.steps_per_epoch), self.loader):
             result = self._step(stage, net, params, optimizer, batch)
             lr = optimizer.param_groups[0]["lr"]  # the lr this step used
-            scheduler.step()  # stepped on skipped steps too: the lr follows the position
+            with warnings.catch_warnings():  # a skipped first step triggers torch's order warning
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                scheduler.step()  # stepped on skipped steps too: the lr follows the position
             if result is not None:  # None: skipped (non-finite), kept out of the averages
                 self.epoch_meter.add(result)
                 window.add(result)
@@ -309,8 +311,13 @@ class Trainer:
         result = {"stages": self.summary, "global_steps": self.pos.global_step,
                   "nonfinite_steps": self.nonfinite, "world_size": self.dist.world_size}
         if self.dist.is_main:
-            ckpt.atomic_save({"model": self.model.state_dict(), "config": to_dict(self.cfg),
-                              "summary": self.summary}, self.out / "model.pt")
+            extra = {"config": to_dict(self.cfg), "summary": self.summary}
+            if hasattr(self.model, "model_config"):  # rebuildable by videored.models.load_model_file
+                from videored.models import save_model_file
+
+                save_model_file(self.model, self.out / "model.pt", **extra)
+            else:
+                ckpt.atomic_save({"model": self.model.state_dict(), **extra}, self.out / "model.pt")
             (self.out / "summary.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
         barrier()
         return result
