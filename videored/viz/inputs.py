@@ -2,18 +2,21 @@
 
 Video: the centred clip of `VideoClipDataset(mode="test")` (same `sampling` functions, so the
 same frame indices), the short side resized to the model's input size and the centre crop, with
-the Kinetics normalization; works for any size, orientation and frame rate decord/PyAV can read.
+the Kinetics normalization; works for any size, orientation and frame rate decord/PyAV can read
+(a video decord fails on is decoded again with PyAV, which gives the same frames).
 Image: DeiT's evaluation transform (`build_imagenet_transform`), ImageNet normalization.
 The uint8 pixels shown in figures are the normalized input mapped back, i.e. the crop the model saw.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
@@ -32,23 +35,35 @@ def is_image_file(path: str | Path) -> bool:
 def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
                     target_fps: float, backend: str = "decord") -> PreparedInput:
     """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized."""
-    from videored.data import open_video
+    from videored.data import VideoDecodeError, open_video
     from videored.data import transforms as T
     from videored.data.sampling import centred_start, clip_indices, clip_span
     from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
 
-    with open_video(path, backend) as video:
-        span = clip_span(num_frames, sampling_rate, target_fps, video.fps)
-        idx = clip_indices(centred_start(video.num_frames, span), span, num_frames,
-                           video.num_frames)
-        frames = video.get_frames(idx)  # (T, H, W, 3) uint8
-        fps, length = video.fps, video.num_frames
+    def decode(backend: str):
+        with open_video(path, backend) as video:
+            span = clip_span(num_frames, sampling_rate, target_fps, video.fps)
+            idx = clip_indices(centred_start(video.num_frames, span), span, num_frames,
+                               video.num_frames)
+            return video.get_frames(idx), idx, video.fps, video.num_frames  # (T, H, W, 3) uint8
+
+    try:
+        frames, idx, fps, length = decode(backend)
+    except VideoDecodeError as e:
+        if backend != "decord":
+            raise
+        # decord 0.6 fails on some frame widths (e.g. 48 or 72 px: "DECORDArrayCopyFromTo: The
+        # size must exactly match"); PyAV decodes the same frames (tests in tests/test_data*).
+        log.warning("%s: decord failed (%s); decoding with PyAV", path, e.reason)
+        frames, idx, fps, length = decode("pyav")
+        backend = "pyav"
     h, w = frames.shape[1:3]
     clip = T.short_side_resize(T.to_float_cthw(frames), crop_size)  # (3, T, H', W')
     top, left = T.spatial_crop_offsets(clip.shape[-2], clip.shape[-1], crop_size, 0, 1)
     x = T.normalize(T.crop(clip, top, left, crop_size), KINETICS_MEAN, KINETICS_STD).contiguous()
     description = (f"centre {crop_size}x{crop_size} crop of {w}x{h} video (short side -> "
-                   f"{crop_size}), frames {idx.tolist()} of {length} at {fps:g} fps")
+                   f"{crop_size}), frames {idx.tolist()} of {length} at {fps:g} fps"
+                   + (" (PyAV)" if backend == "pyav" else ""))
     return PreparedInput(x=x, mean=KINETICS_MEAN, std=KINETICS_STD, description=description)
 
 
