@@ -60,27 +60,32 @@ class TensorFileDataset(Dataset):
         return {"video": self.x[i], "label": int(self.y[i])}
 
 
-def build_dataset(cfg: DictConfig, split: str) -> Dataset:
+def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
     """The dataset of `cfg.data` for split "train" | "val" | "test".
 
     video: `VideoClipDataset` on `<root>/<split>.csv` (mode = split); items are dicts with
-    "video" (C, T, H, W) and "label". image: `<root>/<split>/<class>/*` with DeiT's transforms.
+    "video" (C, T, H, W) and "label"; `overrides` replace its constructor arguments (e.g.
+    return_masks=True, num_spatial_crops=1). image: `<root>/<split>/<class>/*` with DeiT's
+    transforms. tensor_file: `TensorFileDataset`.
     """
     d = cfg.data
+    if d.kind != "video" and overrides:
+        raise ValueError(f"data.kind={d.kind}: dataset overrides {sorted(overrides)} apply to video only")
     if d.kind == "tensor_file":
         return TensorFileDataset(d.root, split)
-    if d.kind == "video":
-        from videored.data import VideoClipDataset
+    if d.kind == "image":
+        return _build_image_dataset(cfg, split)
+    from videored.data import VideoClipDataset
 
-        csv = Path(d.root) / f"{split}.csv"
-        if not csv.is_file():
-            raise FileNotFoundError(f"data.root={d.root}: no {split}.csv list there")
-        return VideoClipDataset(
-            str(csv), mode=split, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
-            target_fps=d.target_fps, crop_size=cfg.model.img_size,
-            train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
-            num_temporal_views=d.num_temporal_views, backend=d.backend)
-    return _build_image_dataset(cfg, split)
+    csv = Path(d.root) / f"{split}.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"data.root={d.root}: no {split}.csv list there")
+    kwargs: dict[str, Any] = dict(
+        mode=split, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
+        target_fps=d.target_fps, crop_size=cfg.model.img_size,
+        train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
+        num_temporal_views=d.num_temporal_views, backend=d.backend)
+    return VideoClipDataset(str(csv), **{**kwargs, **overrides})
 
 
 def _build_image_dataset(cfg: DictConfig, split: str) -> Dataset:
