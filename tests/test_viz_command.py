@@ -8,7 +8,7 @@ from videored import cli
 from videored.data import VideoClipDataset, render_video, save_masks, write_video
 from videored.models import create_model, save_model_file
 from videored.viz import figures
-from videored.viz.heatmap import patch_grid, render_overlays
+from videored.viz.heatmap import mask_outline, patch_grid, render_overlays
 from videored.viz.inputs import prepare_input, video_frames_uint8
 
 METHODS = ("interpreter", "attention", "temporal_difference", "random")
@@ -102,6 +102,29 @@ def test_video_input_is_the_test_datasets_centre_clip(files, tmp_path):
                           target_fps=30, crop_size=32, num_spatial_crops=1)
     torch.testing.assert_close(prepared.x, ds[0]["video"], rtol=0, atol=0)
     assert "64x96 video" in prepared.description and "25 fps" in prepared.description
+
+
+def test_object_masks_beside_the_video_are_cropped_like_the_dataset(files, tmp_path, capsys):
+    from videored.models import load_model_file
+    model = load_model_file(files / "video.pt")
+    prepared = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30)
+    (tmp_path / "one.csv").write_text(f"{files / 'synth.mp4'} 1\n")
+    ds = VideoClipDataset(tmp_path / "one.csv", mode="test", num_frames=4, sampling_rate=4,
+                          target_fps=30, crop_size=32, num_spatial_crops=1, return_masks=True)
+    assert prepared.mask is not None and prepared.mask.any()
+    torch.testing.assert_close(prepared.mask, ds[0]["mask"], rtol=0, atol=0)
+    assert prepare_input(files / "portrait.mp4", model, sampling_rate=4,
+                         target_fps=30).mask is None
+    out = tmp_path / "out"
+    assert _run("--checkpoint", files / "video.pt", "--csv", tmp_path / "one.csv", "-o", out) == 0
+    png = _png(out / "synth_interpreter.png")
+    lay = _layout_of(png, 2, 4, 32)
+    outline = mask_outline(prepared.mask.numpy())
+    assert outline[:, 16:].any()  # the checked rows (below the corner label) hold outline pixels
+    for t in range(4):
+        top, left = lay.offsets[1][t]
+        panel = png[top:top + 32, left:left + 32]
+        assert (panel[16:][outline[t][16:]] == 255).all()
 
 
 def test_decord_failures_fall_back_to_pyav(files, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from videored.viz import figures
-from videored.viz.heatmap import render_overlays
+from videored.viz.heatmap import mask_outline, paint, render_overlays
 
 TEXT_PX = 16  # the corner label covers at most the top 16 rows of a panel
 
@@ -58,6 +58,21 @@ def test_video_figure_layout_and_pixels(tmp_path):
     assert (np.abs(bar - [128, 0, 0]).sum(1) < 40).any()
     # the kept ratio is written in the top-left corner of each heatmap panel: not the panel
     assert not np.array_equal(png[top:top + TEXT_PX, left:left + 48], heated[2][:TEXT_PX])
+
+
+def test_object_mask_is_outlined_on_the_greyed_row(tmp_path):
+    frames, scores, keep = _case(T=2)
+    mask = np.zeros((2, 48, 48), bool)
+    mask[:, 20:40, 10:30] = True
+    lay = figures.video_figure(tmp_path / "o.png", frames, scores, keep, 16, object_mask=mask)
+    png = _read_png(tmp_path / "o.png")
+    heated, greyed, _ = render_overlays(frames, scores, keep, 16)
+    outlined = paint(greyed, mask_outline(mask))
+    for t in range(2):
+        _assert_panel(png, lay, 0, t, heated[t])
+        _assert_panel(png, lay, 1, t, outlined[t])
+    top, left = lay.offsets[1][0]
+    assert (png[top + 20, left + 10:left + 30] == 255).all()  # the top edge of the object
 
 
 def test_smooth_video_figure_uses_bilinear_heatmaps(tmp_path):

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from videored.viz.heatmap import (colorize, grey_out, kept_ratio_per_frame, overlay_heatmap,
-                                  patch_grid, render_overlays, to_uint8_frames, upsample_patches)
+from videored.viz.heatmap import (colorize, grey_out, kept_ratio_per_frame, mask_outline,
+                                  overlay_heatmap, paint, patch_grid, render_overlays,
+                                  to_uint8_frames, upsample_patches)
 
 
 def test_patch_grid_follows_the_documented_token_order():
@@ -118,3 +119,19 @@ def test_render_overlays_shapes_and_consistency():
     np.testing.assert_array_equal(greyed[keep_px], frames[keep_px])
     np.testing.assert_array_equal(kept_heat[keep_px], heated[keep_px])
     np.testing.assert_array_equal(kept_heat[~keep_px], grey_out(heated, keep_px)[~keep_px])
+
+
+def test_mask_outline_and_paint():
+    mask = np.zeros((1, 6, 6), bool)
+    mask[0, 1:5, 1:5] = True  # a 4x4 square
+    outline = mask_outline(mask)
+    expected = mask.copy()
+    expected[0, 2:4, 2:4] = False  # the 2x2 interior has all four neighbours inside
+    np.testing.assert_array_equal(outline, expected)
+    edge = np.zeros((1, 3, 3), bool)
+    edge[0, :, 0] = True  # touching the frame border: still outlined
+    np.testing.assert_array_equal(mask_outline(edge), edge)
+    frames = np.zeros((1, 6, 6, 3), np.uint8)
+    out = paint(frames, outline, (255, 0, 7))
+    assert (out[outline] == [255, 0, 7]).all() and (out[~outline] == 0).all()
+    assert (frames == 0).all()  # the input is not modified

@@ -4,7 +4,8 @@
     videored visualize --checkpoint runs/x/model.pt --csv data/test.csv --limit 4 -o figs
 
 Writes `OUT/<stem>_<method>.png` (+ `.gif` with --gif) per input and method, and with
-`--method all` also `OUT/<stem>_all.png` (methods as rows). Baselines keep, by default, the
+`--method all` also `OUT/<stem>_all.png` (methods as rows). Videos with object masks stored
+beside them (`name.masks.npz`, the synthetic dataset) get the object outlined in white. Baselines keep, by default, the
 fraction of patches the interpreter kept on that input (equal speed, as the paper compares).
 """
 from __future__ import annotations
@@ -63,10 +64,14 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
         from videored.data import VideoClipDataset
         from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
 
+        from videored.data import mask_path
+
         T, gh, _ = model.grid
         ds = VideoClipDataset(args.csv, mode="test", num_frames=T, sampling_rate=sampling_rate,
                               target_fps=target_fps, crop_size=gh * model.patch_size,
                               num_spatial_crops=1, backend=args.backend)
+        # object outlines when every listed video has its masks (e.g. the synthetic dataset)
+        ds.return_masks = all(mask_path(p).is_file() for p in ds.paths)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         for i in range(n):
             item = ds[i]
@@ -75,8 +80,8 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
                 continue
             desc = (f"centre {ds.crop_size}x{ds.crop_size} crop (short side -> {ds.crop_size}), "
                     f"centred clip of {T} frames, stride {sampling_rate} at {target_fps:g} fps")
-            yield item["path"], PreparedInput(item["video"], KINETICS_MEAN, KINETICS_STD, desc), \
-                item["label"], None
+            yield item["path"], PreparedInput(item["video"], KINETICS_MEAN, KINETICS_STD, desc,
+                                              item.get("mask")), item["label"], None
         return
     paths = [args.path]
     if args.path.is_dir():
@@ -160,7 +165,10 @@ def main(args: argparse.Namespace) -> int:
             results, notes = _run_methods(model, prepared.x.to(args.device), methods,
                                           args.keep_ratio)
         frames = video_frames_uint8(prepared)  # (T, H, W, 3): the crop the model saw
+        mask = None if prepared.mask is None else prepared.mask.numpy()  # (T, H, W) bool
         truth = "" if label is None else f", label {label}"
+        if mask is not None:
+            truth += " | white outline: object mask"
         for m, (scores, keep, pred, prob) in results.items():
             title = (f"{m} ({notes[m]}) | {Path(name).name}: {prepared.description} | kept "
                      f"{keep[-1].mean():.2f} of the patches | predicted class {pred} "
@@ -169,7 +177,8 @@ def main(args: argparse.Namespace) -> int:
             png = args.out / f"{stem}_{m}.png"
             if video_model:
                 figures.video_figure(png, frames, scores[-1], keep[-1], model.patch_size,
-                                     title=title, smooth=args.smooth, threshold=threshold)
+                                     title=title, smooth=args.smooth, threshold=threshold,
+                                     object_mask=mask)
             else:  # image: one panel per group (paper Fig. 4)
                 figures.image_groups_figure(png, frames[0], scores[:, 0], keep[:, 0],
                                             model.patch_size, title=title, smooth=args.smooth,
@@ -178,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
             if args.gif and video_model:
                 written.append(figures.video_gif(args.out / f"{stem}_{m}.gif", frames,
                                                  scores[-1], keep[-1], model.patch_size,
-                                                 smooth=args.smooth))
+                                                 smooth=args.smooth, object_mask=mask))
         if args.method == "all":
             if video_model:
                 rows = {m: (s[-1], k[-1]) for m, (s, k, _, _) in results.items()}
@@ -190,7 +199,8 @@ def main(args: argparse.Namespace) -> int:
             kept = {m: float(k[-1].mean()) for m, (_, k, _, _) in results.items()}
             figures.methods_figure(png, panels, rows, model.patch_size, kept=kept,
                                    title=f"{Path(name).name}: {prepared.description}",
-                                   smooth=args.smooth)
+                                   smooth=args.smooth,
+                                   object_mask=mask if video_model else None)
             written.append(png)
     for path in written:
         print(path)

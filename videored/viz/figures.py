@@ -10,6 +10,8 @@ Layouts (returned as `Layout`, pixel offsets of every panel):
 - image with D groups: row 1 = group j's scores, row 2 = the image after group j's selection
   (kept ratio in the corner), as in paper Fig. 4.
 - methods: one row per method, each panel the heatmap on kept patches, dropped ones greyed.
+Given an object mask (the synthetic data has them), its outline is drawn in white on the greyed
+panels, so what was kept can be compared with where the object is.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .heatmap import kept_ratio_per_frame, render_overlays
+from .heatmap import kept_ratio_per_frame, mask_outline, paint, render_overlays
 
 GAP = 4  # px between panels
 FONT = 8  # pt
@@ -116,13 +118,16 @@ def save_panels(path: str | Path, panels: list[list[np.ndarray]], *, title: str 
 def video_figure(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
                  keep_grid: np.ndarray, patch_size: int, *, title: str = "",
                  smooth: bool = False, threshold: float | None = None,
-                 cmap: str = "jet") -> Layout:
+                 object_mask: np.ndarray | None = None, cmap: str = "jet") -> Layout:
     """Two rows x T frames: heatmap overlay (kept ratio in the corner), dropped patches greyed.
 
-    frames (T, H, W, 3) uint8, scores_grid (T, gh, gw) in [0, 1], keep_grid (T, gh, gw) bool.
+    frames (T, H, W, 3) uint8, scores_grid (T, gh, gw) in [0, 1], keep_grid (T, gh, gw) bool,
+    object_mask (T, H, W) bool or None: outlined on the second row.
     """
     heated, greyed, _ = render_overlays(frames, scores_grid, keep_grid, patch_size,
                                         smooth=smooth, cmap=cmap)
+    if object_mask is not None:
+        greyed = paint(greyed, mask_outline(object_mask))
     ratios = kept_ratio_per_frame(keep_grid)
     T = len(frames)
     corner = [[f"{r:.2f}" for r in ratios], [f"t={t}" for t in range(T)]]
@@ -153,17 +158,20 @@ def image_groups_figure(path: str | Path, image: np.ndarray, scores_groups: np.n
 
 def methods_figure(path: str | Path, frames: np.ndarray, results: dict[str, tuple],
                    patch_size: int, *, title: str = "", smooth: bool = False,
-                   kept: dict[str, float] | None = None, cmap: str = "jet") -> Layout:
+                   kept: dict[str, float] | None = None,
+                   object_mask: np.ndarray | None = None, cmap: str = "jet") -> Layout:
     """One row per method: the heatmap on the kept patches, dropped patches greyed.
 
     frames (T, H, W, 3) uint8; results: method -> (scores_grid (T, gh, gw), keep_grid (T, gh, gw)).
     kept: the kept fraction printed beside each method (default: the mean over the panels).
+    object_mask: (T, H, W) bool or None, outlined on every panel.
     """
+    outline = None if object_mask is None else mask_outline(object_mask)
     panels, corner, labels = [], [], []
     for method, (scores, keep) in results.items():
         _, _, kept_heat = render_overlays(frames, scores, keep, patch_size, smooth=smooth,
                                           cmap=cmap)
-        panels.append(list(kept_heat))
+        panels.append(list(kept_heat if outline is None else paint(kept_heat, outline)))
         corner.append([f"{r:.2f}" for r in kept_ratio_per_frame(keep)])
         fraction = kept[method] if kept else float(np.asarray(keep).mean())
         labels.append(f"{method} ({fraction:.2f})")
@@ -173,13 +181,17 @@ def methods_figure(path: str | Path, frames: np.ndarray, results: dict[str, tupl
 
 def video_gif(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
               keep_grid: np.ndarray, patch_size: int, *, smooth: bool = False,
-              frame_ms: int = 400, cmap: str = "jet") -> Path:
-    """Animated GIF, one frame per sampled frame: heatmap overlay | dropped greyed, kept ratio
-    written in the corner. 256-colour palette (GIF), loops forever."""
+              frame_ms: int = 400, object_mask: np.ndarray | None = None,
+              cmap: str = "jet") -> Path:
+    """Animated GIF, one frame per sampled frame: heatmap overlay | dropped greyed (object
+    outlined when a mask is given), kept ratio written in the corner. 256-colour palette (GIF),
+    loops forever."""
     from PIL import Image, ImageDraw
 
     heated, greyed, _ = render_overlays(frames, scores_grid, keep_grid, patch_size,
                                         smooth=smooth, cmap=cmap)
+    if object_mask is not None:
+        greyed = paint(greyed, mask_outline(object_mask))
     ratios = kept_ratio_per_frame(keep_grid)
     T, h, w = heated.shape[:3]
     images = []

@@ -116,6 +116,22 @@ def grey_out(frames, keep_pixels, strength: float = 0.8, grey: int = 128) -> np.
     return np.where(keep[..., None], frames, faded.astype(np.uint8))
 
 
+def mask_outline(mask) -> np.ndarray:
+    """(T, H, W) bool object mask -> (T, H, W) bool: object pixels with a 4-neighbour outside it
+    (pixels beyond the frame count as outside)."""
+    m = _numpy(mask).astype(bool)
+    pad = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+    interior = pad[:, :-2, 1:-1] & pad[:, 2:, 1:-1] & pad[:, 1:-1, :-2] & pad[:, 1:-1, 2:]
+    return m & ~interior
+
+
+def paint(frames, where, colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """A copy of frames (T, H, W, 3) uint8 with `colour` where `where` (T, H, W) is True."""
+    out = _numpy(frames).copy()
+    out[_numpy(where).astype(bool)] = np.asarray(colour, np.uint8)
+    return out
+
+
 def render_overlays(frames, scores_grid, keep_grid, patch_size: int, *, smooth: bool = False,
                     alpha: float = 0.5, cmap: str = "jet") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The three pictures of a clip: (heatmap overlay, dropped-greyed, heatmap-on-kept), each
@@ -129,5 +145,5 @@ def render_overlays(frames, scores_grid, keep_grid, patch_size: int, *, smooth: 
 
 __all__ = [
     "UPSAMPLE_MODES", "colorize", "colormap_lut", "grey_out", "kept_ratio_per_frame",
-    "overlay_heatmap", "patch_grid", "render_overlays", "to_uint8_frames", "upsample_patches",
+    "mask_outline", "overlay_heatmap", "paint", "patch_grid", "render_overlays", "to_uint8_frames", "upsample_patches",
 ]

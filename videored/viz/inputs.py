@@ -26,6 +26,7 @@ class PreparedInput:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str  # what the model saw, for figure titles
+    mask: torch.Tensor | None = None  # (T, H, W) bool object mask of the same crop, if known
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -34,8 +35,12 @@ def is_image_file(path: str | Path) -> bool:
 
 def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
                     target_fps: float, backend: str = "decord") -> PreparedInput:
-    """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized."""
-    from videored.data import VideoDecodeError, open_video
+    """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized.
+
+    When object masks are stored beside the video (`name.masks.npz`), `mask` holds those of the
+    same frames with the same resize and crop (nearest neighbour), as the dataset does.
+    """
+    from videored.data import VideoDecodeError, load_masks, mask_path, open_video
     from videored.data import transforms as T
     from videored.data.sampling import centred_start, clip_indices, clip_span
     from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
@@ -64,7 +69,16 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
     description = (f"centre {crop_size}x{crop_size} crop of {w}x{h} video (short side -> "
                    f"{crop_size}), frames {idx.tolist()} of {length} at {fps:g} fps"
                    + (" (PyAV)" if backend == "pyav" else ""))
-    return PreparedInput(x=x, mean=KINETICS_MEAN, std=KINETICS_STD, description=description)
+    mask = None
+    if mask_path(path).is_file():
+        masks = load_masks(path)  # (F, H, W)
+        if masks.shape[0] < length or masks.shape[1:] != (h, w):
+            raise ValueError(f"{mask_path(path)}: masks {masks.shape} do not match the video "
+                             f"({length}, {h}, {w})")
+        mask = T.short_side_resize_mask(torch.from_numpy(masks[idx]), crop_size)
+        mask = T.crop(mask, top, left, crop_size).contiguous()
+    return PreparedInput(x=x, mean=KINETICS_MEAN, std=KINETICS_STD, description=description,
+                         mask=mask)
 
 
 def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
