@@ -1,7 +1,7 @@
 """Collect a sweep: one row per grid point from its run dir, written as a Markdown + JSON table.
 
 A point's metrics come from `summary.json` (train: the last stage's train/val means) or
-`results.json` (eval: every numeric entry). A point without them is listed anyway, as
+`results.json` (eval: error, kept ratio, GFLOPs and clips/s of every method). A point without them is listed anyway, as
 `failed` (with the job's error from submitit's result file), `pending`/`running` (still in the
 SLURM queue) or `missing` (no trace of it).
 """
@@ -29,6 +29,10 @@ def flatten_numbers(data: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+# The eval numbers a sweep table shows per method (results.json has more: top-5, per class, ...).
+EVAL_COLUMNS = ("clip1_err", "video1_err", "kept_ratio", "gflops", "clips_per_s")
+
+
 def metrics_of(command: str, result: dict) -> dict[str, float]:
     if command == "train":  # the final model is the last stage's
         last = result["stages"][-1] if result.get("stages") else {}
@@ -37,6 +41,9 @@ def metrics_of(command: str, result: dict) -> dict[str, float]:
         if "global_steps" in result:
             metrics["global_steps"] = float(result["global_steps"])
         return metrics
+    if isinstance(result.get("methods"), dict):  # `videored eval`: {"methods": {name: {...}}}
+        return {f"{method}.{k}": float(v) for method, row in result["methods"].items()
+                for k, v in row.items() if k in EVAL_COLUMNS and isinstance(v, (int, float))}
     return flatten_numbers(result)
 
 

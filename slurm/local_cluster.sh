@@ -152,8 +152,9 @@ cmd_up() {
   write_config
   if ! pid_alive slurmctld; then
     log "starting slurmctld"
-    # -i: ignore stale state from an earlier run (the job ids and node state start fresh).
-    slurmctld -i
+    # Jobs, node state and the job-id counter are recovered from $SPOOL_DIR/ctld, as on a real
+    # cluster: ids never repeat, so old submitit result files in a reused job dir cannot collide.
+    slurmctld
   fi
   if ! pid_alive slurmd; then
     log "starting slurmd"

@@ -187,3 +187,17 @@ def test_debug_executor_runs_the_same_training_as_the_cli(tmp_path, monkeypatch)
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
     assert OmegaConf.load(tmp_path / "job" / "config.yaml").optim.lr == 0.05
+
+
+def test_eval_points_show_each_methods_headline_numbers(tmp_path):
+    from slurm.collect import metrics_of
+
+    results = {"world_size": 2, "methods": {
+        "original": {"clip1_err": 20.0, "video1_err": 17.5, "kept_ratio": 1.0, "gflops": 0.5,
+                     "clips_per_s": 10.0, "per_class_video1_acc": [80.0, 85.0]},
+        "interpreter": {"clip1_err": 25.0, "video1_err": 22.5, "kept_ratio": 0.5, "gflops": 0.25,
+                        "clip1_top5_err": 1.0}}}
+    assert metrics_of("eval", results) == {
+        "original.clip1_err": 20.0, "original.video1_err": 17.5, "original.kept_ratio": 1.0,
+        "original.gflops": 0.5, "original.clips_per_s": 10.0, "interpreter.clip1_err": 25.0,
+        "interpreter.video1_err": 22.5, "interpreter.kept_ratio": 0.5, "interpreter.gflops": 0.25}
