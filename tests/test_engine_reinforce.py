@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from videored.engine.reinforce import log_likelihood, policy_loss, reward, self_critical_advantage
+from videored.engine.reinforce import (leave_one_out_advantage, log_likelihood, policy_loss, reward,
+                                      self_critical_advantage)
 
 
 def test_reward_by_hand():
@@ -21,6 +22,12 @@ def test_self_critical_advantage_by_hand():
     adv = self_critical_advantage(torch.tensor([True, False]), torch.tensor([0.3, 0.9]),
                                   torch.tensor([False, True]), torch.tensor([0.4, 0.5]), tau=1.0)
     assert torch.allclose(adv, torch.tensor([1.91, -1.75]))
+
+
+def test_leave_one_out_advantage_by_hand():
+    # baselines: mean of the others = (0 - 1)/2, (1 - 1)/2, (1 + 0)/2
+    adv = leave_one_out_advantage(torch.tensor([1.0, 0.0, -1.0]))
+    assert torch.allclose(adv, torch.tensor([1.5, 0.0, -1.5]))
 
 
 def test_policy_loss_and_gradient_by_hand():

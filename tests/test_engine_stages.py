@@ -64,7 +64,8 @@ def test_which_parameters_change(tmp_path, stage, expected):
     assert changed == trained
 
 
-def test_interpreter_step_builds_no_backbone_graph():
+@pytest.mark.parametrize("baseline", ["self_critical", "leave_one_out"])
+def test_interpreter_step_builds_no_backbone_graph(baseline):
     """Autograd tracks only interpreter j: the blocks run as a plain inference forward."""
     cfg = tiny_config("data.root=x", "model.groups=2", "model.depth=4")
     model = build_model(cfg)
@@ -74,7 +75,7 @@ def test_interpreter_step_builds_no_backbone_graph():
     x, y = torch.randn(3, 3, 2, 32, 32), torch.tensor([0, 1, 2])
     seen = []
     hooks = [blk.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad)) for blk in model.blocks]
-    result = interpreter_step(model, model, x, y, group=1, tau=1.0, squared=True)
+    result = interpreter_step(model, model, x, y, group=1, tau=1.0, squared=True, baseline=baseline)
     for h in hooks:
         h.remove()
     assert seen and not any(seen)  # no block output is part of the graph
@@ -82,3 +83,5 @@ def test_interpreter_step_builds_no_backbone_graph():
     assert all(p.grad is not None for p in model.interpreters[1].parameters())
     others = [p for n, p in model.named_parameters() if not n.startswith("interpreters.1.")]
     assert all(p.grad is None for p in others)
+    blocks_per_call = len(model.blocks)
+    assert len(seen) == (2 if baseline == "self_critical" else 1) * blocks_per_call  # greedy pass or not

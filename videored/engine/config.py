@@ -78,6 +78,9 @@ class ScheduleConfig:
 class ReinforceConfig:
     tau: float = 1.5  # penalty for a wrong prediction (Eq. 2)
     squared: bool = True  # reward 1 - k^2 (True) or 1 - k (supplement Table 3)
+    # self_critical: A = R(u) - R(u_hat), a greedy pass per step (paper Eq. 3);
+    # leave_one_out: A_b = R_b - mean of the other samples' R, no greedy pass (about 2x cheaper)
+    baseline: str = "self_critical"
 
 
 @dataclass
@@ -163,6 +166,11 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
         raise ConfigError(f"key 'schedule.groups': {list(groups)} outside 0..{cfg.model.groups - 1}")
     if cfg.data.batch_size < 1:
         raise ConfigError("key 'data.batch_size': must be >= 1")
+    if cfg.reinforce.baseline not in ("self_critical", "leave_one_out"):
+        raise ConfigError(f"key 'reinforce.baseline': use self_critical or leave_one_out, "
+                          f"not {cfg.reinforce.baseline!r}")
+    if cfg.reinforce.baseline == "leave_one_out" and cfg.data.batch_size < 2:
+        raise ConfigError("key 'reinforce.baseline': leave_one_out needs data.batch_size >= 2")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (),

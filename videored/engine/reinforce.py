@@ -37,6 +37,19 @@ def self_critical_advantage(
     return (r_sampled - r_greedy).detach()
 
 
+def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:
+    """A_b = R_b - mean_{b' != b} R_b' (B >= 2): a baseline that needs no extra forward pass.
+
+    Each sample's baseline is independent of its own decisions, so the gradient stays unbiased.
+    rewards (B,) -> (B,), no grad. An option next to the paper's self-critical baseline.
+    """
+    B = rewards.shape[0]
+    if B < 2:
+        raise ValueError("the leave-one-out baseline needs a batch of at least 2 samples")
+    r = rewards.detach().float()
+    return r - (r.sum() - r) / (B - 1)
+
+
 def log_likelihood(scores: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
     """sum_i log(I_i u_i + (1 - I_i)(1 - u_i)) per sample.
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .reinforce import policy_loss, reward
+from .reinforce import leave_one_out_advantage, policy_loss, reward
 
 
 @dataclass(frozen=True)
@@ -112,31 +112,36 @@ class StepResult:
 
 
 def interpreter_step(model: nn.Module, raw_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     group: int, tau: float, squared: bool) -> StepResult:
-    """REINFORCE with the self-critical baseline for interpreter `group`.
+                     group: int, tau: float, squared: bool, baseline: str = "self_critical") -> StepResult:
+    """REINFORCE for interpreter `group` (Eq. 3).
 
     model: the (possibly DDP-wrapped) module whose forward builds the graph; raw_model: the bare
     module, used for the greedy baseline pass under no_grad. x (B, C, T, H, W); y (B,).
+    baseline: "self_critical" (A = R(u) - R(u_hat), u_hat_i = [I_i >= threshold]: one extra
+    greedy forward) or "leave_one_out" (A_b = R_b - mean of the other samples' rewards).
     """
     j = group
-    with torch.no_grad():  # greedy decisions u_hat = [I >= threshold]: the baseline R(u_hat)
-        greedy = raw_model(x, active_groups=j + 1)
+    greedy = None
+    if baseline == "self_critical":
+        with torch.no_grad():  # greedy decisions u_hat: the baseline R(u_hat)
+            greedy = raw_model(x, active_groups=j + 1)
     out = model(x, sample=True, active_groups=j + 1)  # u ~ Bernoulli(I); only scores[j] has grad
     kept_s = out.keep[j].float().mean(1)  # (B,) fraction of all N patch tokens kept
-    kept_g = greedy.keep[j].float().mean(1)
     correct_s = out.logits.argmax(1) == y
-    correct_g = greedy.logits.argmax(1) == y
     r_s = reward(correct_s, kept_s, tau, squared)  # (B,)
-    r_g = reward(correct_g, kept_g, tau, squared)
-    advantage = r_s - r_g  # A = R(u) - R(u_hat), Eq. 3
-    loss = policy_loss(out.scores[j], out.keep[j], advantage)
     B = y.shape[0]
-    sums = {
-        "loss": loss.detach().float() * B, "reward": r_s.sum(), "reward_greedy": r_g.sum(),
-        "advantage": advantage.sum(), "kept": kept_s.sum(), "kept_greedy": kept_g.sum(),
-        "acc_sampled": correct_s.float().sum(), "acc_greedy": correct_g.float().sum(),
-        "gflops_greedy": greedy.gflops.float().sum(),
-    }
+    sums = {"reward": r_s.sum(), "kept": kept_s.sum(), "acc_sampled": correct_s.float().sum()}
+    if greedy is not None:
+        kept_g = greedy.keep[j].float().mean(1)
+        correct_g = greedy.logits.argmax(1) == y
+        r_g = reward(correct_g, kept_g, tau, squared)
+        advantage = r_s - r_g
+        sums.update({"reward_greedy": r_g.sum(), "kept_greedy": kept_g.sum(),
+                     "acc_greedy": correct_g.float().sum(), "gflops_greedy": greedy.gflops.float().sum()})
+    else:
+        advantage = leave_one_out_advantage(r_s)
+    loss = policy_loss(out.scores[j], out.keep[j], advantage)
+    sums.update({"loss": loss.detach().float() * B, "advantage": advantage.sum()})
     return StepResult(loss=loss, sums=sums, count=B)
 
 
