@@ -64,10 +64,10 @@ def test_shipped_configs_load(path):
 
 
 def test_paper_numbers_in_shipped_configs():
-    k400 = load_config(REPO / "configs/k400/iared2_jointst_b_8x224.yaml", ["model.pretrained_path=/c"])
+    k400 = load_config(REPO / "configs/k400/jointst_b_8x224_iared2.yaml", ["model.pretrained_path=/c"])
     assert (k400.model.groups, k400.schedule.interpreter_epochs, k400.schedule.finetune_epochs) == (1, 5, 1)
     assert (k400.optim.name, k400.optim.lr, k400.data.batch_size) == ("sgd", 2.5e-3, 8)
     assert k400.model.num_frames * (k400.model.img_size // 16) ** 2 == 1568
-    deit = load_config(REPO / "configs/imagenet/iared2_deit_s.yaml", ["model.pretrained_path=/c"])
+    deit = load_config(REPO / "configs/imagenet/deit_s_iared2.yaml", ["model.pretrained_path=/c"])
     assert (deit.model.groups, deit.schedule.interpreter_epochs, deit.schedule.finetune_epochs) == (3, 10, 20)
     assert (deit.optim.name, deit.optim.lr, deit.data.batch_size) == ("adam", 4e-5, 32)
