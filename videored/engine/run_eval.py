@@ -137,10 +137,9 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
 
 
 def _interpretability(cfg, model, split, methods, results, keep_ratio):
-    from videored.data import VideoClipDataset  # noqa: F401  (masks come from the video dataset)
     from videored.viz.segmentation import interpretability_table
 
-    masked = build_dataset(cfg, split, return_masks=True, num_spatial_crops=1)
+    masked = build_dataset(cfg, split, return_masks=True, num_spatial_crops=1)  # centre crop
     ratio = keep_ratio if keep_ratio is not None else results.get("interpreter", {}).get("kept_ratio")
     return interpretability_table(model, masked, methods, ratio)
 
