@@ -1,0 +1,113 @@
+"""`videored data synth|scan|k400|bench`: dataset tools."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="TOOL", required=True)
+
+    p = sub.add_parser("synth", help="write the synthetic moving-object video dataset (H.264 mp4 + masks + csvs)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--classes", type=int, default=4, help="number of motion directions, 2..8")
+    p.add_argument("--videos-per-class", type=int, default=24, help="train videos per class")
+    p.add_argument("--val-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
+    p.add_argument("--test-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("scan", help="decode every video of a list in worker processes; JSON report of bad ones")
+    p.add_argument("--csv", required=True, help="`path label` list")
+    p.add_argument("--out", required=True, help="JSON report: {checked, bad: [{path, line, reason}]}")
+    p.add_argument("--backend", choices=("decord", "pyav"), default="decord")
+    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per video before it counts as a hang")
+    p.add_argument("--min-frames", type=int, default=1, help="report videos with fewer frames as bad")
+    p.add_argument("--sample-frames", type=int, default=None, help="decode only N evenly spaced frames (faster)")
+
+    k400 = sub.add_parser("k400", help="Kinetics-400 preparation (see datasets/README.md)")
+    ksub = k400.add_subparsers(dest="k400_command", metavar="STEP", required=True)
+    p = ksub.add_parser("lists", help="annotation CSVs + downloaded clips -> train/val/test.csv + classes.txt")
+    p.add_argument("--videos", required=True, help="root of the downloaded (or resized) clips, flat or per class")
+    p.add_argument("--annotations", required=True, help="folder with train.csv, validate.csv (or val.csv), optional test.csv")
+    p.add_argument("--out", required=True, help="folder for the lists")
+    p.add_argument("--test-from", choices=("val", "test"), default="val", help="build test.csv from the validation (paper protocol) or test annotations")
+    p.add_argument("--classes-file", default=None, help="fixed class order (default: sorted train labels)")
+    p = ksub.add_parser("resize", help="re-encode clips to short side 320 (PyAV; parallel, resumable)")
+    p.add_argument("--src", required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--short-side", type=int, default=320)
+    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+
+    p = sub.add_parser("bench", help="loader benchmark: decoded clips/s per worker, decord vs PyAV")
+    p.add_argument("--clips", type=int, default=20, help="clips timed per video and backend")
+    p.add_argument("--out", default=None, help="also write the rows as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"synth": _synth, "scan": _scan, "k400": _k400, "bench": _bench}[args.data_command](args)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from videored.data.synthetic import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(
+        args.out, args.classes, args.videos_per_class, args.seed, args.val_per_class, args.test_per_class, progress=True
+    )
+    print(json.dumps({k: summary[k] for k in ("num_classes", "videos", "seed", "object_fraction_mean")}))
+    print(f"wrote {Path(args.out) / 'train.csv'}, val.csv, test.csv, classes.txt")
+    return 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from videored.data.scan import scan_video_list
+
+    report = scan_video_list(args.csv, args.backend, args.workers, args.timeout, args.min_frames, args.sample_frames, progress=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
+    for bad in report["bad"][:20]:
+        print(f"{args.csv}:{bad['line']}: {bad['path']}: {bad['reason']}", file=sys.stderr)
+    if len(report["bad"]) > 20:
+        print(f"... {len(report['bad']) - 20} more in {out}", file=sys.stderr)
+    print(f"checked {report['checked']}, bad {len(report['bad'])} -> {out}")
+    return 1 if report["bad"] else 0
+
+
+def _k400(args: argparse.Namespace) -> int:
+    from videored.data import kinetics
+
+    if args.k400_command == "resize":
+        counts = kinetics.resize_videos(args.src, args.dst, args.short_side, args.workers)
+        print(json.dumps(counts))
+        return 1 if counts["failed"] else 0
+    ann = Path(args.annotations)
+    val = next((ann / n for n in ("validate.csv", "val.csv") if (ann / n).is_file()), None)
+    missing = [n for n, p in (("train.csv", ann / "train.csv"), ("validate.csv or val.csv", val)) if p is None or not p.is_file()]
+    if args.test_from == "test" and not (ann / "test.csv").is_file():
+        missing.append("test.csv")
+    if missing:
+        print(f"error: {ann} lacks {', '.join(missing)}", file=sys.stderr)
+        return 2
+    test = ann / "test.csv" if args.test_from == "test" else None
+    report = kinetics.make_kinetics_lists(args.videos, args.out, ann / "train.csv", val, test, args.classes_file)
+    for split, r in report["splits"].items():
+        print(f"{split}: {r['listed']} listed, {r['missing']} of {r['annotated']} annotated clips missing, "
+              f"{len(r['bad_annotation_lines'])} bad annotation lines")
+    print(f"{report['num_classes']} classes; lists, missing_*.txt and report.json in {args.out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from videored.data.decode_bench import format_table, run_decode_benchmark
+
+    rows = run_decode_benchmark(clips=args.clips)
+    print(format_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0

@@ -1,0 +1,140 @@
+"""Loader benchmark: decoded clips/s of ONE worker process, decord vs PyAV.
+
+Two numbers per video kind and backend: `decode` (open the file + decode the clip's frames) and
+`item` (a full `VideoClipDataset` train item: decode + scale jitter + crop + flip + normalize).
+One process with one torch thread = what each DataLoader worker delivers; multiply by the
+number of workers (up to the core count) for a loader's throughput.
+
+Run: `python -m videored.data.decode_bench` (or `videored data bench`); results in docs/data.md.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from videored.data.decoding import open_video
+from videored.data.encoding import write_video
+from videored.data.sampling import clip_indices, clip_span, random_start
+from videored.data.synthetic import SynthConfig, render_video, write_synthetic_dataset
+from videored.data.video_dataset import VideoClipDataset
+
+
+def make_benchmark_videos(workdir: str | os.PathLike) -> dict[str, dict]:
+    """Benchmark inputs under `workdir`: the synthetic set and a 10 s 340x256 30 fps H.264 clip
+    (the size of a Kinetics-400 clip after the usual short-side-256 resize). Returns
+    {kind: {"csv", "sampling": dataset kwargs, "describe"}}."""
+    workdir = Path(workdir)
+    synth = workdir / "synth"
+    write_synthetic_dataset(synth, num_classes=4, videos_per_class=4, seed=0)
+    cfg = SynthConfig()
+    k400 = workdir / "k400like"
+    k400.mkdir(parents=True, exist_ok=True)
+    # 300 frames of the same moving-clutter renderer at 340x256: real texture and motion, so
+    # the H.264 bitstream is as hard to decode as natural video of that size (not flat colour).
+    big = SynthConfig(height=256, width=340, num_frames=300, object_travel=(60.0, 70.0))
+    frames, _ = render_video(0, 4, np.random.default_rng(0), big)
+    write_video(k400 / "clip_340x256_10s.mp4", frames, fps=30, crf=23)
+    (k400 / "list.csv").write_text("clip_340x256_10s.mp4 0\n")
+    return {
+        f"synthetic {cfg.width}x{cfg.height}, {cfg.num_frames / cfg.fps:g} s": {
+            "csv": synth / "train.csv",
+            "sampling": dict(num_frames=8, sampling_rate=7, target_fps=30, crop_size=64, train_jitter_scales=(64, 80)),
+        },
+        "H.264 340x256, 10 s, 30 fps": {
+            "csv": k400 / "list.csv",
+            "sampling": dict(num_frames=8, sampling_rate=32, target_fps=30, crop_size=224, train_jitter_scales=(256, 320)),
+        },
+    }
+
+
+def _time_decode(paths: Sequence[str], backend: str, sampling: dict, clips: int) -> float:
+    """Seconds per clip for open + decode of a random train clip."""
+    start_t = time.perf_counter()
+    for i in range(clips):
+        with open_video(paths[i % len(paths)], backend) as video:
+            span = clip_span(sampling["num_frames"], sampling["sampling_rate"], sampling["target_fps"], video.fps)
+            idx = clip_indices(random_start(video.num_frames, video.fps, span), span, sampling["num_frames"], video.num_frames)
+            video.get_frames(idx)
+    return (time.perf_counter() - start_t) / clips
+
+
+def _time_items(dataset: VideoClipDataset, clips: int) -> float:
+    start_t = time.perf_counter()
+    for i in range(clips):
+        dataset[i % len(dataset)]
+    return (time.perf_counter() - start_t) / clips
+
+
+def run_decode_benchmark(
+    workdir: str | os.PathLike | None = None,
+    backends: Sequence[str] = ("decord", "pyav"),
+    clips: int = 20,
+) -> list[dict]:
+    """Time both backends on the benchmark videos (made in `workdir`, or a temp dir).
+
+    Returns one row per (video kind, backend): {"video", "backend", "decode_clips_per_s",
+    "item_clips_per_s", "ms_per_clip_decode", "ms_per_clip_item", "frames_per_clip", "threads"}.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one DataLoader worker = one thread
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="videored_bench_")
+        workdir = tmp.name
+    try:
+        kinds = make_benchmark_videos(workdir)
+        rows = []
+        for kind, spec in kinds.items():
+            for backend in backends:
+                ds = VideoClipDataset(spec["csv"], mode="train", backend=backend, **spec["sampling"])
+                _time_items(ds, 2)  # warm-up: library init, page cache
+                t_dec = _time_decode(ds.paths, backend, spec["sampling"], clips)
+                t_item = _time_items(ds, clips)
+                rows.append(
+                    {
+                        "video": kind,
+                        "backend": backend,
+                        "decode_clips_per_s": round(1 / t_dec, 1),
+                        "item_clips_per_s": round(1 / t_item, 1),
+                        "ms_per_clip_decode": round(1000 * t_dec, 1),
+                        "ms_per_clip_item": round(1000 * t_item, 1),
+                        "frames_per_clip": spec["sampling"]["num_frames"],
+                        "threads": 1,
+                    }
+                )
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of `run_decode_benchmark` rows."""
+    lines = [
+        "| video | backend | decode clips/s | ms/clip | full item clips/s | ms/item |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['video']} | {r['backend']} | {r['decode_clips_per_s']} | {r['ms_per_clip_decode']} | "
+            f"{r['item_clips_per_s']} | {r['ms_per_clip_item']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=20)
+    a = parser.parse_args()
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 thread per worker")
+    print(format_table(run_decode_benchmark(clips=a.clips)))

@@ -1,0 +1,185 @@
+"""Decoding frames by index with decord (default) or PyAV, behind one small interface.
+
+Both backends number frames 0..num_frames-1 in presentation order and convert to RGB24 with
+libswscale, so the same indices give the same frames (tests check this bit for bit).
+
+decord: `num_threads=1` (the DataLoader's workers give the parallelism; decord's own threads
+oversubscribe the cores). The decord bridge is never set: frames leave decord through `.asnumpy()`,
+so importing this module changes no global state.
+PyAV: decodes sequentially from the start up to the last wanted frame (exact, seek-free indexing;
+a 10 s Kinetics clip is ~300 frames, see docs/data.md for the cost).
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+
+BACKENDS = ("decord", "pyav")
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded; `reason` is a short human-readable cause."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _check_file(path: str) -> None:
+    # Checked up front: both libraries report these cases as a vague "invalid data".
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "missing file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
+class DecordVideo:
+    """An opened video read through decord."""
+
+    def __init__(self, path: str):
+        import decord  # imported here: decord is only needed when this backend is used
+
+        _check_file(path)
+        self.path = path
+        try:
+            self._reader = decord.VideoReader(path, num_threads=1)
+            self.num_frames = len(self._reader)
+            self.fps = float(self._reader.get_avg_fps())
+        except Exception as e:  # decord raises RuntimeError / DECORDError with C++ text
+            raise VideoDecodeError(path, f"cannot open: {_short(e)}") from e
+        if self.num_frames <= 0:
+            raise VideoDecodeError(path, "no video frames")
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as (T, H, W, 3) uint8 RGB."""
+        idx = _validate(self.path, indices, self.num_frames)
+        try:
+            frames = self._reader.get_batch(idx).asnumpy()  # (T, H, W, 3) uint8
+        except Exception as e:
+            raise VideoDecodeError(self.path, f"decode failed: {_short(e)}") from e
+        if frames.shape[0] != len(idx):
+            raise VideoDecodeError(self.path, f"decoded {frames.shape[0]} of {len(idx)} frames")
+        return frames
+
+    def decode_all(self, chunk: int = 32) -> int:
+        """Decode every frame (nothing kept); returns how many decoded. For integrity scans."""
+        done = 0
+        for start in range(0, self.num_frames, chunk):
+            done += self.get_frames(range(start, min(start + chunk, self.num_frames))).shape[0]
+        return done
+
+    def close(self) -> None:
+        self._reader = None
+
+    def __enter__(self) -> "DecordVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PyAVVideo:
+    """An opened video read through PyAV (FFmpeg)."""
+
+    def __init__(self, path: str):
+        import av
+
+        _check_file(path)
+        self.path = path
+        try:
+            self._container = av.open(path)
+        except Exception as e:
+            raise VideoDecodeError(path, f"cannot open: {_short(e)}") from e
+        try:
+            if not self._container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            stream = self._container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                raise VideoDecodeError(path, "unknown frame rate")
+            self.fps = float(Fraction(rate))
+            # nb_frames from the container index; 0 when the container does not store it
+            # (e.g. some mkv/webm), then count packets (cheap: no decoding).
+            self.num_frames = stream.frames or self._count_packets()
+            if self.num_frames <= 0:
+                raise VideoDecodeError(path, "no video frames")
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _count_packets(self) -> int:
+        stream = self._container.streams.video[0]
+        n = sum(1 for p in self._container.demux(stream) if p.size)
+        self._container.seek(0)
+        return n
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as (T, H, W, 3) uint8 RGB."""
+        idx = _validate(self.path, indices, self.num_frames)
+        wanted = set(idx)
+        last = max(idx)
+        found: dict[int, np.ndarray] = {}
+        self._container.seek(0)
+        stream = self._container.streams.video[0]
+        try:
+            for i, frame in enumerate(self._container.decode(stream)):
+                if i in wanted:
+                    found[i] = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+                if i >= last:
+                    break
+        except Exception as e:
+            raise VideoDecodeError(self.path, f"decode failed after {len(found)} frames: {_short(e)}") from e
+        missing = sorted(wanted - found.keys())
+        if missing:
+            raise VideoDecodeError(
+                self.path, f"stream ended before frame {missing[0]} (header says {self.num_frames} frames)"
+            )
+        return np.stack([found[i] for i in idx])  # (T, H, W, 3)
+
+    def decode_all(self) -> int:
+        """Decode every frame (nothing kept, no RGB conversion); returns how many decoded."""
+        self._container.seek(0)
+        done = 0
+        try:
+            for _ in self._container.decode(self._container.streams.video[0]):
+                done += 1
+        except Exception as e:
+            raise VideoDecodeError(self.path, f"decode failed after {done} frames: {_short(e)}") from e
+        return done
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "PyAVVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_video(path: str | os.PathLike, backend: str = "decord") -> DecordVideo | PyAVVideo:
+    """Open `path` with `backend` ("decord" or "pyav"); raises `VideoDecodeError` on failure."""
+    if backend == "decord":
+        return DecordVideo(str(path))
+    if backend == "pyav":
+        return PyAVVideo(str(path))
+    raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+
+
+def _validate(path: str, indices: Sequence[int], num_frames: int) -> list[int]:
+    idx = [int(i) for i in indices]
+    if not idx:
+        raise ValueError("no frame indices requested")
+    bad = [i for i in idx if not 0 <= i < num_frames]
+    if bad:
+        raise IndexError(f"{path}: frame indices {bad[:4]} outside [0, {num_frames})")
+    return idx
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:limit]

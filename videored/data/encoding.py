@@ -1,0 +1,97 @@
+"""Writing videos with PyAV (no ffmpeg binary needed): H.264 mp4 files and short-side re-encodes.
+
+Lossless choice: `write_video(..., lossless=True)` encodes with `libx264rgb`, pixel format `rgb24`,
+`qp=0`. That skips the RGB->YUV conversion entirely, so decord and PyAV decode exactly the bytes
+that were written (tests check this). The default (`libx264`, `yuv420p`, crf 18) is what real
+datasets use and what every player reads.
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from videored.data.transforms import resized_hw
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: int | Fraction = 30,
+    lossless: bool = False,
+    crf: int = 18,
+    faststart: bool = False,
+) -> None:
+    """Encode `frames` (T, H, W, 3) uint8 RGB to an H.264 mp4 at `path`.
+
+    yuv420p needs even H and W (x264 rejects odd sizes); lossless rgb24 takes any size.
+    `faststart` moves the index (moov atom) to the front of the file, as web videos have it.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if not lossless and (h % 2 or w % 2):
+        raise ValueError(f"yuv420p H.264 needs even height and width, got {h}x{w}")
+    container_options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format="mp4", options=container_options) as container:
+        if lossless:
+            stream = container.add_stream("libx264rgb", rate=fps)
+            stream.pix_fmt = "rgb24"
+            stream.options = {"qp": "0"}
+        else:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+        stream.width, stream.height = w, h
+        stream.thread_count = 1  # deterministic output, no oversubscription
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush delayed (B-)frames
+            container.mux(packet)
+
+
+def reencode_short_side(src: str | os.PathLike, dst: str | os.PathLike, short_side: int = 320, crf: int = 18) -> tuple[int, int]:
+    """Re-encode `src` to H.264 mp4 `dst` with its short side = `short_side` (PyAV, no ffmpeg CLI).
+
+    Output is constant frame rate at the source's average rate, video only (audio is dropped:
+    the models do not use it). Written to a temporary name and renamed at the end, so an
+    interrupted run never leaves a half file under `dst` (this is what makes resizing resumable).
+    Returns the new (height, width).
+    """
+    import av
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.stem}.partial{os.getpid()}.mp4")
+    try:
+        with av.open(str(src)) as inp:
+            if not inp.streams.video:
+                raise ValueError(f"{src}: no video stream")
+            in_stream = inp.streams.video[0]
+            rate = in_stream.average_rate or in_stream.guessed_rate or Fraction(30)
+            h, w = resized_hw(in_stream.codec_context.height, in_stream.codec_context.width, short_side)
+            h, w = h + h % 2, w + w % 2  # yuv420p needs even sizes
+            with av.open(str(tmp), "w", format="mp4") as out:
+                out_stream = out.add_stream("libx264", rate=rate)
+                out_stream.width, out_stream.height, out_stream.pix_fmt = w, h, "yuv420p"
+                out_stream.options = {"crf": str(crf)}
+                out_stream.thread_count = 1
+                for frame in inp.decode(in_stream):
+                    # area interpolation for down-scaling (what ffmpeg users pick to avoid aliasing)
+                    small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+                    small.pts = None  # let the encoder number frames at `rate` (CFR output)
+                    for packet in out_stream.encode(small):
+                        out.mux(packet)
+                for packet in out_stream.encode():
+                    out.mux(packet)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return h, w

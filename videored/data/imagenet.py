@@ -1,0 +1,91 @@
+"""ImageNet-style folders (`root/{train,val}/<class>/<image>`) with DeiT's transforms, for the image models.
+
+Transforms are DeiT's `build_transform` (deit/datasets.py) built from timm:
+train: RandomResizedCrop(input_size, bicubic) + flip + RandAugment `rand-m9-mstd0.5-inc1` +
+colour jitter 0.4 + random erasing (p=0.25, mode "pixel"); eval: resize the short side to
+int(input_size / 0.875) (bicubic), centre crop input_size, ImageNet mean/std.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision import datasets, transforms
+
+log = logging.getLogger(__name__)
+
+
+def build_imagenet_transform(is_train: bool, input_size: int = 224, eval_crop_ratio: float = 0.875):
+    """DeiT's train or eval transform (PIL image -> (3, input_size, input_size) float)."""
+    if is_train:
+        transform = create_transform(
+            input_size=input_size,
+            is_training=True,
+            color_jitter=0.4,
+            auto_augment="rand-m9-mstd0.5-inc1",
+            interpolation="bicubic",
+            re_prob=0.25,
+            re_mode="pixel",
+            re_count=1,
+        )
+        if input_size <= 32:  # DeiT: CIFAR-sized inputs use a padded random crop instead
+            transform.transforms[0] = transforms.RandomCrop(input_size, padding=4)
+        return transform
+    return transforms.Compose(
+        [
+            transforms.Resize(int(input_size / eval_crop_ratio), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ]
+    )
+
+
+class ImageFolderDataset(datasets.ImageFolder):
+    """torchvision's ImageFolder returning dicts like `VideoClipDataset`.
+
+    Item: `image` (3, S, S) float, `label`, `index`, `failed`, `path`. A file that cannot be read
+    is logged once; in train it is counted in `skipped` and replaced by the next image (at most
+    `max_substitutes` tries); in eval it gives `failed=True` and an all-zero image.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform, is_train: bool, input_size: int, max_substitutes: int = 20):
+        super().__init__(str(root), transform=transform)
+        self.is_train = is_train
+        self.input_size = input_size
+        self.max_substitutes = max_substitutes
+        self.skipped = 0  # per process (DataLoader workers keep their own count)
+        self._bad: set[int] = set()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, index: int) -> dict:
+        candidate = index
+        for _ in range(self.max_substitutes + 1 if self.is_train else 1):
+            path, label = self.samples[candidate]
+            try:
+                image = self.transform(self.loader(path))
+                return {"image": image, "label": label, "index": candidate, "failed": False, "path": path}
+            except Exception as e:  # unreadable/corrupt image file
+                if candidate not in self._bad:
+                    self._bad.add(candidate)
+                    log.warning("bad image %s: %s: %s", path, type(e).__name__, e)
+            if not self.is_train:
+                zeros = torch.zeros(3, self.input_size, self.input_size)
+                return {"image": zeros, "label": label, "index": index, "failed": True, "path": path}
+            self.skipped += 1
+            candidate = (candidate + 1) % len(self.samples)
+        raise RuntimeError(f"{self.root}: {self.max_substitutes + 1} unreadable images in a row from index {index}")
+
+
+def build_imagenet_dataset(root: str | os.PathLike, split: str = "train", input_size: int = 224) -> ImageFolderDataset:
+    """`root/<split>/<class>/*` with DeiT's transform (train augmentation for split "train")."""
+    is_train = split == "train"
+    folder = os.path.join(str(root), split)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"ImageNet split folder not found: {folder}")
+    return ImageFolderDataset(folder, build_imagenet_transform(is_train, input_size), is_train, input_size)

@@ -1,0 +1,39 @@
+"""Per-frame object masks stored beside a video: `name.mp4` -> `name.masks.npz`.
+
+The npz holds one array, key `masks`, shape (num_frames, H, W), dtype bool, frame i of the mask
+belonging to frame i of the video (same H and W as the decoded frames).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def mask_path(video_path: str | os.PathLike) -> Path:
+    """Where the masks of `video_path` live."""
+    return Path(video_path).with_suffix(".masks.npz")
+
+
+def save_masks(video_path: str | os.PathLike, masks: np.ndarray) -> Path:
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.dtype != np.bool_:
+        raise ValueError(f"masks must be (T, H, W) bool, got {masks.shape} {masks.dtype}")
+    path = mask_path(video_path)
+    np.savez_compressed(path, masks=masks)
+    return path
+
+
+def load_masks(video_path: str | os.PathLike) -> np.ndarray:
+    """(T, H, W) bool masks of `video_path`; FileNotFoundError / KeyError name the file."""
+    path = mask_path(video_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file missing: {path}")
+    with np.load(path) as data:
+        if "masks" not in data:
+            raise KeyError(f"{path}: no 'masks' array (found {list(data.keys())})")
+        masks = data["masks"]
+    if masks.ndim != 3:
+        raise ValueError(f"{path}: masks must be (T, H, W), got shape {masks.shape}")
+    return masks.astype(bool, copy=False)

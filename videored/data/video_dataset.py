@@ -1,0 +1,267 @@
+"""`VideoClipDataset`: decoded clips from a `path label` list (Kinetics-400 or the synthetic set)."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from videored.data import transforms as T
+from videored.data.csv_list import classes_file_for, iter_video_list, read_classes
+from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
+from videored.data.masks import load_masks
+from videored.data.sampling import centred_start, clip_indices, clip_span, random_start
+
+log = logging.getLogger(__name__)
+
+MODES = ("train", "val", "test")
+# TimeSformer's Kinetics normalization (DATA.MEAN / DATA.STD of its configs).
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
+
+class VideoClipDataset(Dataset):
+    """Clips of `num_frames` RGB frames from the videos listed in `csv_path`.
+
+    Item (a dict): `video` (3, T, H, W) float normalized, `label` int, `video_index`,
+    `spatial_index`, `temporal_index` (both -1 in train: random), `failed` bool, `path` str, and
+    with `return_masks=True` also `mask` (T, H, W) bool: the object mask of the same frames with
+    the same resize/crop/flip (nearest neighbour), for the interpretability metric.
+
+    Temporal sampling (see `videored.data.sampling`): a clip spans
+    `num_frames * sampling_rate` frames at `target_fps`, i.e. `num_frames * sampling_rate * fps /
+    target_fps` frames of a video with its own `fps`; its frames are evenly spaced in the span.
+    Train: random start. Val/test: `num_temporal_views` deterministic clips; with one view the clip
+    is centred in the video. Videos shorter than the span are sampled with indices clamped to
+    the last frame.
+
+    Spatial: train resizes the short side to a random size in `train_jitter_scales`, takes a
+    random `crop_size` square and flips horizontally with p=0.5. Val/test resize the short side to
+    `crop_size` and take `num_spatial_crops` crops along the long side (3: left/centre/right, or
+    top/centre/bottom for portrait video; 1: centre). All crops of a video come from the same
+    temporal clip.
+
+    Length: train = number of videos; val/test = videos * num_temporal_views * num_spatial_crops,
+    item i -> video i // (V*C), temporal view (i % (V*C)) // C, spatial crop i % C.
+
+    Bad input. Train: a video that cannot be decoded is logged once (path + reason), counted in
+    `skipped` and replaced by another random video (at most `max_substitutes` tries, then an
+    error); malformed csv lines are logged with their line number, counted in `malformed` and left
+    out. Val/test never substitute: a bad video (or a malformed line, label -1) gives an item with
+    `failed=True` and an all-zero video so the evaluation counts it instead of silently shrinking.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        mode: str = "train",
+        num_frames: int = 8,
+        sampling_rate: int = 32,
+        target_fps: float = 30,
+        crop_size: int = 224,
+        train_jitter_scales: Sequence[int] = (256, 320),
+        num_spatial_crops: int = 3,
+        num_temporal_views: int = 1,
+        backend: str = "decord",
+        return_masks: bool = False,
+        mean: Sequence[float] = KINETICS_MEAN,
+        std: Sequence[float] = KINETICS_STD,
+        train_flip: bool = True,
+        max_substitutes: int = 20,
+        num_classes: int | None = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if train_jitter_scales[0] > train_jitter_scales[1] or train_jitter_scales[0] < crop_size:
+            raise ValueError(f"train_jitter_scales {tuple(train_jitter_scales)} must be ordered and >= crop_size {crop_size}")
+        self.csv_path = str(csv_path)
+        self.mode = mode
+        self.num_frames = num_frames
+        self.sampling_rate = sampling_rate
+        self.target_fps = target_fps
+        self.crop_size = crop_size
+        self.train_jitter_scales = (int(train_jitter_scales[0]), int(train_jitter_scales[1]))
+        self.num_spatial_crops = 1 if mode == "train" else num_spatial_crops
+        self.num_temporal_views = 1 if mode == "train" else num_temporal_views
+        self.backend = backend
+        self.return_masks = return_masks
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train_flip = train_flip
+        self.max_substitutes = max_substitutes
+
+        classes_file = classes_file_for(csv_path)
+        self.class_names = read_classes(classes_file) if classes_file else None
+        known_classes = num_classes if num_classes is not None else (len(self.class_names) if self.class_names else None)
+
+        self.paths: list[str] = []
+        self.labels: list[int] = []
+        self.errors: list[str | None] = []  # val/test: a malformed line is kept as a failed entry
+        self.malformed: list[tuple[int, str]] = []  # (line number, reason)
+        for row in iter_video_list(csv_path, known_classes):
+            if row.error is not None:
+                self.malformed.append((row.line, row.error))
+                log.warning("%s:%d: malformed line (%s): %r", csv_path, row.line, row.error, row.path)
+                if mode == "train":
+                    continue
+            self.paths.append(row.path)
+            self.labels.append(row.label)
+            self.errors.append(None if row.error is None else f"malformed csv line {row.line}: {row.error}")
+        if not self.paths:
+            raise ValueError(f"{csv_path}: no usable videos ({len(self.malformed)} malformed lines)")
+        self.num_classes = known_classes if known_classes is not None else max(self.labels) + 1
+
+        # Counter shared with DataLoader workers (inherited / passed at spawn), so the main
+        # process sees how many bad videos the workers replaced.
+        self._skipped = multiprocessing.Value("i", 0)
+        self._bad: dict[int, str] = {}  # per process: video index -> reason (logged once)
+        self._cache: tuple | None = None  # val/test: last decoded clip, reused by its other crops
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.paths)
+
+    @property
+    def skipped(self) -> int:
+        """Train: number of bad videos replaced by another sample (all workers together)."""
+        return self._skipped.value
+
+    def __len__(self) -> int:
+        return self.num_videos * self.num_temporal_views * self.num_spatial_crops
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside [0, {len(self)})")
+        if self.mode == "train":
+            return self._train_item(index)
+        per_video = self.num_temporal_views * self.num_spatial_crops
+        video_index = index // per_video
+        temporal_index = (index % per_video) // self.num_spatial_crops
+        spatial_index = index % self.num_spatial_crops
+        item = {
+            "label": self.labels[video_index],
+            "video_index": video_index,
+            "spatial_index": spatial_index,
+            "temporal_index": temporal_index,
+            "path": self.paths[video_index],
+        }
+        try:
+            frames, masks = self._decode_eval(video_index, temporal_index)
+        except Exception as e:  # never substitute in val/test: the evaluation counts failures
+            self._note_bad(video_index, e)
+            return {**item, **self._failed_tensors(), "failed": True}
+        video, mask = self._eval_transform(frames, masks, spatial_index)
+        return {**item, "video": video, "failed": False, **({"mask": mask} if self.return_masks else {})}
+
+    # ----- train -----
+
+    def _train_item(self, index: int) -> dict:
+        candidate = index
+        for _ in range(self.max_substitutes + 1):
+            if candidate not in self._bad:
+                try:
+                    frames, masks = self._decode(candidate, train=True)
+                except Exception as e:  # any decode/mask failure is a property of the file
+                    self._note_bad(candidate, e)
+                else:
+                    video, mask = self._train_transform(frames, masks)
+                    item = {
+                        "video": video,
+                        "label": self.labels[candidate],
+                        "video_index": candidate,
+                        "spatial_index": -1,
+                        "temporal_index": -1,
+                        "failed": False,
+                        "path": self.paths[candidate],
+                    }
+                    if self.return_masks:
+                        item["mask"] = mask
+                    return item
+            with self._skipped.get_lock():
+                self._skipped.value += 1
+            candidate = int(torch.randint(0, self.num_videos, ()).item())
+        raise RuntimeError(
+            f"{self.csv_path}: {self.max_substitutes + 1} bad videos in a row while loading item {index}; "
+            f"last: {self.paths[candidate]}: {self._bad.get(candidate, '?')}"
+        )
+
+    def _train_transform(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        video = T.to_float_cthw(frames)  # (3, T, H, W) in [0, 1]
+        short = T.random_short_side(self.train_jitter_scales)
+        video = T.short_side_resize(video, short)
+        top, left = T.random_crop_offsets(video.shape[-2], video.shape[-1], self.crop_size)
+        video = T.crop(video, top, left, self.crop_size)
+        flip = self.train_flip and bool(torch.rand(()) < 0.5)
+        if flip:
+            video = T.hflip(video)
+        mask = None
+        if masks is not None:  # (T, H, W) bool, same geometry as the video
+            mask = T.crop(T.short_side_resize_mask(torch.from_numpy(masks), short), top, left, self.crop_size)
+            mask = T.hflip(mask) if flip else mask
+        return T.normalize(video, self.mean, self.std).contiguous(), None if mask is None else mask.contiguous()
+
+    # ----- val / test -----
+
+    def _decode_eval(self, video_index: int, temporal_index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        error = self.errors[video_index] or self._bad.get(video_index)
+        if error is not None:  # malformed line, or a video that already failed in this process
+            raise VideoDecodeError(self.paths[video_index], error)
+        key = (video_index, temporal_index)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
+        frames, masks = self._decode(video_index, train=False, temporal_index=temporal_index)
+        self._cache = (key, frames, masks)
+        return frames, masks
+
+    def _eval_transform(self, frames: np.ndarray, masks: np.ndarray | None, spatial_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        video = T.short_side_resize(T.to_float_cthw(frames), self.crop_size)  # (3, T, H', W')
+        top, left = T.spatial_crop_offsets(video.shape[-2], video.shape[-1], self.crop_size, spatial_index, self.num_spatial_crops)
+        video = T.normalize(T.crop(video, top, left, self.crop_size), self.mean, self.std).contiguous()
+        mask = None
+        if masks is not None:
+            mask = T.short_side_resize_mask(torch.from_numpy(masks), self.crop_size)
+            mask = T.crop(mask, top, left, self.crop_size).contiguous()
+        return video, mask
+
+    def _failed_tensors(self) -> dict:
+        out = {"video": torch.zeros(3, self.num_frames, self.crop_size, self.crop_size)}
+        if self.return_masks:
+            out["mask"] = torch.zeros(self.num_frames, self.crop_size, self.crop_size, dtype=torch.bool)
+        return out
+
+    # ----- shared -----
+
+    def frame_indices(self, num_video_frames: int, fps: float, temporal_index: int = 0) -> np.ndarray:
+        """The frame indices this dataset decodes from a video of the given length and fps
+        (val/test: deterministic view `temporal_index`; train: a fresh random start)."""
+        span = clip_span(self.num_frames, self.sampling_rate, self.target_fps, fps)
+        if self.mode == "train":
+            start = random_start(num_video_frames, fps, span)
+        else:
+            start = centred_start(num_video_frames, span, temporal_index, self.num_temporal_views)
+        return clip_indices(start, span, self.num_frames, num_video_frames)
+
+    def _decode(self, video_index: int, train: bool, temporal_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """(T, H, W, 3) uint8 frames of one clip and, if asked, their (T, H, W) bool masks."""
+        path = self.paths[video_index]
+        with open_video(path, self.backend) as video:
+            idx = self.frame_indices(video.num_frames, video.fps, temporal_index)
+            frames = video.get_frames(idx)
+        masks = None
+        if self.return_masks:
+            all_masks = load_masks(path)  # (F, H, W)
+            if all_masks.shape[1:] != frames.shape[1:3] or all_masks.shape[0] < video.num_frames:
+                raise ValueError(f"{path}: masks {all_masks.shape} do not match video ({video.num_frames}, {frames.shape[1]}, {frames.shape[2]})")
+            masks = all_masks[idx]
+        return frames, masks
+
+    def _note_bad(self, video_index: int, error: Exception) -> None:
+        if video_index not in self._bad:
+            reason = error.reason if isinstance(error, VideoDecodeError) else f"{type(error).__name__}: {error}"
+            self._bad[video_index] = reason
+            log.warning("bad video (%s mode) %s: %s", self.mode, self.paths[video_index], reason)
