@@ -170,9 +170,9 @@ def test_baselines_default_to_the_interpreters_kept_fraction(files):
 def test_image_model_one_panel_per_group(files, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run("--checkpoint", files / "image.pt", "-p", files / "photo.png", "-o", out,
-                "--method", "all") == 0
+                "--method", "all", "--zoom", 2) == 0
     png = _png(out / "photo_interpreter.png")
-    _layout_of(png, 2, 3, 32)  # row 1: scores of groups 1..3, row 2: after each group
+    _layout_of(png, 2, 3, 64)  # row 1: scores of groups 1..3, row 2: after each group (x2)
     assert (out / "photo_all.png").is_file() and not (out / "photo_random.gif").exists()
 
 

@@ -75,6 +75,16 @@ def test_object_mask_is_outlined_on_the_greyed_row(tmp_path):
     assert (png[top + 20, left + 10:left + 30] == 255).all()  # the top edge of the object
 
 
+def test_zoom_enlarges_panels_by_pixel_repetition(tmp_path):
+    frames, scores, keep = _case(T=2, size=32)
+    lay = figures.video_figure(tmp_path / "z.png", frames, scores, keep, 16, zoom=3)
+    assert lay.panel_hw == (96, 96)
+    heated, _, _ = render_overlays(frames, scores, keep, 16)
+    _assert_panel(_read_png(tmp_path / "z.png"), lay, 0, 1, heated[1].repeat(3, 0).repeat(3, 1))
+    with pytest.raises(ValueError, match="zoom"):
+        figures.video_figure(tmp_path / "bad.png", frames, scores, keep, 16, zoom=0)
+
+
 def test_smooth_video_figure_uses_bilinear_heatmaps(tmp_path):
     frames, scores, keep = _case(T=2)
     lay = figures.video_figure(tmp_path / "s.png", frames, scores, keep, 16, smooth=True)

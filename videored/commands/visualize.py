@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the interpreter's keep threshold")
     p.add_argument("--limit", type=int, default=None, help="with --csv: the first N videos")
     p.add_argument("--gif", action="store_true", help="also an animated GIF per video and method")
+    p.add_argument("--zoom", type=int, default=1,
+                   help="enlarge every panel by this integer factor (small inputs, e.g. 64 px)")
     p.add_argument("--smooth", action="store_true",
                    help="bilinear heatmaps (default: nearest, one flat block per patch)")
     p.add_argument("--sampling-rate", type=int, default=None,
@@ -138,6 +140,8 @@ def main(args: argparse.Namespace) -> int:
     model = load_model_file(args.checkpoint, **overrides).to(args.device).eval()
     if args.keep_ratio is not None and not 0 < args.keep_ratio <= 1:
         raise SystemExit(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
+    if args.zoom < 1:
+        raise SystemExit(f"--zoom must be a positive integer, got {args.zoom}")
     methods = list(VIEW_METHODS) if args.method == "all" else [args.method]
     if model.interpreters is None:
         if args.method == "interpreter":
@@ -178,16 +182,17 @@ def main(args: argparse.Namespace) -> int:
             if video_model:
                 figures.video_figure(png, frames, scores[-1], keep[-1], model.patch_size,
                                      title=title, smooth=args.smooth, threshold=threshold,
-                                     object_mask=mask)
+                                     object_mask=mask, zoom=args.zoom)
             else:  # image: one panel per group (paper Fig. 4)
                 figures.image_groups_figure(png, frames[0], scores[:, 0], keep[:, 0],
                                             model.patch_size, title=title, smooth=args.smooth,
-                                            threshold=threshold)
+                                            threshold=threshold, zoom=args.zoom)
             written.append(png)
             if args.gif and video_model:
                 written.append(figures.video_gif(args.out / f"{stem}_{m}.gif", frames,
                                                  scores[-1], keep[-1], model.patch_size,
-                                                 smooth=args.smooth, object_mask=mask))
+                                                 smooth=args.smooth, object_mask=mask,
+                                                 zoom=args.zoom))
         if args.method == "all":
             if video_model:
                 rows = {m: (s[-1], k[-1]) for m, (s, k, _, _) in results.items()}
@@ -199,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
             kept = {m: float(k[-1].mean()) for m, (_, k, _, _) in results.items()}
             figures.methods_figure(png, panels, rows, model.patch_size, kept=kept,
                                    title=f"{Path(name).name}: {prepared.description}",
-                                   smooth=args.smooth,
+                                   smooth=args.smooth, zoom=args.zoom,
                                    object_mask=mask if video_model else None)
             written.append(png)
     for path in written:

@@ -59,8 +59,10 @@ def _wrap(title: str, width_px: int) -> list[str]:
 def save_panels(path: str | Path, panels: list[list[np.ndarray]], *, title: str = "",
                 row_labels: list[str] | None = None,
                 corner_texts: list[list[str]] | None = None,
-                colorbar: dict | None = None, dpi: int = 100) -> Layout:
+                colorbar: dict | None = None, zoom: int = 1, dpi: int = 100) -> Layout:
     """Write a PNG of uint8 (H, W, 3) panels, all the same size, rows x cols.
+
+    zoom: integer nearest-neighbour enlargement of every panel (small inputs, e.g. 64 px).
 
     colorbar: {"cmap", "label", "rows": (first, last) panel rows it spans, "threshold": float or
     None (a line at the interpreter's keep threshold)}.
@@ -70,6 +72,10 @@ def save_panels(path: str | Path, panels: list[list[np.ndarray]], *, title: str 
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
+    if zoom < 1:
+        raise ValueError(f"zoom must be a positive integer, got {zoom}")
+    if zoom > 1:
+        panels = [[p.repeat(zoom, axis=0).repeat(zoom, axis=1) for p in row] for row in panels]
     rows, cols = len(panels), len(panels[0])
     h, w = panels[0][0].shape[:2]
     label_px = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
@@ -118,7 +124,8 @@ def save_panels(path: str | Path, panels: list[list[np.ndarray]], *, title: str 
 def video_figure(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
                  keep_grid: np.ndarray, patch_size: int, *, title: str = "",
                  smooth: bool = False, threshold: float | None = None,
-                 object_mask: np.ndarray | None = None, cmap: str = "jet") -> Layout:
+                 object_mask: np.ndarray | None = None, zoom: int = 1,
+                 cmap: str = "jet") -> Layout:
     """Two rows x T frames: heatmap overlay (kept ratio in the corner), dropped patches greyed.
 
     frames (T, H, W, 3) uint8, scores_grid (T, gh, gw) in [0, 1], keep_grid (T, gh, gw) bool,
@@ -133,13 +140,13 @@ def video_figure(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
     corner = [[f"{r:.2f}" for r in ratios], [f"t={t}" for t in range(T)]]
     return save_panels(path, [list(heated), list(greyed)], title=title, corner_texts=corner,
                        colorbar=dict(cmap=cmap, label="informative score", rows=(0, 0),
-                                     threshold=threshold))
+                                     threshold=threshold), zoom=zoom)
 
 
 def image_groups_figure(path: str | Path, image: np.ndarray, scores_groups: np.ndarray,
                         keep_groups: np.ndarray, patch_size: int, *, title: str = "",
                         smooth: bool = False, threshold: float | None = None,
-                        cmap: str = "jet") -> Layout:
+                        zoom: int = 1, cmap: str = "jet") -> Layout:
     """Two rows x D groups for an image (paper Fig. 4): row 1 = group j's scores, row 2 = the
     image after group j's selection (kept ratio in the corner).
 
@@ -153,13 +160,14 @@ def image_groups_figure(path: str | Path, image: np.ndarray, scores_groups: np.n
     corner = [[f"group {j + 1}" for j in range(D)], [f"{r:.2f}" for r in ratios]]
     return save_panels(path, [list(heated), list(greyed)], title=title, corner_texts=corner,
                        colorbar=dict(cmap=cmap, label="informative score", rows=(0, 0),
-                                     threshold=threshold))
+                                     threshold=threshold), zoom=zoom)
 
 
 def methods_figure(path: str | Path, frames: np.ndarray, results: dict[str, tuple],
                    patch_size: int, *, title: str = "", smooth: bool = False,
                    kept: dict[str, float] | None = None,
-                   object_mask: np.ndarray | None = None, cmap: str = "jet") -> Layout:
+                   object_mask: np.ndarray | None = None, zoom: int = 1,
+                   cmap: str = "jet") -> Layout:
     """One row per method: the heatmap on the kept patches, dropped patches greyed.
 
     frames (T, H, W, 3) uint8; results: method -> (scores_grid (T, gh, gw), keep_grid (T, gh, gw)).
@@ -176,13 +184,14 @@ def methods_figure(path: str | Path, frames: np.ndarray, results: dict[str, tupl
         fraction = kept[method] if kept else float(np.asarray(keep).mean())
         labels.append(f"{method} ({fraction:.2f})")
     return save_panels(path, panels, title=title, row_labels=labels, corner_texts=corner,
-                       colorbar=dict(cmap=cmap, label="score", rows=(0, len(panels) - 1)))
+                       colorbar=dict(cmap=cmap, label="score", rows=(0, len(panels) - 1)),
+                       zoom=zoom)
 
 
 def video_gif(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
               keep_grid: np.ndarray, patch_size: int, *, smooth: bool = False,
               frame_ms: int = 400, object_mask: np.ndarray | None = None,
-              cmap: str = "jet") -> Path:
+              zoom: int = 1, cmap: str = "jet") -> Path:
     """Animated GIF, one frame per sampled frame: heatmap overlay | dropped greyed (object
     outlined when a mask is given), kept ratio written in the corner. 256-colour palette (GIF),
     loops forever."""
@@ -193,6 +202,9 @@ def video_gif(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
     if object_mask is not None:
         greyed = paint(greyed, mask_outline(object_mask))
     ratios = kept_ratio_per_frame(keep_grid)
+    if zoom > 1:  # (T, H, W, 3) -> (T, zoom*H, zoom*W, 3)
+        heated = heated.repeat(zoom, axis=1).repeat(zoom, axis=2)
+        greyed = greyed.repeat(zoom, axis=1).repeat(zoom, axis=2)
     T, h, w = heated.shape[:3]
     images = []
     for t in range(T):
