@@ -72,6 +72,14 @@ start_munge() {
   die "munged did not start (see /var/log/munge/munged.log)"
 }
 
+ensure_hostname_resolves() {
+  # submitit hands the node *name* to torch.distributed as MASTER_ADDR; it must resolve.
+  if ! getent hosts "$NODE" >/dev/null; then
+    log "adding '127.0.0.1 $NODE' to /etc/hosts (the node name did not resolve)"
+    echo "127.0.0.1 $NODE  # added by videored slurm/local_cluster.sh" >>/etc/hosts
+  fi
+}
+
 write_config() {
   # The node as slurmd itself detects it (real CPUs, sockets, cores, memory), minus the uptime.
   local hw
@@ -85,7 +93,7 @@ SlurmctldHost=$NODE(127.0.0.1)
 AuthType=auth/munge
 # A requeued job (submitit's checkpoint()) waits cred_expire seconds (default 120) before it may
 # start again; on one node nothing needs that long.
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$SPOOL_DIR/ctld
@@ -108,6 +116,9 @@ SchedulerType=sched/backfill
 # Look at pending jobs every few seconds (defaults: 60 s main loop, 30 s backfill).
 SchedulerParameters=sched_interval=2,bf_interval=1
 ReturnToService=2
+# SIGTERM -> SIGKILL grace at requeue/cancel (default 30 s): ranks blocked in a collective after
+# rank 0 left for a requeue are killed sooner, so the job restarts sooner.
+KillWait=5
 # Keep finished jobs visible to squeue/scontrol for 10 min (there is no sacct to ask instead).
 MinJobAge=600
 # Requeue (submitit's checkpoint()) is allowed by default for batch jobs.
@@ -149,6 +160,7 @@ cmd_up() {
     die "$SLURM_CONF exists, was not written by this script and its cluster does not answer; move it away or set SLURM_CONF"
   fi
   start_munge
+  ensure_hostname_resolves
   write_config
   if ! pid_alive slurmctld; then
     log "starting slurmctld"

@@ -4,7 +4,7 @@ Each test checks the cluster's result against an independent reference computed 
 process, with plain `videored train`:
   - 2-task gloo DDP (batch 2 per task) == one process with batch 4 (DDP averages gradients);
   - a job preempted with `scancel --signal=USR2` requeues, resumes from its newest checkpoint
-    and ends with bit-identical weights to an uninterrupted run;
+    and ends with bit-identical weights to an uninterrupted run (1 task, and 2 gloo tasks);
   - a 3-point sweep array: the summary lists all three with each run's own numbers.
 """
 from __future__ import annotations
@@ -149,18 +149,27 @@ def _wait_for(predicate, what: str, timeout: float = JOB_WAIT_S, every: float = 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path, cluster_cpus, job_name):
+@pytest.mark.parametrize("tasks", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path, cluster_cpus, job_name,
+                                                                         tasks):
+    """One task: the reference is `videored train` in this process. Two gloo tasks (rank 1 is
+    killed mid-collective when rank 0 leaves for the requeue): an uninterrupted 2-task job."""
+    if cluster_cpus < tasks:
+        pytest.skip(f"the cluster node has {cluster_cpus} CPU(s); a {tasks}-task job needs {tasks}")
+    batch = 4 // tasks  # the same global batch either way
     cfg = write_run_files(tmp_path, samples=96)  # 24 steps/epoch, 72 steps: time to preempt
+    flags = ["--cluster", "slurm", "--job-name", job_name, "--tasks-per-node", str(tasks),
+             "--cpus-per-task", "1", "--timeout", "60", "--signal-delay", "30"]
     job_dir = tmp_path / "job"
-    out = launch("train", "--cluster", "slurm", "--job-name", job_name, "--cpus-per-task", "1",
-                 "--timeout", "60", "--signal-delay", "30", "--job-dir", str(job_dir), "--config", str(cfg))
+    out = launch("train", *flags, "--job-dir", str(job_dir), "--config", str(cfg), f"data.batch_size={batch}")
     (jid,) = job_ids(out)
     first = _wait_for(lambda: sorted((job_dir / "checkpoints").glob("ckpt_*.pt")), "the first checkpoint")
     subprocess.run(["scancel", "--signal=USR2", jid], check=True, timeout=30)  # SLURM's preemption warning
     folder = job_dir / "submitit"
     _wait_for(lambda: JobPaths(folder, job_id=jid, task_id=0).result_pickle.exists(), "the requeued job to end",
               every=0.5)
-    assert task_outcome(folder, jid, 0) == ("success", 0)
+    for rank in range(tasks):
+        assert task_outcome(folder, jid, rank) == ("success", 0)
 
     log = JobPaths(folder, job_id=jid, task_id=0).stdout.read_text()
     assert "this job is preempted" in log and f"Requeued job {jid}" in log, log
@@ -172,14 +181,19 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_pat
     assert 0 < resumed_step < total  # it resumed mid-run, not from scratch and not after the end
     assert Path(m.group(1)).name >= first[0].name
 
-    reference_run(cfg, tmp_path / "ref")
-    w_got, w_ref = load_weights(job_dir), load_weights(tmp_path / "ref")
+    ref_dir = tmp_path / "ref"
+    if tasks == 1:
+        reference_run(cfg, ref_dir)
+    else:
+        launch("train", *flags, "--wait", "--job-dir", str(ref_dir), "--config", str(cfg),
+               f"data.batch_size={batch}")
+    w_got, w_ref = load_weights(job_dir), load_weights(ref_dir)
     assert w_got.keys() == w_ref.keys()
     for k in w_ref:  # exact resume: same data order, RNG states, optimizer and lr schedule
         assert torch.equal(w_got[k], w_ref[k]), f"{k}: max |diff| {(w_got[k] - w_ref[k]).abs().max()}"
     got = json.loads((job_dir / "summary.json").read_text())
-    assert got == json.loads((tmp_path / "ref" / "summary.json").read_text())
-    assert got["global_steps"] == total
+    assert got == json.loads((ref_dir / "summary.json").read_text())
+    assert got["global_steps"] == total and got["world_size"] == tasks
 
 
 def test_three_point_sweep_array_summary_lists_every_point(tmp_path, cluster_cpus, job_name):
