@@ -4,9 +4,10 @@
     videored visualize --checkpoint runs/x/model.pt --csv data/test.csv --limit 4 -o figs
 
 Writes `OUT/<stem>_<method>.png` (+ `.gif` with --gif) per input and method, and with
-`--method all` also `OUT/<stem>_all.png` (methods as rows). Videos with object masks stored
-beside them (`name.masks.npz`, the synthetic dataset) get the object outlined in white. Baselines keep, by default, the
-fraction of patches the interpreter kept on that input (equal speed, as the paper compares).
+`--method all` also `OUT/<stem>_all.png` (methods as rows); each path is printed when written.
+Videos with object masks stored beside them (`name.masks.npz`, the synthetic dataset) get the
+object outlined in white. Baselines keep, by default, the fraction of patches the interpreter kept
+on that input (equal speed, as the paper compares).
 """
 from __future__ import annotations
 
@@ -63,17 +64,17 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
     from videored.viz.inputs import IMAGE_SUFFIXES, PreparedInput, prepare_input
 
     if args.csv is not None:
-        from videored.data import VideoClipDataset
+        from videored.data import VideoClipDataset, iter_video_list, mask_path
         from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
 
-        from videored.data import mask_path
-
+        # object outlines when every listed video has its masks (e.g. the synthetic dataset)
+        with_masks = all(mask_path(row.path).is_file() for row in iter_video_list(args.csv)
+                         if row.error is None)
         T, gh, _ = model.grid
         ds = VideoClipDataset(args.csv, mode="test", num_frames=T, sampling_rate=sampling_rate,
                               target_fps=target_fps, crop_size=gh * model.patch_size,
-                              num_spatial_crops=1, backend=args.backend)
-        # object outlines when every listed video has its masks (e.g. the synthetic dataset)
-        ds.return_masks = all(mask_path(p).is_file() for p in ds.paths)
+                              num_spatial_crops=1, backend=args.backend,
+                              return_masks=with_masks)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         for i in range(n):
             item = ds[i]
@@ -101,7 +102,11 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
 
 
 def _run_methods(model, x: torch.Tensor, methods: list[str], keep_ratio: float | None):
-    """method -> (scores (D, T, gh, gw), keep (D, T, gh, gw)) for one input x (C, ...)."""
+    """Run `methods` on one input x (C, T, H, W) or (C, H, W).
+
+    -> ({method: (scores (D, T, gh, gw), keep (D, T, gh, gw) bool, predicted class, its
+    probability)}, {method: note for the title}); D = groups, T = 1 for images.
+    """
     from videored.viz.heatmap import patch_grid
     from videored.viz.segmentation import matched_keep_ratio
 
@@ -157,6 +162,11 @@ def main(args: argparse.Namespace) -> int:
                          "pass a folder of images with -p")
     args.out.mkdir(parents=True, exist_ok=True)
     written, skipped, used = [], [], set()
+
+    def wrote(path: Path) -> None:
+        written.append(path)
+        print(path, flush=True)
+
     for name, prepared, label, error in _inputs(args, model, sampling_rate, target_fps):
         if prepared is None:
             print(f"skipped {name}: {error}", file=sys.stderr)
@@ -187,12 +197,11 @@ def main(args: argparse.Namespace) -> int:
                 figures.image_groups_figure(png, frames[0], scores[:, 0], keep[:, 0],
                                             model.patch_size, title=title, smooth=args.smooth,
                                             threshold=threshold, zoom=args.zoom)
-            written.append(png)
+            wrote(png)
             if args.gif and video_model:
-                written.append(figures.video_gif(args.out / f"{stem}_{m}.gif", frames,
-                                                 scores[-1], keep[-1], model.patch_size,
-                                                 smooth=args.smooth, object_mask=mask,
-                                                 zoom=args.zoom))
+                wrote(figures.video_gif(args.out / f"{stem}_{m}.gif", frames, scores[-1],
+                                        keep[-1], model.patch_size, smooth=args.smooth,
+                                        object_mask=mask, zoom=args.zoom))
         if args.method == "all":
             if video_model:
                 rows = {m: (s[-1], k[-1]) for m, (s, k, _, _) in results.items()}
@@ -206,9 +215,7 @@ def main(args: argparse.Namespace) -> int:
                                    title=f"{Path(name).name}: {prepared.description}",
                                    smooth=args.smooth, zoom=args.zoom,
                                    object_mask=mask if video_model else None)
-            written.append(png)
-    for path in written:
-        print(path)
+            wrote(png)
     print(f"[visualize] wrote {len(written)} files to {args.out}; skipped {len(skipped)} inputs",
           file=sys.stderr)
     return 1 if skipped and not written else 0

@@ -49,9 +49,8 @@ def segmentation_metrics(confusion: torch.Tensor) -> dict[str, float]:
     diag = c.diagonal()
     per_class_total = c.sum(1)  # target pixels of each class
     union = c.sum(1) + c.sum(0) - diag
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = (diag / per_class_total).numpy()  # nan where a class has no target pixels
-        iou = (diag / union).numpy()  # nan where a class is absent from both masks
+    acc = (diag / per_class_total).numpy()  # 0/0 = nan where a class has no target pixels
+    iou = (diag / union).numpy()  # nan where a class is absent from both masks
     total = float(c.sum())
     return {
         "pixel_acc": 100.0 * float(diag.sum()) / total if total else float("nan"),
