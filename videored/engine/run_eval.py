@@ -171,8 +171,8 @@ def results_markdown(summary: dict[str, Any]) -> str:
     if "interpretability" in summary:
         for row in rows:
             row.update({f"i_{k}": v for k, v in summary["interpretability"].get(row["method"], {}).items()})
-        cols += [("i_miou", "mask mIoU", ".3f"), ("i_pixel_acc", "pixel acc", ".3f"),
-                 ("i_mean_acc", "mean acc", ".3f")]
+        cols += [("i_miou", "mask mIoU %", ".1f"), ("i_pixel_acc", "pixel acc %", ".1f"),
+                 ("i_mean_acc", "mean acc %", ".1f")]
     failed = summary["failed_videos"]
     lines = [f"Split `{summary['split']}`: {summary['num_videos']} videos, {len(failed)} failed to "
              f"decode{' (listed in results.json; errors are over the rest)' if failed else ''}. "
