@@ -2,18 +2,18 @@
 
 A point's metrics come from `summary.json` (train: the last stage's train/val means) or
 `results.json` (eval: error, kept ratio, GFLOPs and clips/s of every method). A point without them is listed anyway, as
-`failed` (with the job's error from submitit's result file), `pending`/`running` (still in the
-SLURM queue) or `missing` (no trace of it).
+`failed` (with the job's error from submitit's result file), SLURM's state for it (`pending`,
+`running`, `cancelled`, `timeout`, ...) or `missing` (no trace of it).
 """
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from submitit.core.utils import JobPaths, pickle_load
+
+from .queue import queue_state
 
 RESULT_FILES = {"train": "summary.json", "eval": "results.json"}
 
@@ -62,19 +62,6 @@ def _job_error(folder: Path, job_id: str) -> str | None:
     return lines[-1] if lines else "unknown error"
 
 
-def _queue_state(job_id: str) -> str | None:
-    """pending/running/... while SLURM still lists the job, else None."""
-    if not shutil.which("squeue"):
-        return None
-    try:
-        res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                             text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    state = res.stdout.strip().splitlines()
-    return state[0].lower() if res.returncode == 0 and state else None
-
-
 def collect_point(point: dict, command: str, folder: Path, cluster: str) -> dict:
     row: dict[str, Any] = {"name": point["name"], "overrides": point["overrides"],
                            "run_dir": point["run_dir"], "job_id": point.get("job_id"),
@@ -91,7 +78,7 @@ def collect_point(point: dict, command: str, folder: Path, cluster: str) -> dict
     error = _job_error(folder, job_id) if job_id else None
     if error is not None:
         row["status"], row["error"] = "failed", error
-    elif cluster == "slurm" and job_id and (state := _queue_state(job_id)):
+    elif cluster == "slurm" and job_id and (state := queue_state(job_id)):
         row["status"] = state
     return row
 

@@ -27,6 +27,7 @@ import submitit
 
 from .collect import collect, write_summary
 from .jobs import VideoredJob
+from .queue import wait_for_jobs
 
 SWEEP_MANIFEST = "sweep.json"
 
@@ -180,18 +181,6 @@ def _threads(args: argparse.Namespace) -> int:
     return args.cpus_per_task or 1
 
 
-def _wait(jobs: list, cluster: str) -> int:
-    """Block until every job is done; 1 if any failed (the error is printed), else 0."""
-    failed = 0
-    for job in jobs:
-        try:
-            job.results()
-        except Exception as err:  # submitit re-raises the job's error with its traceback
-            failed += 1
-            print(f"job {job.job_id} failed: {err}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 def submit_one(args: argparse.Namespace, forwarded: list[str]) -> int:
     out = args.job_dir.resolve()
     argv = _job_argv(args.action, forwarded, out)
@@ -202,7 +191,7 @@ def submit_one(args: argparse.Namespace, forwarded: list[str]) -> int:
     print(f"submitted {executor.cluster} job {job.job_id}: videored {' '.join(argv)}")
     print(f"logs: {job.paths.stdout}")
     if args.wait or executor.cluster != "slurm":
-        return _wait([job], executor.cluster)
+        return 1 if wait_for_jobs([job], slurm=executor.cluster == "slurm") else 0
     return 0
 
 
@@ -233,7 +222,7 @@ def submit_sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
     print(f"submitted {len(jobs)} {executor.cluster} array task(s): "
           + ", ".join(str(j.job_id) for j in jobs))
     if args.wait or executor.cluster != "slurm":
-        status = _wait(jobs, executor.cluster)
+        status = 1 if wait_for_jobs(jobs, slurm=executor.cluster == "slurm") else 0
         rows = collect(root)
         md, js = write_summary(root, rows)
         print(f"summary: {md} ({js})")

@@ -166,8 +166,8 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_pat
     first = _wait_for(lambda: sorted((job_dir / "checkpoints").glob("ckpt_*.pt")), "the first checkpoint")
     subprocess.run(["scancel", "--signal=USR2", jid], check=True, timeout=30)  # SLURM's preemption warning
     folder = job_dir / "submitit"
-    _wait_for(lambda: JobPaths(folder, job_id=jid, task_id=0).result_pickle.exists(), "the requeued job to end",
-              every=0.5)
+    _wait_for(lambda: all(JobPaths(folder, job_id=jid, task_id=r).result_pickle.exists() for r in range(tasks)),
+              "the requeued job to end", every=0.5)
     for rank in range(tasks):
         assert task_outcome(folder, jid, rank) == ("success", 0)
 
@@ -220,3 +220,21 @@ def test_three_point_sweep_array_summary_lists_every_point(tmp_path, cluster_cpu
         assert row["metrics"]["val.kept"] == last["val"]["kept"]
         assert row["metrics"]["train.loss"] == last["train"]["loss"]
         assert f"| {row['name']} | {t} | ok | " in table
+
+
+def test_waiting_ends_for_a_cancelled_job_that_leaves_no_result(tmp_path, cluster_cpus, job_name):
+    """Without sacct submitit would wait forever for a job killed before writing its result."""
+    from submitit import SlurmJob
+
+    sys.path.insert(0, str(REPO))
+    from slurm.queue import queue_state, wait_for_jobs
+
+    cfg = write_run_files(tmp_path, samples=16)
+    out = launch("train", "--cluster", "slurm", "--job-name", job_name, "--timeout", "10",
+                 "--job-dir", str(tmp_path / "job"), "--config", str(cfg))
+    (jid,) = job_ids(out)
+    subprocess.run(["scancel", jid], check=True, timeout=30)
+    assert _wait_for(lambda: queue_state(jid) == "cancelled", "squeue to report the job cancelled", timeout=60)
+    job = SlurmJob(tmp_path / "job" / "submitit", jid)
+    assert wait_for_jobs([job], slurm=True, poll_s=0.2, grace_s=1.0) == 1
+    assert not job.paths.result_pickle.exists()

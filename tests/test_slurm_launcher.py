@@ -201,3 +201,36 @@ def test_eval_points_show_each_methods_headline_numbers(tmp_path):
         "original.clip1_err": 20.0, "original.video1_err": 17.5, "original.kept_ratio": 1.0,
         "original.gflops": 0.5, "original.clips_per_s": 10.0, "interpreter.clip1_err": 25.0,
         "interpreter.video1_err": 22.5, "interpreter.kept_ratio": 0.5, "interpreter.gflops": 0.25}
+
+
+class _FakeJob:
+    """The parts of a submitit job `wait_for_jobs` uses."""
+
+    def __init__(self, folder: Path, job_id: str, outcome=None) -> None:
+        self.job_id, self.paths, self.outcome = job_id, JobPaths(folder, job_id=job_id, task_id=0), outcome
+        self.read = False
+
+    def results(self):
+        self.read = True
+        if self.outcome[0] == "error":
+            raise RuntimeError(self.outcome[1])
+        return [self.outcome[1]]
+
+
+def test_wait_gives_up_on_a_job_that_left_the_queue_without_a_result(tmp_path, monkeypatch, capsys):
+    import slurm.queue as queue
+
+    done = _FakeJob(tmp_path, "1", ("success", 0))
+    cloudpickle_dump(done.outcome, done.paths.result_pickle)
+    broken = _FakeJob(tmp_path, "2", ("error", "boom"))
+    cloudpickle_dump(broken.outcome, broken.paths.result_pickle)
+    cancelled = _FakeJob(tmp_path, "3")
+    states = iter(["pending", "running", "cancelled"])  # what squeue says on successive polls
+    asked = []
+    monkeypatch.setattr(queue, "queue_state", lambda jid: asked.append(jid) or next(states))
+    failed = queue.wait_for_jobs([done, broken, cancelled], slurm=True, poll_s=0.0, grace_s=0.0)
+    assert failed == 2  # "2" raised its error, "3" ended without a result file
+    assert asked == ["3", "3", "3"]  # jobs with a result file are never polled
+    assert done.read and broken.read and not cancelled.read
+    err = capsys.readouterr().err
+    assert "job 3 ended (cancelled) without a result" in err and "job 2 failed: boom" in err
