@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import submitit
 
 from .collect import collect, write_summary
-from .jobs import VideoredJob
+from videored.launch import VideoredJob
 from .queue import wait_for_jobs
 
 SWEEP_MANIFEST = "sweep.json"
@@ -163,8 +163,9 @@ def check_videored_args(argv: list[str]) -> None:
 
 
 def _make_importable() -> None:
-    # The job unpickles `slurm.jobs.VideoredJob`: put this checkout on the PYTHONPATH that sbatch
-    # and local processes inherit, whatever directory the job starts in.
+    # The job unpickles `videored.launch.VideoredJob` (installed) and the launcher itself lives in
+    # this checkout: put it on the PYTHONPATH that sbatch and local processes inherit, whatever
+    # directory the job starts in.
     root = str(Path(__file__).resolve().parent.parent)
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in parts:

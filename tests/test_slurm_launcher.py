@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))  # `slurm/` is a top-level folder of the checkout,
 
 from slurm import submit  # noqa: E402
 from slurm.collect import collect, flatten_numbers, markdown_table, write_summary  # noqa: E402
-from slurm.jobs import VideoredJob, with_resume_auto  # noqa: E402
+from videored.launch import VideoredJob, with_resume_auto  # noqa: E402
 
 
 def test_grid_is_the_cartesian_product_in_order():

@@ -1,5 +1,8 @@
 """The callable that submitit pickles and runs once per task: one `videored` CLI invocation.
 
+Used by the SLURM launcher (`python -m slurm.submit`) and by `videored quickstart` (submitit's
+local executor): one job class, one code path. Training code never imports this module.
+
 Every task (one per GPU, or per CPU process) exports the torch.distributed variables of its
 job (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and calls the same
 `videored.cli.main` that `videored train|eval` and torchrun use. When SLURM preempts the job or
@@ -90,3 +93,37 @@ def run_dir_of(argv: list[str]) -> Optional[Path]:
         if arg.startswith("--out="):
             return Path(arg.split("=", 1)[1])
     return None
+
+
+def run_local_job(argv: list[str], folder: str | Path, cluster: str = "local",
+                  poll_s: float = 1.0) -> int:
+    """Run `videored <argv>` as a submitit job on this machine and wait for it.
+
+    cluster "local" runs it in a child process whose stdout/stderr (progress bars included)
+    are streamed here while it runs and kept under `folder`; "debug" runs it in this process.
+    Raises the job's error when it fails.
+    """
+    import sys
+    import time
+
+    executor = submitit.AutoExecutor(folder=Path(folder), cluster=cluster)
+    executor.update_parameters(timeout_min=24 * 60, tasks_per_node=1, nodes=1)
+    job = executor.submit(VideoredJob(argv))
+    offsets = {"stdout": 0, "stderr": 0}
+
+    def pump() -> None:
+        for name, sink in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+            path = getattr(job.paths, name)
+            if path.exists():
+                with open(path, "rb") as fh:
+                    fh.seek(offsets[name])
+                    chunk = fh.read()
+                offsets[name] += len(chunk)
+                sink.write(chunk.decode("utf-8", "replace"))
+                sink.flush()
+
+    while not job.done():
+        pump()
+        time.sleep(poll_s)
+    pump()
+    return job.result()
