@@ -38,9 +38,8 @@ def random_tensor_file(path: Path, n: int = 24, seed: int = 0, nan_rows: tuple[i
 
 class PatchCodeDataset(Dataset):
     """Toy task with a known answer. Clips (3, 2, 32, 32) = 8 patch tokens of low-amplitude noise,
-    except patches 1 and 6 (frame 0 top-right, frame 1 bottom-left) which show one of 4 fixed
-    patterns each, values a and b; the label is (a + b) mod 4. Both patches are needed and no other
-    patch carries information, so the ideal interpreter keeps exactly {1, 6}.
+    except patches 1 and 6 (frame 0 top-right, frame 1 bottom-left), which show one of 2 fixed
+    patterns each: bits a and b; the label is 2a + b. No other patch carries information.
 
     fixed_seed=None draws fresh noise from the global RNG each time (no memorizing the noise);
     an integer makes item i a fixed function of (fixed_seed, i).
@@ -50,7 +49,7 @@ class PatchCodeDataset(Dataset):
 
     def __init__(self, n: int, fixed_seed: int | None = None) -> None:
         self.n, self.fixed = n, fixed_seed
-        self.patterns = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 4 - 2
+        self.patterns = torch.rand(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 4 - 2
 
     def __len__(self) -> int:
         return self.n
@@ -58,11 +57,11 @@ class PatchCodeDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         g = None if self.fixed is None else torch.Generator().manual_seed(self.fixed * 100_003 + i)
         x = (torch.rand(3, 2, 32, 32, generator=g) * 2 - 1) * 0.5
-        v = torch.randint(0, 4, (2,), generator=g)
+        bits = torch.randint(0, 2, (2,), generator=g)
         for which, n in enumerate(self.INFORMATIVE):
             t, r, c = n // 4, (n % 4) // 2, n % 2  # patch n <-> frame n // g², row, col
-            x[:, t, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] = self.patterns[which, v[which]]
-        return {"video": x, "label": int((v[0] + v[1]) % 4)}
+            x[:, t, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] = self.patterns[which, bits[which]]
+        return {"video": x, "label": int(2 * bits[0] + bits[1])}
 
 
 def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:

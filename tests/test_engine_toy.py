@@ -1,5 +1,5 @@
 """The interpreter learns, from reward alone, to keep exactly the informative tokens of a toy task
-whose answer is known (PatchCodeDataset: only patches 1 and 6 carry the label)."""
+whose answer is known (PatchCodeDataset: only patches 1 and 6 carry the label, one bit each)."""
 import pytest
 import torch
 
@@ -12,7 +12,7 @@ from videored.engine.trainer import train
 def test_interpreter_learns_the_informative_patches(tmp_path):
     cfg = tiny_config("data.kind=tensor_file", "data.root=unused", "data.batch_size=16",
                       "model.groups=1", "schedule.stages=[supervised, interpreter]",
-                      "schedule.supervised_epochs=25", "schedule.interpreter_epochs=16",
+                      "schedule.supervised_epochs=8", "schedule.interpreter_epochs=16",
                       "optim.name=adam", "optim.lr=3e-3", "optim.interpreter_lr=2e-2",
                       "reinforce.tau=1.0", "run.log_every=8", "run.ckpt_every_steps=0")
     val = PatchCodeDataset(128, fixed_seed=1)
