@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("synth", help="write the synthetic moving-object video dataset (H.264 mp4 + masks + csvs)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", type=int, default=4, help="number of motion directions, 2..8")
+    p.add_argument("--classes", type=int, default=4, help="number of classes: 2..8 directions or 2..6 colours")
+    p.add_argument("--task", choices=("direction", "colour"), default="direction",
+                   help="label = the object's motion direction, or its colour")
     p.add_argument("--videos-per-class", type=int, default=24, help="train videos per class")
     p.add_argument("--val-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
     p.add_argument("--test-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
@@ -31,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k400 = sub.add_parser("k400", help="Kinetics-400 preparation (see datasets/README.md)")
     ksub = k400.add_subparsers(dest="k400_command", metavar="STEP", required=True)
     p = ksub.add_parser("lists", help="annotation CSVs + downloaded clips -> train/val/test.csv + classes.txt")
-    p.add_argument("--videos", required=True, help="root of the downloaded (or resized) clips, flat or per class")
+    p.add_argument("--videos", required=True, nargs="+",
+                   help="folder(s) of the downloaded (or resized) clips, flat or per class; a later folder "
+                        "overrides an earlier one for the same clip (e.g. CVDF's replacement/)")
     p.add_argument("--annotations", required=True, help="folder with train.csv, validate.csv (or val.csv), optional test.csv")
     p.add_argument("--out", required=True, help="folder for the lists")
     p.add_argument("--test-from", choices=("val", "test"), default="val", help="build test.csv from the validation (paper protocol) or test annotations")
@@ -52,10 +56,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from videored.data.synthetic import write_synthetic_dataset
+    from videored.data.synthetic import SynthConfig, write_synthetic_dataset
 
     summary = write_synthetic_dataset(
-        args.out, args.classes, args.videos_per_class, args.seed, args.val_per_class, args.test_per_class, progress=True
+        args.out, args.classes, args.videos_per_class, args.seed, args.val_per_class, args.test_per_class,
+        cfg=SynthConfig(task=args.task), progress=True,
     )
     print(json.dumps({k: summary[k] for k in ("num_classes", "videos", "seed", "object_fraction_mean")}))
     print(f"wrote {Path(args.out) / 'train.csv'}, val.csv, test.csv, classes.txt")

@@ -8,6 +8,7 @@ a malformed line, reported with its 1-based line number (never silently dropped)
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -36,6 +37,20 @@ def classes_file_for(csv_path: str | os.PathLike) -> Path | None:
     """`classes.txt` beside the csv, if there is one."""
     candidate = Path(csv_path).parent / "classes.txt"
     return candidate if candidate.is_file() else None
+
+
+DATASET_INFO = "dataset.json"  # optional facts about a dataset folder, e.g. hflip_preserves_label
+
+
+def read_dataset_info(csv_path: str | os.PathLike) -> dict:
+    """Contents of `dataset.json` beside the csv, or {} when there is none."""
+    path = Path(csv_path).parent / DATASET_INFO
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON: {e}") from e
 
 
 def iter_video_list(csv_path: str | os.PathLike, num_classes: int | None = None) -> Iterator[ListRow]:

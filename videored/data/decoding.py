@@ -21,20 +21,22 @@ BACKENDS = ("decord", "pyav")
 
 
 class VideoDecodeError(RuntimeError):
-    """A video that cannot be opened or decoded; `reason` is a short human-readable cause."""
+    """A video that cannot be opened or decoded; `reason` is a short human-readable cause.
+    `file_problem` is True when the file itself is absent or empty (no other decoder can help)."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, file_problem: bool = False):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.file_problem = file_problem
 
 
 def _check_file(path: str) -> None:
     # Checked up front: both libraries report these cases as a vague "invalid data".
     if not os.path.exists(path):
-        raise VideoDecodeError(path, "missing file")
+        raise VideoDecodeError(path, "missing file", file_problem=True)
     if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
+        raise VideoDecodeError(path, "empty file (0 bytes)", file_problem=True)
 
 
 class DecordVideo:

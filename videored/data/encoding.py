@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from videored.data.transforms import resized_hw
 
 
 def write_video(
@@ -56,6 +55,15 @@ def write_video(
             container.mux(packet)
 
 
+def _even_resized_hw(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Short side -> `short_side` (must be even), long side to the nearest even size (yuv420p)."""
+    if short_side % 2:
+        raise ValueError(f"short side must be even for yuv420p, got {short_side}")
+    if height <= width:
+        return short_side, 2 * max(1, round(width * short_side / height / 2))
+    return 2 * max(1, round(height * short_side / width / 2)), short_side
+
+
 def reencode_short_side(src: str | os.PathLike, dst: str | os.PathLike, short_side: int = 320, crf: int = 18) -> tuple[int, int]:
     """Re-encode `src` to H.264 mp4 `dst` with its short side = `short_side` (PyAV, no ffmpeg CLI).
 
@@ -75,17 +83,16 @@ def reencode_short_side(src: str | os.PathLike, dst: str | os.PathLike, short_si
                 raise ValueError(f"{src}: no video stream")
             in_stream = inp.streams.video[0]
             rate = in_stream.average_rate or in_stream.guessed_rate or Fraction(30)
-            h, w = resized_hw(in_stream.codec_context.height, in_stream.codec_context.width, short_side)
-            h, w = h + h % 2, w + w % 2  # yuv420p needs even sizes
+            h, w = _even_resized_hw(in_stream.codec_context.height, in_stream.codec_context.width, short_side)
             with av.open(str(tmp), "w", format="mp4") as out:
                 out_stream = out.add_stream("libx264", rate=rate)
                 out_stream.width, out_stream.height, out_stream.pix_fmt = w, h, "yuv420p"
                 out_stream.options = {"crf": str(crf)}
                 out_stream.thread_count = 1
-                for frame in inp.decode(in_stream):
+                for i, frame in enumerate(inp.decode(in_stream)):
                     # area interpolation for down-scaling (what ffmpeg users pick to avoid aliasing)
                     small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
-                    small.pts = None  # let the encoder number frames at `rate` (CFR output)
+                    small.pts, small.time_base = i, 1 / Fraction(rate)  # CFR: frame i at i / rate
                     for packet in out_stream.encode(small):
                         out.mux(packet)
                 for packet in out_stream.encode():

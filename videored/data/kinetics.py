@@ -2,8 +2,8 @@
 
 Annotation CSVs (official release, CVDF mirror): header `label,youtube_id,time_start,time_end,split`
 (extra columns such as `is_cc` are ignored). Clip files are matched by name, anywhere under the
-video root (flat or one folder per class): `{youtube_id}_{start:06d}_{end:06d}.<ext>`, the
-name used by the CVDF tarballs and the usual downloaders. Outputs in `out_dir`:
+video roots (flat or one folder per class): `{youtube_id}_{start:06d}_{end:06d}.<ext>`, the
+name used by the CVDF tarballs and the usual downloaders; a later root overrides an earlier one. Outputs in `out_dir`:
 `classes.txt` (sorted train label names, index = line), `{train,val,test}.csv` (absolute paths),
 `missing_{split}.txt` (annotated clips not found) and `report.json` (counts).
 """
@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from videored.data.csv_list import read_classes, write_classes, write_video_list
 
@@ -62,26 +62,38 @@ def read_annotations(csv_path: str | os.PathLike) -> tuple[list[Annotation], lis
     return annotations, errors
 
 
-def index_videos(root: str | os.PathLike, exts: Iterable[str] = VIDEO_EXTS) -> tuple[dict[str, Path], list[Path]]:
-    """Map file stem -> path for every video under `root`; also returns the duplicates skipped."""
+def index_videos(roots: str | os.PathLike | Sequence[str | os.PathLike], exts: Iterable[str] = VIDEO_EXTS) -> tuple[dict[str, Path], list[Path]]:
+    """Map file stem -> path for every video under `roots` (walked in sorted order).
+
+    A later root overrides an earlier one (e.g. CVDF's `replacement/` clips for corrupted train
+    clips); a second file with the same stem inside one root is ignored and returned as a
+    duplicate.
+    """
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
     exts = tuple(e.lower() for e in exts)
     found: dict[str, Path] = {}
     duplicates: list[Path] = []
-    for dirpath, _, files in os.walk(root):
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(exts):
-                continue  # hidden names include our own partial re-encodes
-            path = Path(dirpath) / name
-            stem = path.stem
-            if stem in found:
-                duplicates.append(path)
-            else:
-                found[stem] = path.resolve()
+    for root in roots:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"video folder not found: {root}")
+        in_root: set[str] = set()
+        for dirpath, dirnames, files in os.walk(root):
+            dirnames.sort()
+            for name in sorted(files):
+                if name.startswith(".") or not name.lower().endswith(exts):
+                    continue  # hidden names include our own partial re-encodes
+                path = Path(dirpath) / name
+                if path.stem in in_root:
+                    duplicates.append(path)
+                    continue
+                in_root.add(path.stem)
+                found[path.stem] = path.resolve()
     return found, duplicates
 
 
 def make_kinetics_lists(
-    video_root: str | os.PathLike,
+    video_roots: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     train_annotations: str | os.PathLike,
     val_annotations: str | os.PathLike,
@@ -102,10 +114,11 @@ def make_kinetics_lists(
     else:
         classes = sorted({a.label for a in parsed["train"][0]})
     class_index = {name: i for i, name in enumerate(classes)}
-    videos, duplicates = index_videos(video_root)
+    roots = [video_roots] if isinstance(video_roots, (str, os.PathLike)) else list(video_roots)
+    videos, duplicates = index_videos(roots)
 
     report: dict = {
-        "video_root": str(Path(video_root).resolve()),
+        "video_roots": [str(Path(r).resolve()) for r in roots],
         "num_classes": len(classes),
         "video_files_found": len(videos),
         "duplicate_files_ignored": len(duplicates),

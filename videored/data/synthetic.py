@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videored.data.csv_list import write_classes, write_video_list
+from videored.data.csv_list import DATASET_INFO, write_classes, write_video_list
 from videored.data.encoding import write_video
 from videored.data.masks import save_masks
 
@@ -36,6 +36,7 @@ _COMPASS = {0: "right", 45: "down_right", 90: "down", 135: "down_left", 180: "le
 # Saturated object colours; the background and distractors are kept low-saturation.
 _TRAIL_COPIES = 5
 _PALETTE = np.array([[235, 40, 40], [40, 220, 60], [50, 90, 250], [245, 220, 30], [230, 50, 230], [30, 220, 230]], dtype=np.float32)
+_COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,11 @@ class SynthConfig:
     trail_length: float = 10.0  # px behind the object
     num_distractors: tuple[int, int] = (6, 10)
     crf: int = 20
+    task: str = "direction"  # "direction": label = motion direction; "colour": label = object colour
 
     def __post_init__(self) -> None:
+        if self.task not in ("direction", "colour"):
+            raise ValueError(f"task must be 'direction' or 'colour', got {self.task!r}")
         if self.width < self.height or self.height % 2 or self.width % 2:
             raise ValueError(f"frames must be landscape with even sides, got {self.height}x{self.width}")
         safe_w = 2 * self.height - self.width - 4  # width of the region all three test crops see
@@ -62,8 +66,10 @@ class SynthConfig:
             )
 
 
-def class_names(num_classes: int) -> list[str]:
-    """Direction names, e.g. 4 classes: right, down, left, up."""
+def class_names(num_classes: int, task: str = "direction") -> list[str]:
+    """Direction names (4 classes: right, down, left, up) or colour names."""
+    if task == "colour":
+        return list(_COLOUR_NAMES[:num_classes])
     names = []
     for c in range(num_classes):
         deg = 360 * c / num_classes
@@ -94,12 +100,16 @@ def render_video(label: int, num_classes: int, rng: np.random.Generator, cfg: Sy
     d_disk = rng.random(n_dis) < 0.5
     d_col = rng.uniform(50, 200, (n_dis, 1)) + rng.uniform(-30, 30, (n_dis, 3))
 
-    # --- the object: its direction is the label
+    # --- the object: its direction (task "direction") or its colour (task "colour") is the label
     area = rng.uniform(*cfg.object_area) * h * w
     disk = bool(rng.random() < 0.5)
     half = math.sqrt(area / math.pi) if disk else math.sqrt(area) / 2  # radius or half side
-    colour = _PALETTE[rng.integers(len(_PALETTE))] + rng.uniform(-15, 15, 3)
-    theta = 2 * np.pi * label / num_classes
+    if cfg.task == "colour":
+        colour = _PALETTE[label] + rng.uniform(-15, 15, 3)
+        theta = rng.uniform(0, 2 * np.pi)
+    else:
+        colour = _PALETTE[rng.integers(len(_PALETTE))] + rng.uniform(-15, 15, 3)
+        theta = 2 * np.pi * label / num_classes
     travel = rng.uniform(*cfg.object_travel)
     unit = np.array([np.cos(theta), np.sin(theta)])  # (x, y)
     step = unit * travel / (t_len - 1)  # px/frame
@@ -160,14 +170,15 @@ def write_synthetic_dataset(
     cfg: SynthConfig = SynthConfig(),
     progress: bool = False,
 ) -> dict:
-    """Write videos, masks, `{train,val,test}.csv`, `classes.txt` and `synth.json` under `out_dir`.
+    """Write videos, masks, `{train,val,test}.csv`, `classes.txt` and `dataset.json` under `out_dir`.
 
     CSV paths are relative to the csv's folder (`videos/train/train_c00_0000.mp4 0`), so the folder
     can be moved; `VideoClipDataset` resolves them against the csv's directory.
     val/test default to max(2, videos_per_class // 4) videos per class each. Returns a summary.
     """
-    if not 2 <= num_classes <= 8:
-        raise ValueError(f"num_classes must be in [2, 8] (motion directions), got {num_classes}")
+    max_classes = 8 if cfg.task == "direction" else len(_PALETTE)
+    if not 2 <= num_classes <= max_classes:
+        raise ValueError(f"num_classes must be in [2, {max_classes}] for task {cfg.task!r}, got {num_classes}")
     counts = {
         "train": videos_per_class,
         "val": val_per_class if val_per_class is not None else max(2, videos_per_class // 4),
@@ -195,7 +206,7 @@ def write_synthetic_dataset(
         rows[split].append((rel, c))
     for split, split_rows in rows.items():
         write_video_list(out / f"{split}.csv", split_rows)
-    write_classes(out / "classes.txt", class_names(num_classes))
+    write_classes(out / "classes.txt", class_names(num_classes, cfg.task))
     summary = {
         "num_classes": num_classes,
         "videos": {s: len(r) for s, r in rows.items()},
@@ -203,6 +214,9 @@ def write_synthetic_dataset(
         "config": asdict(cfg),
         "object_fraction_mean": float(np.mean(object_fraction)),
         "paths": "relative to this folder",
+        # direction task: a horizontal flip turns "right" into "left", so VideoClipDataset reads
+        # this and does not flip in training (as for Something-Something)
+        "hflip_preserves_label": cfg.task != "direction",
     }
-    (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / DATASET_INFO).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

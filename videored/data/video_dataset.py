@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from videored.data import transforms as T
-from videored.data.csv_list import classes_file_for, iter_video_list, read_classes
+from videored.data.csv_list import classes_file_for, iter_video_list, read_classes, read_dataset_info
 from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
 from videored.data.masks import load_masks
 from videored.data.sampling import centred_start, clip_indices, clip_span, random_start
@@ -40,7 +40,9 @@ class VideoClipDataset(Dataset):
     the last frame.
 
     Spatial: train resizes the short side to a random size in `train_jitter_scales`, takes a
-    random `crop_size` square and flips horizontally with p=0.5. Val/test resize the short side to
+    random `crop_size` square and flips horizontally with p=0.5 (`train_flip`; None = yes unless
+    the folder's `dataset.json` says `"hflip_preserves_label": false`, as the synthetic
+    motion-direction set does). Val/test resize the short side to
     `crop_size` and take `num_spatial_crops` crops along the long side (3: left/centre/right, or
     top/centre/bottom for portrait video; 1: centre). All crops of a video come from the same
     temporal clip.
@@ -48,8 +50,11 @@ class VideoClipDataset(Dataset):
     Length: train = number of videos; val/test = videos * num_temporal_views * num_spatial_crops,
     item i -> video i // (V*C), temporal view (i % (V*C)) // C, spatial crop i % C.
 
+    Decoding: `backend` ("decord", num_threads=1, or "pyav"); with decord, a video decord fails
+    on is retried with PyAV (`pyav_fallback`) before it counts as bad.
+
     Bad input. Train: a video that cannot be decoded is logged once (path + reason), counted in
-    `skipped` and replaced by another random video (at most `max_substitutes` tries, then an
+    `skipped` (items served by a substitute) and replaced by another random video (at most `max_substitutes` tries, then an
     error); malformed csv lines are logged with their line number, counted in `malformed` and left
     out. Val/test never substitute: a bad video (or a malformed line, label -1) gives an item with
     `failed=True` and an all-zero video so the evaluation counts it instead of silently shrinking.
@@ -70,9 +75,10 @@ class VideoClipDataset(Dataset):
         return_masks: bool = False,
         mean: Sequence[float] = KINETICS_MEAN,
         std: Sequence[float] = KINETICS_STD,
-        train_flip: bool = True,
+        train_flip: bool | None = None,
         max_substitutes: int = 20,
         num_classes: int | None = None,
+        pyav_fallback: bool = True,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -92,8 +98,11 @@ class VideoClipDataset(Dataset):
         self.backend = backend
         self.return_masks = return_masks
         self.mean, self.std = tuple(mean), tuple(std)
+        if train_flip is None:  # a dataset folder may declare that flipping changes the label
+            train_flip = bool(read_dataset_info(csv_path).get("hflip_preserves_label", True))
         self.train_flip = train_flip
         self.max_substitutes = max_substitutes
+        self.pyav_fallback = pyav_fallback
 
         classes_file = classes_file_for(csv_path)
         self.class_names = read_classes(classes_file) if classes_file else None
@@ -120,6 +129,7 @@ class VideoClipDataset(Dataset):
         # process sees how many bad videos the workers replaced.
         self._skipped = multiprocessing.Value("i", 0)
         self._bad: dict[int, str] = {}  # per process: video index -> reason (logged once)
+        self._fallbacks: set[int] = set()  # per process: videos decord failed on and PyAV read
         self._cache: tuple | None = None  # val/test: last decoded clip, reused by its other crops
 
     @property
@@ -128,7 +138,8 @@ class VideoClipDataset(Dataset):
 
     @property
     def skipped(self) -> int:
-        """Train: number of bad videos replaced by another sample (all workers together)."""
+        """Train: number of items served by a substitute because their video was bad (all
+        DataLoader workers together)."""
         return self._skipped.value
 
     def __len__(self) -> int:
@@ -169,6 +180,9 @@ class VideoClipDataset(Dataset):
                 except Exception as e:  # any decode/mask failure is a property of the file
                     self._note_bad(candidate, e)
                 else:
+                    if candidate != index:
+                        with self._skipped.get_lock():
+                            self._skipped.value += 1
                     video, mask = self._train_transform(frames, masks)
                     item = {
                         "video": video,
@@ -182,8 +196,6 @@ class VideoClipDataset(Dataset):
                     if self.return_masks:
                         item["mask"] = mask
                     return item
-            with self._skipped.get_lock():
-                self._skipped.value += 1
             candidate = int(torch.randint(0, self.num_videos, ()).item())
         raise RuntimeError(
             f"{self.csv_path}: {self.max_substitutes + 1} bad videos in a row while loading item {index}; "
@@ -249,16 +261,33 @@ class VideoClipDataset(Dataset):
     def _decode(self, video_index: int, train: bool, temporal_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """(T, H, W, 3) uint8 frames of one clip and, if asked, their (T, H, W) bool masks."""
         path = self.paths[video_index]
-        with open_video(path, self.backend) as video:
-            idx = self.frame_indices(video.num_frames, video.fps, temporal_index)
-            frames = video.get_frames(idx)
+        try:
+            frames, idx, num_video_frames = self._read(path, self.backend, temporal_index)
+        except VideoDecodeError as first:
+            if self.backend != "decord" or not self.pyav_fallback or first.file_problem:
+                raise
+            # decord has known bugs (e.g. frame widths <= 72 px fail with a size mismatch):
+            # a file PyAV decodes is not a bad video.
+            try:
+                frames, idx, num_video_frames = self._read(path, "pyav", temporal_index)
+            except VideoDecodeError as second:
+                raise VideoDecodeError(path, f"{first.reason} (decord); {second.reason} (pyav)") from second
+            if video_index not in self._fallbacks:
+                self._fallbacks.add(video_index)
+                log.warning("decord failed on %s (%s); decoded with PyAV instead", path, first.reason)
         masks = None
         if self.return_masks:
             all_masks = load_masks(path)  # (F, H, W)
-            if all_masks.shape[1:] != frames.shape[1:3] or all_masks.shape[0] < video.num_frames:
-                raise ValueError(f"{path}: masks {all_masks.shape} do not match video ({video.num_frames}, {frames.shape[1]}, {frames.shape[2]})")
+            if all_masks.shape[1:] != frames.shape[1:3] or all_masks.shape[0] < num_video_frames:
+                raise ValueError(f"{path}: masks {all_masks.shape} do not match video ({num_video_frames}, {frames.shape[1]}, {frames.shape[2]})")
             masks = all_masks[idx]
         return frames, masks
+
+    def _read(self, path: str, backend: str, temporal_index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(frames (T, H, W, 3) uint8, their indices, the video's frame count)."""
+        with open_video(path, backend) as video:
+            idx = self.frame_indices(video.num_frames, video.fps, temporal_index)
+            return video.get_frames(idx), idx, video.num_frames
 
     def _note_bad(self, video_index: int, error: Exception) -> None:
         if video_index not in self._bad:

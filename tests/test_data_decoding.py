@@ -1,0 +1,102 @@
+"""Decoding: frames written in the test come back exactly (lossless), both backends agree."""
+import numpy as np
+import pytest
+
+from videored.data import VideoDecodeError, open_video, write_video
+
+
+def _random_frames(t=12, h=36, w=52, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_lossless_roundtrip_exact(tmp_path, backend):
+    """libx264rgb + rgb24 + qp 0: no colour conversion anywhere, so every byte must come back."""
+    frames = _random_frames()  # odd-free but not multiple-of-16 sizes; rgb24 takes any size
+    path = tmp_path / "lossless.mp4"
+    write_video(path, frames, fps=30, lossless=True)
+    with open_video(path, backend) as video:
+        assert video.num_frames == len(frames)
+        assert video.fps == pytest.approx(30.0)
+        decoded = video.get_frames(range(len(frames)))
+        assert decoded.dtype == np.uint8 and decoded.shape == frames.shape
+        np.testing.assert_array_equal(decoded, frames)
+        # random access, unsorted with repeats: exactly the written frames at those positions
+        idx = [9, 2, 2, 11, 0, 5]
+        np.testing.assert_array_equal(video.get_frames(idx), frames[idx])
+
+
+def test_decord_and_pyav_identical_on_lossy_h264(tmp_path):
+    """Same indices -> the same frames bit for bit on an ordinary yuv420p H.264 file with B-frames."""
+    # smooth content (4:2:0 chroma keeps it well) whose brightness changes by 4 per frame
+    yy, xx = np.mgrid[0:40, 0:56]
+    base = np.stack([60 + 40 * np.sin(xx / 5.0), 80 + 40 * np.cos(yy / 4.0), 70 + 30 * np.sin((xx + yy) / 6.0)], -1)
+    frames = np.stack([np.clip(base + 4.0 * t, 0, 255) for t in range(45)]).astype(np.uint8)
+    path = tmp_path / "lossy.mp4"
+    write_video(path, frames, fps=25)
+    idx = [44, 0, 17, 17, 30, 3]
+    with open_video(path, "decord") as d, open_video(path, "pyav") as a:
+        assert d.num_frames == a.num_frames == 45
+        assert d.fps == pytest.approx(25.0) and a.fps == pytest.approx(25.0)
+        fd, fa = d.get_frames(idx), a.get_frames(idx)
+    np.testing.assert_array_equal(fd, fa)
+    # lossy, but the right frames: each decoded frame is nearest to the written frame of its index
+    dist = np.abs(fd[:, None].astype(float) - frames[None].astype(float)).mean(axis=(2, 3, 4))  # (6, 45)
+    assert dist.argmin(axis=1).tolist() == idx
+    assert dist.min(axis=1).max() < 3.0  # below the 4-per-frame brightness step
+
+
+def test_decode_all_counts_frames(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, _random_frames(t=20, h=16, w=80), fps=30)
+    for backend in ("decord", "pyav"):
+        with open_video(path, backend) as video:
+            assert video.decode_all() == 20
+
+
+def test_out_of_range_indices_and_unknown_backend(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, _random_frames(t=4, h=16, w=80), fps=30)
+    with open_video(path, "decord") as video, pytest.raises(IndexError, match=r"\[4\]"):
+        video.get_frames([0, 4])
+    with pytest.raises(ValueError, match="unknown video backend"):
+        open_video(path, "opencv")
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_bad_files_raise_named_errors(tmp_path, backend):
+    frames = _random_frames(t=30, h=32, w=32)
+    good = tmp_path / "good.mp4"
+    write_video(good, frames, fps=30)
+    zero = tmp_path / "zero.mp4"
+    zero.write_bytes(b"")
+    text = tmp_path / "text.mp4"
+    text.write_text("this is not a video\n" * 20)
+    trunc = tmp_path / "trunc.mp4"  # moov atom at the end: cut in half, the index is gone
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases = {
+        tmp_path / "missing.mp4": "missing file",
+        zero: "empty file",
+        text: "cannot open",
+        trunc: "cannot open",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(VideoDecodeError) as err:
+            with open_video(path, backend) as video:
+                video.get_frames(range(video.num_frames))
+        assert reason in err.value.reason and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_truncated_with_index_in_front_fails_at_decode(tmp_path, backend):
+    """faststart (moov first): the index survives and claims 30 frames, the data does not.
+    PyAV opens it and fails when decoding the tail; decord already fails while indexing."""
+    frames = _random_frames(t=30, h=32, w=96)
+    good = tmp_path / "fs.mp4"
+    write_video(good, frames, fps=30, faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(VideoDecodeError, match="cannot open|decode failed|stream ended"):
+        with open_video(cut, backend) as video:
+            assert video.num_frames == 30
+            video.get_frames(range(30))
