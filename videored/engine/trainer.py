@@ -189,7 +189,7 @@ class Trainer:
         net = self.model
         if self.dist.enabled:  # DDP over the stage's trainable parameters only (frozen ones ignored)
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
-            net = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            net = DistributedDataParallel(self.model, device_ids=ids)
         self._apply_resume(optimizer, scheduler)
         set_train_mode(self.model, stage)
         for epoch in range(self.pos.epoch, stage.epochs):
