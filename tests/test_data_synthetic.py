@@ -19,7 +19,7 @@ def _saturation(rgb):
 
 @pytest.mark.parametrize("label", range(4))
 def test_render_object_moves_in_class_direction_inside_safe_region(label):
-    cfg = SynthConfig()
+    cfg = SynthConfig(task="direction")
     for seed in range(3):
         frames, masks = render_video(label, 4, np.random.default_rng([seed, 0, label, 7]), cfg)
         assert frames.shape == (60, 80, 88, 3) and masks.shape == (60, 80, 88) and masks.dtype == bool
@@ -51,15 +51,39 @@ def test_colour_task_label_is_the_colour():
     assert hues == [0, 1, 2]
 
 
+def test_label_lives_in_the_object_not_the_background():
+    """Nearest-centroid on mean colour: perfect from the object's pixels, near chance from the rest."""
+    cfg = SynthConfig(task="colour", num_frames=4)
+    feats = {"object": [], "background": []}
+    labels = []
+    for label in range(3):
+        for i in range(24):
+            frames, masks = render_video(label, 3, np.random.default_rng([9, label, i]), cfg)
+            feats["object"].append(frames[masks].mean(0))
+            feats["background"].append(frames[~masks].mean(0))
+            labels.append(label)
+    y = np.array(labels)
+    train, val = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
+    acc = {}
+    for name, f in feats.items():
+        f = np.array(f)
+        centroids = np.stack([f[train & (y == c)].mean(0) for c in range(3)])
+        pred = np.linalg.norm(f[val][:, None] - centroids[None], axis=-1).argmin(1)
+        acc[name] = (pred == y[val]).mean()
+    assert acc["object"] == 1.0 and acc["background"] < 0.6, acc
+
+
 def test_class_names():
-    assert class_names(4) == ["right", "down", "left", "up"]
-    assert class_names(8)[1] == "down_right" and class_names(3)[1] == "angle_120"
+    assert class_names(4, "direction") == ["right", "down", "left", "up"]
+    assert class_names(8, "direction")[1] == "down_right" and class_names(3, "direction")[1] == "angle_120"
+    assert class_names(3) == ["red", "green", "blue"]
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    summary = write_synthetic_dataset(root, num_classes=2, videos_per_class=2, seed=3, val_per_class=1, test_per_class=1)
+    summary = write_synthetic_dataset(root, num_classes=2, videos_per_class=2, seed=3, val_per_class=1,
+                                      test_per_class=1, cfg=SynthConfig(task="direction"))
     return root, summary
 
 
@@ -86,10 +110,11 @@ def test_files_are_real_h264_at_30fps(synth):
 
 def test_deterministic_for_a_seed(synth, tmp_path):
     root, _ = synth
+    cfg = SynthConfig(task="direction")
     again = tmp_path / "again"
-    write_synthetic_dataset(again, num_classes=2, videos_per_class=2, seed=3, val_per_class=1, test_per_class=1)
+    write_synthetic_dataset(again, num_classes=2, videos_per_class=2, seed=3, val_per_class=1, test_per_class=1, cfg=cfg)
     other = tmp_path / "other"
-    write_synthetic_dataset(other, num_classes=2, videos_per_class=2, seed=4, val_per_class=1, test_per_class=1)
+    write_synthetic_dataset(other, num_classes=2, videos_per_class=2, seed=4, val_per_class=1, test_per_class=1, cfg=cfg)
     for name in ("train.csv", "val.csv", "test.csv", "classes.txt"):
         assert (root / name).read_text() == (again / name).read_text()
     rel = "videos/val/val_c01_0000.mp4"

@@ -13,9 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("synth", help="write the synthetic moving-object video dataset (H.264 mp4 + masks + csvs)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", type=int, default=4, help="number of classes: 2..8 directions or 2..6 colours")
-    p.add_argument("--task", choices=("direction", "colour"), default="direction",
-                   help="label = the object's motion direction, or its colour")
+    p.add_argument("--classes", type=int, default=4, help="number of classes: 2..6 colours or 2..8 directions")
+    p.add_argument("--task", choices=("colour", "direction"), default="colour",
+                   help="label = the moving object's colour (learnable in CPU minutes) or its motion direction (harder)")
     p.add_argument("--videos-per-class", type=int, default=24, help="train videos per class")
     p.add_argument("--val-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
     p.add_argument("--test-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frames", type=int, default=1, help="report videos with fewer frames as bad")
     p.add_argument("--sample-frames", type=int, default=None, help="decode only N evenly spaced frames (faster)")
 
-    k400 = sub.add_parser("k400", help="Kinetics-400 preparation (see datasets/README.md)")
+    k400 = sub.add_parser("k400", aliases=["kinetics400"], help="Kinetics-400 preparation (see datasets/README.md)")
     ksub = k400.add_subparsers(dest="k400_command", metavar="STEP", required=True)
     p = ksub.add_parser("lists", help="annotation CSVs + downloaded clips -> train/val/test.csv + classes.txt")
     p.add_argument("--videos", required=True, nargs="+",
@@ -47,12 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
 
     p = sub.add_parser("bench", help="loader benchmark: decoded clips/s per worker, decord vs PyAV")
-    p.add_argument("--clips", type=int, default=20, help="clips timed per video and backend")
+    p.add_argument("--clips", type=int, default=20, help="clips per timed round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the fastest is kept")
     p.add_argument("--out", default=None, help="also write the rows as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"synth": _synth, "scan": _scan, "k400": _k400, "bench": _bench}[args.data_command](args)
+    tools = {"synth": _synth, "scan": _scan, "k400": _k400, "kinetics400": _k400, "bench": _bench}
+    return tools[args.data_command](args)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -111,7 +113,7 @@ def _k400(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from videored.data.decode_bench import format_table, run_decode_benchmark
 
-    rows = run_decode_benchmark(clips=args.clips)
+    rows = run_decode_benchmark(clips=args.clips, rounds=args.rounds)
     print(format_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
