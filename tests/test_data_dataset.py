@@ -1,5 +1,7 @@
 """VideoClipDataset: item contract, bad videos in train (substitute) and val/test (failed), csv lines."""
+import copy
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -157,6 +159,15 @@ def test_skipped_counter_shared_with_dataloader_workers(bad_kinds):
     batches = list(loader)
     assert sum(len(b["label"]) for b in batches) == 7 and not any(b["failed"].any() for b in batches)
     assert ds.skipped == 4  # counted in the workers, visible here
+
+
+def test_dataset_pickles_and_deep_copies(bad_kinds):
+    ds = VideoClipDataset(bad_kinds, mode="train", **KW)
+    ds[1]
+    for clone in (copy.deepcopy(ds), pickle.loads(pickle.dumps(ds))):
+        assert clone.skipped == 1 and clone.paths == ds.paths
+        clone[2]
+        assert clone.skipped == 2 and ds.skipped == 1  # an independent counter
 
 
 def test_train_flip_off_when_dataset_says_so(tmp_path):

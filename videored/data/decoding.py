@@ -100,6 +100,7 @@ class PyAVVideo:
             if not self._container.streams.video:
                 raise VideoDecodeError(path, "no video stream")
             stream = self._container.streams.video[0]
+            stream.codec_context.thread_count = 1  # like decord's num_threads=1: workers parallelize
             rate = stream.average_rate or stream.guessed_rate
             if not rate:
                 raise VideoDecodeError(path, "unknown frame rate")

@@ -132,6 +132,18 @@ class VideoClipDataset(Dataset):
         self._fallbacks: set[int] = set()  # per process: videos decord failed on and PyAV read
         self._cache: tuple | None = None  # val/test: last decoded clip, reused by its other crops
 
+    def __getstate__(self) -> dict:
+        state = {**self.__dict__, "_cache": None}
+        if multiprocessing.context.get_spawning_popen() is None:
+            # plain pickle / deepcopy (not a worker start): a shared counter cannot travel, its value can
+            state["_skipped"] = self._skipped.value
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["_skipped"], int):
+            state["_skipped"] = multiprocessing.Value("i", state["_skipped"])
+        self.__dict__.update(state)
+
     @property
     def num_videos(self) -> int:
         return len(self.paths)
