@@ -116,13 +116,16 @@ def param_groups(model: nn.Module, params: Iterable[nn.Parameter], weight_decay:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, params: Iterable[nn.Parameter], cfg: DictConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW of `cfg.optim` over `params` (the stage's trainable parameters)."""
+def build_optimizer(model: nn.Module, params: Iterable[nn.Parameter], cfg: DictConfig, lr: float,
+                    kind: str = "") -> torch.optim.Optimizer:
+    """SGD / Adam / AdamW of `cfg.optim` over `params` (the stage's trainable parameters);
+    interpreter stages use `optim.interpreter_optimizer` when it is set."""
     o = cfg.optim
     groups = param_groups(model, params, o.weight_decay)
-    if o.name == "sgd":
+    name = o.interpreter_optimizer if kind == "interpreter" and o.interpreter_optimizer else o.name
+    if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
-    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(groups, lr=lr, betas=tuple(o.betas))
 
 

@@ -183,7 +183,7 @@ class Trainer:
         params = trainable_parameters(self.model, stage)
         global_batch = self.batch * self.dist.world_size
         lr = stage_lr(self.cfg, stage.kind, global_batch)
-        optimizer = build_optimizer(self.model, params, self.cfg, lr)
+        optimizer = build_optimizer(self.model, params, self.cfg, lr, stage.kind)
         total = stage.epochs * self.steps_per_epoch
         scheduler = build_scheduler(optimizer, self.cfg, total, self.steps_per_epoch)
         net = self.model

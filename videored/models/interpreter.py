@@ -8,13 +8,16 @@ block normalizes before its projections for the same reason.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from timm.layers import trunc_normal_
 
 
 class MultiHeadInterpreter(nn.Module):
-    def __init__(self, dim: int, num_heads: int, threshold: float = 0.5) -> None:
+    def __init__(self, dim: int, num_heads: int, threshold: float = 0.5,
+                 init_keep_prob: float = 0.5) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"interpreter dim {dim} is not divisible by num_heads {num_heads}")
@@ -26,6 +29,25 @@ class MultiHeadInterpreter(nn.Module):
         self.key = nn.Linear(dim, dim)  # F_k applied to the policy token
         self.policy_token = nn.Parameter(torch.zeros(1, dim))
         trunc_normal_(self.policy_token, std=0.02)
+        self.init_keep_prob = init_keep_prob
+
+    def reset_parameters(self) -> None:
+        """Small random weights; biases set so every score starts near `init_keep_prob`.
+
+        With q = W_q x + b_q and k = W_k P + b_k, constant biases b_q = s, b_k = ±s per channel
+        make q·k ≈ ±s²·hd = logit(init_keep_prob) per head while W_q, W_k, P are small. The
+        default 0.5 keeps the plain zero-bias init. A low start (e.g. 0.15) makes random samples
+        drop informative tokens often enough for REINFORCE to see which ones matter.
+        """
+        for linear in (self.query, self.key):
+            trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+        trunc_normal_(self.policy_token, std=0.02)
+        logit = math.log(self.init_keep_prob / (1 - self.init_keep_prob))
+        scale = math.sqrt(abs(logit) / self.head_dim)
+        with torch.no_grad():
+            self.query.bias.fill_(scale)
+            self.key.bias.fill_(math.copysign(scale, logit))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, n, D) -> informative scores I (B, n) in (0, 1)."""

@@ -63,6 +63,7 @@ class TokenReductionViT(nn.Module):
         keep_ratio: fraction of alive tokens the baselines keep at each selection.
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
+        interpreter_init_keep: every informative score starts near this value (0.5: plain init).
     """
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
@@ -71,7 +72,8 @@ class TokenReductionViT(nn.Module):
                  qkv_bias: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  groups: int = 1, selector: str = "none", threshold: float = 0.5,
                  keep_ratio: float = 0.5, seed: int = 0,
-                 interpreter_heads: int | None = None) -> None:
+                 interpreter_heads: int | None = None,
+                 interpreter_init_keep: float = 0.5) -> None:
         super().__init__()
         if groups < 1 or depth % groups:
             raise ValueError(f"depth {depth} must split into groups={groups} equal groups")
@@ -92,10 +94,13 @@ class TokenReductionViT(nn.Module):
         self.interpreters = None
         if selector == "interpreter":
             self.interpreters = nn.ModuleList(
-                MultiHeadInterpreter(embed_dim, interpreter_heads or num_heads, threshold)
+                MultiHeadInterpreter(embed_dim, interpreter_heads or num_heads, threshold,
+                                     interpreter_init_keep)
                 for _ in range(groups))
         self._generator: torch.Generator | None = None  # random selector, created on first use
         self.apply(_init_weights)
+        for interpreter in self.interpreters or ():
+            interpreter.reset_parameters()
 
     # ---- shared model interface (timm style) ----
     @property
