@@ -143,3 +143,31 @@ def test_eval_uses_config_stored_in_checkpoint(tmp_path):
                    env=_clean_env(), timeout=300)
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert set(res["methods"]) == {"original", "interpreter"} and res["num_videos"] == 7
+
+
+def test_failed_video_is_listed_and_counted(tmp_path):
+    """Real decoded videos, one of them truncated on disk: scored, listed, never dropped."""
+    from videored.data import write_synthetic_dataset
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, num_classes=2, videos_per_class=1, val_per_class=1,
+                            test_per_class=2, seed=0)
+    rows = (data / "test.csv").read_text().split("\n")
+    broken = data / rows[1].split()[0]
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated mp4
+    model = create_model("timesformer_jointst_tiny_patch16_224", img_size=64, num_frames=4,
+                         depth=1, num_classes=2, selector="interpreter")
+    save_model_file(model, tmp_path / "model.pt")
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"""
+model: {{name: timesformer_jointst_tiny_patch16_224, img_size: 64, num_frames: 4, depth: 1, num_classes: 2}}
+data: {{kind: video, root: {data}, batch_size: 3, num_workers: 0, sampling_rate: 8,
+        train_jitter_scales: [64, 80]}}
+run: {{device: cpu, progress: false}}
+""")
+    subprocess.run([sys.executable, *_eval_cmd(cfg, tmp_path / "model.pt", tmp_path / "o"),
+                    "--methods", "original,interpreter"], check=True, env=_clean_env(), timeout=300)
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["num_videos"] == 4
+    assert len(res["failed_videos"]) == 1 and res["failed_videos"][0].endswith(broken.name)
+    assert res["methods"]["original"]["num_scored"] == 3
+    assert "1 failed to decode" in (tmp_path / "o" / "results.md").read_text()
