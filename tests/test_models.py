@@ -356,3 +356,11 @@ def test_random_seeds_make_masks_batch_independent():
     alone = torch.cat([model(x[b:b + 1], random_seeds=seeds[b:b + 1]).keep[0] for b in (2, 0, 1)])
     assert torch.equal(together, alone[[1, 2, 0]])
     assert not torch.equal(together[0], together[1])
+
+
+@pytest.mark.parametrize("p", [0.15, 0.5, 0.9])
+def test_interpreter_initial_keep_probability(p):
+    model = tiny("timesformer_jointst_tiny_patch16_224", selector="interpreter",
+                 interpreter_init_keep=p)
+    scores = model(inputs(model)).scores[0]
+    assert scores.mean().item() == pytest.approx(p, abs=0.03)

@@ -31,18 +31,14 @@ class MultiHeadInterpreter(nn.Module):
         trunc_normal_(self.policy_token, std=0.02)
         self.init_keep_prob = init_keep_prob
 
-    def reset_parameters(self) -> None:
-        """Small random weights; biases set so every score starts near `init_keep_prob`.
+    def init_biases(self) -> None:
+        """Set the biases so every score starts near `init_keep_prob` (weights untouched).
 
         With q = W_q x + b_q and k = W_k P + b_k, constant biases b_q = s, b_k = ±s per channel
         make q·k ≈ ±s²·hd = logit(init_keep_prob) per head while W_q, W_k, P are small. The
-        default 0.5 keeps the plain zero-bias init. A low start (e.g. 0.15) makes random samples
-        drop informative tokens often enough for REINFORCE to see which ones matter.
+        default 0.5 gives zero biases (the plain init). A low start (e.g. 0.15) makes random
+        samples drop informative tokens often enough for REINFORCE to see which ones matter.
         """
-        for linear in (self.query, self.key):
-            trunc_normal_(linear.weight, std=0.02)
-            nn.init.zeros_(linear.bias)
-        trunc_normal_(self.policy_token, std=0.02)
         logit = math.log(self.init_keep_prob / (1 - self.init_keep_prob))
         scale = math.sqrt(abs(logit) / self.head_dim)
         with torch.no_grad():

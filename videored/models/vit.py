@@ -100,7 +100,7 @@ class TokenReductionViT(nn.Module):
         self._generator: torch.Generator | None = None  # random selector, created on first use
         self.apply(_init_weights)
         for interpreter in self.interpreters or ():
-            interpreter.reset_parameters()
+            interpreter.init_biases()  # after _init_weights, which zeroes every bias
 
     # ---- shared model interface (timm style) ----
     @property
