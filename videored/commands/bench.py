@@ -59,8 +59,9 @@ def main(args: argparse.Namespace) -> int:
     print(markdown_table(rows, SPEED_COLUMNS))
 
     say("dense path vs timm VisionTransformer, interpreter cost")
-    checks = [dense_vs_timm(VIDEO, device=args.device, runs=runs)]
-    cost = [interpreter_cost(VIDEO, device=args.device, runs=runs)]
+    reference = models[0]  # the video model by default
+    checks = [dense_vs_timm(reference, device=args.device, runs=runs)]
+    cost = [interpreter_cost(reference, device=args.device, runs=runs)]
     print("\n## Dense path vs timm's VisionTransformer (same token count)\n")
     print(markdown_table(checks, [("model", "model", "s"), ("tokens", "tokens", "d"),
                                   ("videored_s", "videored s", ".3f"), ("timm_s", "timm s", ".3f"),
