@@ -30,9 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="training config (default: configs/quickstart/jointst_tiny_synth.yaml)")
-    p.add_argument("--classes", type=int, default=4, help="synthetic classes (motion directions)")
-    p.add_argument("--videos-per-class", type=int, default=None,
-                   help="training videos per class (default: the config's quickstart value)")
+    p.add_argument("--classes", type=int, default=4, help="synthetic classes: the object's colour (2..6)")
+    # 60 x 4 = 240 training videos: enough for a dense val accuracy of 1.0 after 3 epochs and
+    # for 30 REINFORCE steps per interpreter epoch, within the 15-minute budget on 2 cores.
+    p.add_argument("--videos-per-class", type=int, default=60, help="training videos per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", type=int, default=3, help="test videos to draw")
     p.add_argument("--cluster", default="local", choices=["local", "debug"],
@@ -64,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
         print("[quickstart] dataset already there, reusing it", flush=True)
     else:
         write_synthetic_dataset(data, num_classes=args.classes,
-                                videos_per_class=args.videos_per_class or 60, seed=args.seed)
+                                videos_per_class=args.videos_per_class, seed=args.seed)
     step("data")
 
     overrides = [f"data.root={data}", f"model.num_classes={args.classes}",
