@@ -1,0 +1,99 @@
+"""`videored quickstart` end to end at a reduced size: real synthetic mp4s, the supervised ->
+interpreter -> finetune job and the eval job through submitit's local executor, figures.
+
+Checks the files it leaves and recomputes numbers of results.json from OUT/model.pt and the
+test videos (kept ratios over all three crops, clip-1 error of the dense model)."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from _engine_utils import run_cli
+from videored.commands.quickstart import method_checks
+from videored.engine.builders import build_dataset
+from videored.models import load_model_file
+
+METHODS = {"original", "interpreter", "random", "attention", "temporal_difference"}
+CLASSES, VIDEOS_PER_CLASS = 2, 4  # 8 train, 2 x 2 val, 2 x 2 test videos
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "run"
+    proc = run_cli(["quickstart", "--out", str(out), "--classes", str(CLASSES),
+                    "--videos-per-class", str(VIDEOS_PER_CLASS), "--figures", "1",
+                    "schedule.supervised_epochs=1", "schedule.interpreter_epochs=1",
+                    "schedule.finetune_epochs=1", "data.num_workers=0", "data.batch_size=4",
+                    # one REINFORCE epoch from the quickstart's 0.05 start keeps no token at all
+                    # (the baselines then have keep ratio 0); start at the threshold instead
+                    "model.kwargs={interpreter_init_keep: 0.25}",
+                    "run.progress=false"], timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_leaves_results_figures_and_model(quickstart_run):
+    out, stdout = quickstart_run
+    results = json.loads((out / "results.json").read_text())
+    with open(out / "data" / "test.csv") as fh:
+        num_test = sum(1 for row in csv.reader(fh, delimiter=" ") if row)
+    assert num_test == CLASSES * 2  # test videos per class: max(2, 4 // 4)
+    assert results["num_videos"] == num_test and results["failed_videos"] == []
+    assert set(results["methods"]) == METHODS
+    for name, m in results["methods"].items():
+        for key in ("clip1_err", "video1_err"):
+            # an error over n videos is a multiple of 100 / n
+            hits = (100.0 - m[key]) * num_test / 100.0
+            assert 0 <= m[key] <= 100 and math.isclose(hits, round(hits), abs_tol=1e-6), (name, key)
+        assert 0.0 < m["kept_ratio"] <= 1.0 and m["clips_per_s"] > 0
+        interp = m["interpretability"]
+        assert interp["samples"] == num_test and interp["failed"] == 0, name
+        for key in ("miou", "pixel_acc", "mean_acc"):
+            assert 0.0 <= interp[key] <= 100.0, (name, key)
+    assert results["methods"]["original"]["kept_ratio"] == 1.0
+    seconds = results["quickstart_seconds"]
+    assert set(seconds) == {"data", "train", "eval", "figures", "total"}
+    assert math.isclose(sum(v for k, v in seconds.items() if k != "total"), seconds["total"], abs_tol=0.5)
+
+    table = (out / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in METHODS)
+    printed = [line for line in stdout.splitlines() if line.strip().startswith("[ok]") or "[MISSED]" in line]
+    assert printed == method_checks(results)  # the run printed the checks of its own numbers
+
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert pngs and any(p.name.endswith("_all.png") for p in pngs)
+    for png in pngs:
+        with Image.open(png) as im:
+            assert im.width > 100 and im.height > 100, png
+    assert (out / "logs").is_dir() and any((out / "logs").iterdir())
+
+
+@pytest.mark.slow
+def test_quickstart_model_reproduces_results(quickstart_run):
+    """OUT/model.pt loads and gives the kept ratios and dense clip-1 error of results.json."""
+    torch.set_num_threads(1)
+    out, _ = quickstart_run
+    results = json.loads((out / "results.json").read_text())
+    model = load_model_file(out / "model.pt").eval()
+    assert model.interpreters is not None and model.num_classes == CLASSES
+    cfg = OmegaConf.create(results["config"])
+    cfg.data.root = str(out / "data")
+    views = build_dataset(cfg, "test")  # all three crops of every test video
+    kept, dense_wrong = [], 0
+    with torch.no_grad():
+        for i in range(len(views)):
+            item = views[i]
+            x = item["video"][None]  # (1, C, T, H, W)
+            kept.append(model(x).keep[0].float().mean().item())  # greedy interpreter decisions
+            if i % 3 == 1:  # the centre crop: clip-1
+                logits = model(x, selector="none").logits
+                dense_wrong += int(logits.argmax(1).item() != item["label"])
+    assert len(kept) == 3 * results["num_videos"]
+    assert math.isclose(sum(kept) / len(kept), results["methods"]["interpreter"]["kept_ratio"], abs_tol=1e-6)
+    assert math.isclose(100.0 * dense_wrong / results["num_videos"],
+                        results["methods"]["original"]["clip1_err"], abs_tol=1e-6)
