@@ -14,6 +14,7 @@ from PIL import Image
 
 from _engine_utils import run_cli
 from videored.commands.quickstart import method_checks
+from videored.engine.reinforce import reward
 from videored.engine.builders import build_dataset
 from videored.models import load_model_file
 
@@ -97,3 +98,34 @@ def test_quickstart_model_reproduces_results(quickstart_run):
     assert math.isclose(sum(kept) / len(kept), results["methods"]["interpreter"]["kept_ratio"], abs_tol=1e-6)
     assert math.isclose(100.0 * dense_wrong / results["num_videos"],
                         results["methods"]["original"]["clip1_err"], abs_tol=1e-6)
+
+
+def _expected_reward(p: torch.Tensor, m: int, n: int, tau: float) -> torch.Tensor:
+    """E[R] when each of m redundant informative tokens (any one suffices) is kept with
+    probability p and the other n - m with 0: sum over j ~ Binomial(m, p) kept tokens."""
+    j = torch.arange(m + 1, dtype=torch.float64)
+    log_binom = torch.lgamma(torch.tensor(m + 1.0)) - torch.lgamma(j + 1) - torch.lgamma(m - j + 1)
+    prob = torch.exp(log_binom + j * torch.log(p[:, None]) + (m - j) * torch.log1p(-p[:, None]))
+    r = reward(j > 0, j / n, tau).double()  # (m + 1,)
+    return (prob * r).sum(1)
+
+
+def test_redundant_tokens_make_the_reward_optimal_keep_probability_fall_below_half():
+    """Why the quickstart's threshold is below 0.5: with 16-40 object tokens out of 128, any few
+    of which classify the video, the keep probability maximizing E[R] (Eq. 2) is < 0.5, so the
+    greedy rule I >= 0.5 would drop exactly the tokens REINFORCE learns to keep."""
+    torch.manual_seed(0)
+    n, tau = 128, 1.5
+    p = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
+    best = {}
+    for m in (16, 20, 30, 40):
+        best[m] = float(p[_expected_reward(p, m, n, tau).argmax()])
+        assert 0.1 < best[m] < 0.45, (m, best[m])
+    assert best[16] > best[20] > best[30] > best[40]  # more redundancy, lower optimum
+    # Monte Carlo through the same reward at m = 20 agrees with the binomial sum
+    u = torch.rand(200_000, 20) < 0.3
+    kept = u.sum(1)
+    mc = reward(kept > 0, kept / n, tau).double().mean()
+    assert math.isclose(float(mc), float(_expected_reward(torch.tensor([0.3], dtype=torch.float64), 20, n, tau)), abs_tol=2e-3)
+    # and the greedy policy at the default threshold (keep none of them) is far worse
+    assert float(_expected_reward(torch.tensor([1e-9], dtype=torch.float64), 20, n, tau)) < 0
