@@ -364,3 +364,11 @@ def test_interpreter_initial_keep_probability(p):
                  interpreter_init_keep=p)
     scores = model(inputs(model)).scores[0]
     assert scores.mean().item() == pytest.approx(p, abs=0.03)
+
+
+def test_keep_ratio_zero_keeps_one_token():
+    """Baselines matched to an interpreter that kept nothing still run (one token per sample)."""
+    model = tiny("timesformer_jointst_tiny_patch16_224", selector="random", keep_ratio=0.0)
+    assert (model(inputs(model)).keep[0].sum(1) == 1).all()
+    with pytest.raises(ValueError, match=r"keep_ratio must be in \[0, 1\]"):
+        model(inputs(model), keep_ratio=1.5)

@@ -76,12 +76,15 @@ def test_quickstart_leaves_results_figures_and_model(quickstart_run):
 
 @pytest.mark.slow
 def test_quickstart_model_reproduces_results(quickstart_run):
-    """OUT/model.pt loads and gives the kept ratios and dense clip-1 error of results.json."""
+    """OUT/model.pt loads and gives the interpreter's kept ratio of results.json; the dense model
+    (OUT/train/dense/model.pt, the weights of `original`) gives its clip-1 error."""
     torch.set_num_threads(1)
     out, _ = quickstart_run
     results = json.loads((out / "results.json").read_text())
     model = load_model_file(out / "model.pt").eval()
+    dense = load_model_file(out / "train" / "dense" / "model.pt").eval()
     assert model.interpreters is not None and model.num_classes == CLASSES
+    assert results["methods"]["original"]["weights"] == str(out / "train" / "dense" / "model.pt")
     cfg = OmegaConf.create(results["config"])
     cfg.data.root = str(out / "data")
     views = build_dataset(cfg, "test")  # all three crops of every test video
@@ -92,7 +95,7 @@ def test_quickstart_model_reproduces_results(quickstart_run):
             x = item["video"][None]  # (1, C, T, H, W)
             kept.append(model(x).keep[0].float().mean().item())  # greedy interpreter decisions
             if i % 3 == 1:  # the centre crop: clip-1
-                logits = model(x, selector="none").logits
+                logits = dense(x, selector="none").logits
                 dense_wrong += int(logits.argmax(1).item() != item["label"])
     assert len(kept) == 3 * results["num_videos"]
     assert math.isclose(sum(kept) / len(kept), results["methods"]["interpreter"]["kept_ratio"], abs_tol=1e-6)

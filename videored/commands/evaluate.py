@@ -23,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the checkpoint by `videored train`")
     p.add_argument("--checkpoint", required=True,
                    help="model.pt or a training checkpoint (local file)")
+    p.add_argument("--dense-checkpoint", default=None,
+                   help="the model before token reduction: original and baselines run on its "
+                        "weights, the interpreter on --checkpoint (paper Table 4); default: "
+                        "every method on --checkpoint")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: next to checkpoint)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--keep-ratio", type=float, default=None,
@@ -65,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
                                  keep_ratio=args.keep_ratio, split=args.split,
                                  spatial_crops=args.spatial_crops, batch_size=args.batch_size,
                                  num_workers=args.num_workers, speed_runs=args.speed_runs,
-                                 interpretability=args.interpretability)
+                                 interpretability=args.interpretability,
+                                 dense_checkpoint=args.dense_checkpoint)
     except (ValueError, FileNotFoundError) as err:  # bad checkpoint / data: say what, no traceback
         print(f"videored eval: {err}", file=sys.stderr)
         return 2

@@ -3,13 +3,14 @@
     videored quickstart --out runs/quickstart
 
 1. writes the synthetic video dataset (H.264 mp4 + per-frame object masks);
-2. trains a small JointST TimeSformer densely, then the IA-RED² interpreter stage (REINFORCE)
-   and the finetune stage: one `videored train` job;
+2. trains a small JointST TimeSformer densely (one `videored train` job, OUT/train/dense), then
+   the IA-RED² interpreter stage (REINFORCE) and the finetune stage from it (OUT/train/iared2);
 3. evaluates original / interpreter / random / attention / temporal_difference with clip-1 and
    three-crop video-1 inference, plus the interpretability metric against the object masks:
-   one `videored eval` job;
+   one `videored eval` job; `original` and the baselines use the dense weights, the
+   interpreter the IA-RED² ones (paper Table 4);
 4. draws per-frame redundancy figures for a few test videos.
-Jobs 2 and 3 go through submitit's local executor with the same job class the SLURM launcher
+Training and evaluation go through submitit's local executor with the same job class the SLURM launcher
 submits (`videored.launch.VideoredJob`); their logs are streamed here and kept in OUT/logs.
 Leaves OUT/results.json, OUT/results.md, OUT/figures/, OUT/logs/ and OUT/model.pt.
 """
@@ -70,17 +71,26 @@ def main(args: argparse.Namespace) -> int:
 
     overrides = [f"data.root={data}", f"model.num_classes={args.classes}",
                  f"run.seed={args.seed}", *args.overrides]
-    print("[quickstart] 2/4 training: supervised -> interpreter (REINFORCE) -> finetune", flush=True)
-    run_local_job(["train", "--config", str(args.config), "--out", str(train_dir),
-                   "--resume", "auto", *overrides], logs, cluster=args.cluster)
+    # Two jobs: the dense model (kept: it is the "original" of the table and the baselines'
+    # weights, as in paper Table 4), then Algorithm 1 starting from it.
+    dense_dir, iared2_dir = train_dir / "dense", train_dir / "iared2"
+    print("[quickstart] 2/4 training: dense (supervised), then interpreter (REINFORCE) -> "
+          "finetune", flush=True)
+    run_local_job(["train", "--config", str(args.config), "--out", str(dense_dir),
+                   "--resume", "auto", *overrides, "schedule.stages=[supervised]"], logs,
+                  cluster=args.cluster)
+    run_local_job(["train", "--config", str(args.config), "--out", str(iared2_dir),
+                   "--resume", "auto", *overrides, "schedule.stages=[interpreter,finetune]",
+                   f"model.pretrained_path={dense_dir / 'model.pt'}"], logs, cluster=args.cluster)
     step("train")
 
     model_file = out / "model.pt"
     tmp = model_file.with_name("model.pt.tmp")
-    shutil.copyfile(train_dir / "model.pt", tmp)
+    shutil.copyfile(iared2_dir / "model.pt", tmp)
     os.replace(tmp, model_file)
     print("[quickstart] 3/4 evaluation: 5 methods, clip-1 / video-1, interpretability", flush=True)
     run_local_job(["eval", "--checkpoint", str(model_file), "--out", str(out),
+                   "--dense-checkpoint", str(dense_dir / "model.pt"),
                    "--interpretability", f"data.root={data}", "data.num_workers=1"], logs,
                   cluster=args.cluster)
     step("eval")

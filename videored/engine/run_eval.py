@@ -38,11 +38,13 @@ def config_for_checkpoint(checkpoint: str | Path, config_path: Optional[str | Pa
 
 
 def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: bool):
-    """The model of `cfg` with the weights of `checkpoint` (model.pt or a training checkpoint)."""
+    """The model of `cfg` with the weights of `checkpoint` (model.pt or a training checkpoint).
+
+    Built with interpreters so any videored file loads; they must be trained if needed."""
     from videored.models import load_pretrained
 
     cfg.model.pretrained_path = None  # the checkpoint holds every weight
-    model = build_model(cfg, selector="interpreter" if need_interpreter else "none")
+    model = build_model(cfg, selector="interpreter")
     report = load_pretrained(model, checkpoint)
     fresh_interpreters = [k for k in report.initialized if k.startswith("interpreters.")]
     if need_interpreter and fresh_interpreters:
@@ -78,14 +80,22 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
                    methods: list[str], keep_ratio: Optional[float] = None, split: str = "test",
                    spatial_crops: int = 3, batch_size: Optional[int] = None,
                    num_workers: Optional[int] = None, speed_runs: int = 5,
-                   interpretability: bool = False) -> Optional[dict[str, Any]]:
-    """Score `methods` on `split`; returns the results dict on rank 0 (None elsewhere)."""
+                   interpretability: bool = False,
+                   dense_checkpoint: Optional[str | Path] = None) -> Optional[dict[str, Any]]:
+    """Score `methods` on `split`; returns the results dict on rank 0 (None elsewhere).
+
+    dense_checkpoint: the model before token reduction. When given, `original` and the
+    baselines run on its weights and `interpreter` on `checkpoint`'s, as in paper Table 4 (the
+    original model, and dropping applied to it, against the IA-RED² model).
+    """
     dist = init_distributed(cfg.run.device)
     amp = dist.device.type == "cuda" and cfg.run.precision == "bf16"
     video = is_video_model(cfg.model.name)
     if video:
         cfg.data.num_spatial_crops = spatial_crops
     model = load_for_eval(cfg, checkpoint, "interpreter" in methods).to(dist.device).eval()
+    dense = model if dense_checkpoint is None else load_for_eval(
+        cfg, dense_checkpoint, need_interpreter=False).to(dist.device).eval()
     dataset = build_dataset(cfg, split)
     num_classes = cfg.model.num_classes
     batch_size = batch_size or cfg.data.batch_size
@@ -101,11 +111,13 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
             kwargs["keep_ratio"] = keep_ratio if keep_ratio is not None else results[
                 "interpreter"]["kept_ratio"]
         forward[method] = kwargs
-        views = predict_views(model, dataset, dist=dist, batch_size=batch_size,
+        views = predict_views(model if method == "interpreter" else dense, dataset, dist=dist, batch_size=batch_size,
                               num_workers=workers, amp=amp, progress=f"eval {method}",
                               seed=cfg.run.seed, **kwargs)
         results[method] = aggregate(views, num_classes)
         results[method]["keep_ratio_setting"] = kwargs.get("keep_ratio")
+        results[method]["weights"] = str(checkpoint if method == "interpreter" or dense is model
+                                         else dense_checkpoint)
     if speed_runs > 0:
         speeds = measure_speed(model, dataset, forward, dist=dist, batch_size=batch_size,
                                runs=speed_runs, amp=amp)
@@ -114,13 +126,14 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
 
     interp = None
     if interpretability:
-        interp = _interpretability(cfg, model, split, methods, results, keep_ratio)
+        interp = _interpretability(cfg, model, dense, split, methods, results, keep_ratio)
     barrier()
     if not dist.is_main:
         return None
     first = results[order[0]]
     summary = {
-        "checkpoint": str(checkpoint), "split": split, "video": video,
+        "checkpoint": str(checkpoint), "dense_checkpoint": str(dense_checkpoint or checkpoint),
+        "split": split, "video": video,
         "device": str(dist.device), "world_size": dist.world_size,
         "num_videos": first["num_videos"], "failed_videos": first["failed_videos"],
         "methods": {m: {k: v for k, v in results[m].items()
@@ -136,12 +149,19 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     return summary
 
 
-def _interpretability(cfg, model, split, methods, results, keep_ratio):
+def _interpretability(cfg, model, dense, split, methods, results, keep_ratio):
+    """Kept-patch masks vs object masks; baselines at the interpreter's mean kept ratio."""
     from videored.viz.segmentation import interpretability_table
 
     masked = build_dataset(cfg, split, return_masks=True, num_spatial_crops=1)  # centre crop
     ratio = keep_ratio if keep_ratio is not None else results.get("interpreter", {}).get("kept_ratio")
-    return interpretability_table(model, masked, methods, ratio)
+    table = {}
+    if "interpreter" in methods:
+        table.update(interpretability_table(model, masked, ["interpreter"], ratio))
+    others = [m for m in methods if m != "interpreter"]
+    if others:
+        table.update(interpretability_table(dense, masked, others, ratio))
+    return {m: table[m] for m in methods}
 
 
 def write_reports(summary: dict[str, Any], out_dir: str | Path) -> None:

@@ -28,9 +28,11 @@ def check_selector(name: str) -> str:
 
 
 def num_to_keep(counts: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """Tokens kept per sample: round(keep_ratio * alive), at least 1. counts (B,) -> (B,)."""
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    """Tokens kept per sample: round(keep_ratio * alive), at least 1. counts (B,) -> (B,).
+
+    keep_ratio 0 is allowed (e.g. matching an interpreter that kept nothing) and keeps 1."""
+    if not 0.0 <= keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
     return torch.clamp(torch.round(counts.float() * keep_ratio).long(), min=1)
 
 
