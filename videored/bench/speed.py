@@ -40,12 +40,27 @@ class SpeedRow:
         return asdict(self)
 
 
-def calibrate_threshold(model: TokenReductionViT, x: torch.Tensor, keep_ratio: float) -> float:
-    """Interpreter threshold that keeps `keep_ratio` of this batch's tokens (untrained weights)."""
-    with torch.inference_mode():
-        _, tokens = model.embed(x)
-        scores = model.interpreters[0](tokens).flatten().float()
-    return float(torch.quantile(scores, 1.0 - keep_ratio)) if keep_ratio < 1.0 else 0.0
+def per_group_ratio(keep_ratio: float, groups: int) -> float:
+    """Keep ratio of each of D selections so that `keep_ratio` of the patches reach the end."""
+    return keep_ratio ** (1.0 / groups)
+
+
+def calibrate_thresholds(model: TokenReductionViT, x: torch.Tensor, keep_ratio: float) -> list[float]:
+    """Interpreter thresholds, group by group, that keep `keep_ratio` of this batch's patch
+    tokens overall (untrained weights: the benchmark needs the ratio, not the choice)."""
+    if keep_ratio >= 1.0:
+        return [0.0] * model.groups
+    ratio = per_group_ratio(keep_ratio, model.groups)
+    thresholds: list[float] = []
+    for j in range(model.groups):
+        for interpreter, threshold in zip(model.interpreters, thresholds):
+            interpreter.threshold = threshold
+        with torch.inference_mode():
+            out = model(x, active_groups=j + 1)
+        alive = out.keep[j - 1] if j > 0 else torch.ones_like(out.keep[0])
+        scores = out.scores[j][alive].float()
+        thresholds.append(float(torch.quantile(scores, 1.0 - ratio)))
+    return thresholds
 
 
 def _sync(device: torch.device) -> None:
@@ -116,18 +131,25 @@ def speed_table(model_name: str, *, keep_ratios: Iterable[float], batch_sizes: I
     rows = []
     for batch_size in batch_sizes:
         x = _example_input(model, batch_size, dev)
+        # keep_ratio is the fraction of patches that reach the last group: with D selections
+        # (DeiT: 3) each keeps keep_ratio ** (1 / D) of the tokens alive before it.
         configs: dict[str, dict] = {"original|1.0": dict(selector=METHOD_SELECTORS["original"])}
         for method in methods:
             for ratio in keep_ratios:
                 if method != "original" and ratio < 1.0:
-                    configs[f"{method}|{ratio}"] = dict(selector=METHOD_SELECTORS[method],
-                                                        keep_ratio=ratio)
-        thresholds = {ratio: calibrate_threshold(model, x, ratio) for ratio in keep_ratios}
+                    configs[f"{method}|{ratio}"] = dict(
+                        selector=METHOD_SELECTORS[method],
+                        keep_ratio=per_group_ratio(ratio, model.groups), target=ratio)
+        thresholds = {ratio: calibrate_thresholds(model, x, ratio) for ratio in keep_ratios}
 
         def run(cfg: dict) -> Callable[[], object]:
+            cfg = dict(cfg)
+            target = cfg.pop("target", 1.0)
+
             def call():
                 if cfg["selector"] == "interpreter":
-                    model.interpreters[0].threshold = thresholds[cfg["keep_ratio"]]
+                    for interpreter, t in zip(model.interpreters, thresholds[target]):
+                        interpreter.threshold = t
                 with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype,
                                                             enabled=amp_dtype is not None):
                     return model(x, **cfg)

@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     decode = []
     if args.decode:
         from videored.data.decode_bench import run_decode_benchmark
-        decode = run_decode_benchmark(quick=args.quick)
+        decode = run_decode_benchmark(clips=5 if args.quick else 20, rounds=1 if args.quick else 3)
         print("\n## Decoding: clips/s per worker\n")
         print(markdown_table(decode, [(k, k, "s" if isinstance(v, str) else ".2f")
                                       for k, v in decode[0].items()]))
