@@ -171,3 +171,33 @@ run: {{device: cpu, progress: false}}
     assert len(res["failed_videos"]) == 1 and res["failed_videos"][0].endswith(broken.name)
     assert res["methods"]["original"]["num_scored"] == 3
     assert "1 failed to decode" in (tmp_path / "o" / "results.md").read_text()
+
+
+def test_image_eval_table2_layout(tmp_path):
+    """DeiT on an ImageNet-style folder: top-1 / top-5 in the Table 2 layout, every image scored."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "img" / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                tmp_path / "img" / "val" / c / f"{i}.png")
+    model = create_model("deit_tiny_patch16_224", img_size=32, depth=3, num_classes=2,
+                         selector="interpreter")
+    save_model_file(model, tmp_path / "model.pt")
+    cfg = tmp_path / "img.yaml"
+    cfg.write_text(f"""
+model: {{name: deit_tiny_patch16_224, img_size: 32, depth: 3, groups: 3, num_classes: 2}}
+data: {{kind: image, root: {tmp_path / 'img'}, batch_size: 4, num_workers: 0}}
+run: {{device: cpu, progress: false}}
+""")
+    subprocess.run([sys.executable, *_eval_cmd(cfg, tmp_path / "model.pt", tmp_path / "o"),
+                    "--split", "val"], check=True, env=_clean_env(), timeout=300)
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["num_videos"] == 6 and res["video"] is False
+    for r in res["methods"].values():
+        assert r["clip1_err"] == r["video1_err"]  # one view per image
+        assert r["clip1_top5_err"] == 0.0  # 2 classes
+    assert "| method | img/s | kept % | GFLOPs | top-1 acc | top-5 acc |" in (
+        tmp_path / "o" / "results.md").read_text()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from videored.models import METHOD_SELECTORS
 from videored.tables import markdown_table
 
-from .builders import build_dataset, build_model, is_video_model
+from .builders import build_dataset, build_model, is_video_model, unpack_batch
 from .config import ConfigError, load_config, to_dict
 from .distributed import DistInfo, barrier, init_distributed
 from .evaluation import aggregate, predict_views
@@ -63,7 +63,7 @@ def measure_speed(model, dataset, methods: dict[str, dict], *, dist: DistInfo, b
     from videored.bench.speed import time_interleaved
 
     items = [dataset[i] for i in range(min(batch_size, len(dataset)))]
-    x = torch.stack([it["video"] if isinstance(it, dict) else it[0] for it in items]).to(dist.device)
+    x = torch.stack([unpack_batch(it)[0] for it in items]).to(dist.device)  # video or image
 
     def call(kwargs):
         def run():
