@@ -82,9 +82,9 @@ def _reset_peak(device: torch.device) -> float:
 
 def _peak_mb(device: torch.device, baseline: float) -> float | None:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20 - baseline
+        return max(0.0, torch.cuda.max_memory_allocated(device) / 2**20 - baseline)
     peak = _proc_status_mb("VmHWM")
-    return None if peak != peak or baseline != baseline else peak - baseline
+    return None if peak != peak or baseline != baseline else max(0.0, peak - baseline)
 
 
 def _proc_status_mb(field: str) -> float:
