@@ -5,15 +5,16 @@ from, `ckpt_s{stage}_e{epoch}_i{step}.pt` (zero padded), so names sort in traini
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
+
+from videored.atomic_io import atomic_save  # noqa: F401  (re-exported: ckpt.atomic_save)
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_s(\d+)_e(\d+)_i(\d+)\.pt$")
@@ -22,25 +23,6 @@ REQUIRED_KEYS = ("format_version", "model", "position", "config")
 
 def checkpoint_name(stage: int, epoch: int, step: int) -> str:
     return f"ckpt_s{stage:03d}_e{epoch:04d}_i{step:08d}.pt"
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash mid-write leaves at most a stray `*.tmp.<pid>` file, never a torn `path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

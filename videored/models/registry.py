@@ -7,13 +7,14 @@ silently change `timm.create_model` for every other user in the process.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from timm.models import register_model
+
+from videored.atomic_io import atomic_save
 
 from .pretrained import load_pretrained
 from .vit import TokenReductionViT
@@ -74,11 +75,7 @@ for _name in ARCHITECTURES:
 
 def save_model_file(model: TokenReductionViT, path: str | Path, **extra: Any) -> None:
     """Write weights + how to rebuild them (`model.pt`), atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "model_config": model.model_config, **extra}, tmp)
-    os.replace(tmp, path)
+    atomic_save({"model": model.state_dict(), "model_config": model.model_config, **extra}, path)
 
 
 def load_model_file(path: str | Path, **overrides: Any) -> TokenReductionViT:
