@@ -33,6 +33,33 @@ def test_cli_synth_colour_task(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["hflip_preserves_label"] is True
 
 
+def test_cli_synth_no_object_class(tmp_path):
+    """The no_object class is the last label; the colour classes' videos are the same bytes as
+    without it (same per-video random streams), the no_object videos have empty masks and no
+    saturated pixels (nothing in them shows a colour class)."""
+    common = ["--task", "colour", "--classes", "2", "--videos-per-class", "1", "--val-per-class", "1",
+              "--test-per-class", "1", "--seed", "2"]
+    with_none, without = tmp_path / "with", tmp_path / "without"
+    assert cli_main(["data", "synth", "--out", str(with_none), "--no-object-class", *common]) == 0
+    assert cli_main(["data", "synth", "--out", str(without), *common]) == 0
+    assert (with_none / "classes.txt").read_text().splitlines() == ["red", "green", "no_object"]
+    info = json.loads((with_none / "dataset.json").read_text())
+    assert info["num_classes"] == 3 and info["no_object_class"] is True
+    assert info["videos"] == {"train": 3, "val": 3, "test": 3}
+    assert (with_none / "val.csv").read_text().splitlines()[-1] == "videos/val/val_c02_0000.mp4 2"
+    rel = "videos/train/train_c01_0000.mp4"
+    assert (with_none / rel).read_bytes() == (without / rel).read_bytes()
+    ds = VideoClipDataset(with_none / "test.csv", mode="test", num_frames=8, sampling_rate=7,
+                          crop_size=64, num_spatial_crops=1, return_masks=True)
+    assert ds.num_classes == 3
+    colour, empty = ds[1], ds[2]  # green, no_object
+    assert colour["mask"].any() and not empty["mask"].any()
+
+    def max_saturation(video):  # (C, T, H, W) normalized -> max over pixels of max - min channel
+        return float((video.amax(0) - video.amin(0)).max())
+    assert max_saturation(empty["video"]) < 0.6 * max_saturation(colour["video"])
+
+
 @pytest.mark.slow
 def test_decode_benchmark_rows(tmp_path, capsys):
     rows = run_decode_benchmark(tmp_path / "bench", clips=2, rounds=1)

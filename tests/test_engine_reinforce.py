@@ -3,6 +3,7 @@ exact expectation over every decision vector."""
 import itertools
 import math
 
+import pytest
 import torch
 
 from videored.engine.reinforce import (leave_one_out_advantage, log_likelihood, policy_loss, reward,
@@ -28,6 +29,15 @@ def test_leave_one_out_advantage_by_hand():
     # baselines: mean of the others = (0 - 1)/2, (1 - 1)/2, (1 + 0)/2
     adv = leave_one_out_advantage(torch.tensor([1.0, 0.0, -1.0]))
     assert torch.allclose(adv, torch.tensor([1.5, 0.0, -1.5]))
+
+
+def test_leave_one_out_advantage_per_clip():
+    # (B=2 clips, K=3 samples): each sample against the other samples of its own clip
+    adv = leave_one_out_advantage(torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]]))
+    assert torch.allclose(adv, torch.tensor([[1.5, 0.0, -1.5], [-0.75, -0.75, 1.5]]))
+    assert torch.allclose(adv.sum(1), torch.zeros(2))  # K * mean(R) - sum of K baselines = 0
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out_advantage(torch.tensor([[1.0], [0.0]]))
 
 
 def test_policy_loss_and_gradient_by_hand():

@@ -85,3 +85,33 @@ def test_interpreter_step_builds_no_backbone_graph(baseline):
     assert all(p.grad is None for p in others)
     blocks_per_call = len(model.blocks)
     assert len(seen) == (2 if baseline == "self_critical" else 1) * blocks_per_call  # greedy pass or not
+
+
+@pytest.mark.parametrize("baseline", ["self_critical", "leave_one_out"])
+def test_interpreter_step_with_k_samples_per_clip(baseline):
+    """samples=K: the sampled pass sees each clip K times in a row (clip-major), and each sample's
+    advantage uses its own clip's baseline (the greedy reward, or its K - 1 sibling samples)."""
+    from videored.engine.reinforce import policy_loss, reward
+
+    cfg = tiny_config("data.root=x", "model.depth=2")
+    model = build_model(cfg).eval()
+    x, y, K = torch.randn(2, 3, 2, 32, 32), torch.tensor([0, 1]), 3
+    torch.manual_seed(7)
+    result = interpreter_step(model, model, x, y, group=0, tau=1.5, squared=False,
+                              baseline=baseline, samples=K)
+    # the same draws by hand: greedy pass (no random numbers), then the repeated batch
+    torch.manual_seed(7)
+    with torch.no_grad():
+        greedy = model(x, active_groups=1)
+    out = model(x.repeat_interleave(K, 0), sample=True, active_groups=1)
+    kept = out.keep[0].float().mean(1).view(2, K)
+    r = reward(out.logits.argmax(1) == y.repeat_interleave(K), kept.reshape(-1), 1.5, False).view(2, K)
+    if baseline == "self_critical":
+        r_g = reward(greedy.logits.argmax(1) == y, greedy.keep[0].float().mean(1), 1.5, False)
+        adv = r - r_g[:, None]
+    else:
+        adv = torch.stack([r[:, i] - (r.sum(1) - r[:, i]) / (K - 1) for i in range(K)], dim=1)
+    expected = policy_loss(out.scores[0], out.keep[0], adv.reshape(-1))
+    assert torch.allclose(result.loss, expected)
+    assert result.count == 2
+    assert torch.allclose(result.sums["kept"], kept.mean(1).sum())  # per-clip means, summed

@@ -19,7 +19,8 @@ from videored.engine.builders import build_dataset
 from videored.models import load_model_file
 
 METHODS = {"original", "interpreter", "random", "attention", "temporal_difference"}
-CLASSES, VIDEOS_PER_CLASS = 2, 4  # 8 train, 2 x 2 val, 2 x 2 test videos
+CLASSES, VIDEOS_PER_CLASS = 2, 4  # 2 colours + no_object: 12 train, 3 x 2 val, 3 x 2 test videos
+LABELS = CLASSES + 1
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def test_quickstart_leaves_results_figures_and_model(quickstart_run):
     results = json.loads((out / "results.json").read_text())
     with open(out / "data" / "test.csv") as fh:
         num_test = sum(1 for row in csv.reader(fh, delimiter=" ") if row)
-    assert num_test == CLASSES * 2  # test videos per class: max(2, 4 // 4)
+    assert num_test == LABELS * 2  # test videos per class: max(2, 4 // 4)
+    assert (out / "data" / "classes.txt").read_text().split() == ["red", "green", "no_object"]
     assert results["num_videos"] == num_test and results["failed_videos"] == []
     assert set(results["methods"]) == METHODS
     for name, m in results["methods"].items():
@@ -83,7 +85,7 @@ def test_quickstart_model_reproduces_results(quickstart_run):
     results = json.loads((out / "results.json").read_text())
     model = load_model_file(out / "model.pt").eval()
     dense = load_model_file(out / "train" / "dense" / "model.pt").eval()
-    assert model.interpreters is not None and model.num_classes == CLASSES
+    assert model.interpreters is not None and model.num_classes == LABELS
     assert results["methods"]["original"]["weights"] == str(out / "train" / "dense" / "model.pt")
     cfg = OmegaConf.create(results["config"])
     cfg.data.root = str(out / "data")

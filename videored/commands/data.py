@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--val-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
     p.add_argument("--test-per-class", type=int, default=None, help="default max(2, videos-per-class // 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-object-class", action="store_true",
+                   help="add a last class of videos without the object (CLASSES + 1 labels): without it "
+                        "the classifier's default answer makes one class's object redundant")
 
     p = sub.add_parser("scan", help="decode every video of a list in worker processes; JSON report of bad ones")
     p.add_argument("--csv", required=True, help="`path label` list")
@@ -62,7 +65,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     summary = write_synthetic_dataset(
         args.out, args.classes, args.videos_per_class, args.seed, args.val_per_class, args.test_per_class,
-        cfg=SynthConfig(task=args.task), progress=True,
+        cfg=SynthConfig(task=args.task), progress=True, no_object_class=args.no_object_class,
     )
     print(json.dumps({k: summary[k] for k in ("num_classes", "videos", "seed", "object_fraction_mean")}))
     print(f"wrote {Path(args.out) / 'train.csv'}, val.csv, test.csv, classes.txt")

@@ -31,10 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="training config (default: configs/quickstart/jointst_tiny_synth.yaml)")
-    p.add_argument("--classes", type=int, default=4, help="synthetic classes: the object's colour (2..6)")
+    p.add_argument("--classes", type=int, default=4, help="object colours (2..6); a no_object class is added unless --skip-no-object-class")
     # 60 x 4 = 240 training videos: enough for a dense val accuracy of 1.0 after 3 epochs and
     # for 30 REINFORCE steps per interpreter epoch, within the 15-minute budget on 2 cores.
     p.add_argument("--videos-per-class", type=int, default=60, help="training videos per class")
+    p.add_argument("--skip-no-object-class", action="store_true",
+                   help="colour classes only, no 'no_object' class: the classifier's default answer "
+                        "then makes one colour's object redundant (see docs/visualization.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", type=int, default=3, help="test videos to draw")
     p.add_argument("--cluster", default="local", choices=["local", "debug"],
@@ -66,10 +69,12 @@ def main(args: argparse.Namespace) -> int:
         print("[quickstart] dataset already there, reusing it", flush=True)
     else:
         write_synthetic_dataset(data, num_classes=args.classes,
-                                videos_per_class=args.videos_per_class, seed=args.seed)
+                                videos_per_class=args.videos_per_class, seed=args.seed,
+                                no_object_class=not args.skip_no_object_class)
     step("data")
 
-    overrides = [f"data.root={data}", f"model.num_classes={args.classes}",
+    num_labels = json.loads((data / "dataset.json").read_text())["num_classes"]
+    overrides = [f"data.root={data}", f"model.num_classes={num_labels}",
                  f"run.seed={args.seed}", *args.overrides]
     # Two jobs: the dense model (kept: it is the "original" of the table and the baselines'
     # weights, as in paper Table 4), then Algorithm 1 starting from it.

@@ -85,6 +85,9 @@ class ReinforceConfig:
     # self_critical: A = R(u) - R(u_hat), a greedy pass per step (paper Eq. 3);
     # leave_one_out: A_b = R_b - mean of the other samples' R, no greedy pass (about 2x cheaper)
     baseline: str = "self_critical"
+    # decision samples per clip and step: K > 1 repeats each clip K times in the sampled forward
+    # (K times its cost) for a K times less noisy policy gradient
+    samples: int = 1
 
 
 @dataclass
@@ -175,8 +178,12 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     if cfg.reinforce.baseline not in ("self_critical", "leave_one_out"):
         raise ConfigError(f"key 'reinforce.baseline': use self_critical or leave_one_out, "
                           f"not {cfg.reinforce.baseline!r}")
-    if cfg.reinforce.baseline == "leave_one_out" and cfg.data.batch_size < 2:
-        raise ConfigError("key 'reinforce.baseline': leave_one_out needs data.batch_size >= 2")
+    if cfg.reinforce.samples < 1:
+        raise ConfigError(f"key 'reinforce.samples': must be >= 1, got {cfg.reinforce.samples}")
+    if (cfg.reinforce.baseline == "leave_one_out" and cfg.data.batch_size < 2
+            and cfg.reinforce.samples < 2):
+        raise ConfigError("key 'reinforce.baseline': leave_one_out needs data.batch_size >= 2 "
+                          "or reinforce.samples >= 2")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (),

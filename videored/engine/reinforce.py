@@ -38,16 +38,17 @@ def self_critical_advantage(
 
 
 def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:
-    """A_b = R_b - mean_{b' != b} R_b' (B >= 2): a baseline that needs no extra forward pass.
+    """A_i = R_i - mean_{i' != i} R_i' along the last dim (>= 2): no extra forward pass needed.
 
     Each sample's baseline is independent of its own decisions, so the gradient stays unbiased.
-    rewards (B,) -> (B,), no grad. An option next to the paper's self-critical baseline.
+    rewards (B,): the other clips of the batch; (B, K): the other samples of the same clip
+    (`reinforce.samples` = K). Returns the same shape, no grad.
     """
-    B = rewards.shape[0]
-    if B < 2:
-        raise ValueError("the leave-one-out baseline needs a batch of at least 2 samples")
+    K = rewards.shape[-1]
+    if K < 2:
+        raise ValueError("the leave-one-out baseline needs at least 2 samples (batch or per clip)")
     r = rewards.detach().float()
-    return r - (r.sum() - r) / (B - 1)
+    return r - (r.sum(-1, keepdim=True) - r) / (K - 1)
 
 
 def log_likelihood(scores: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:

@@ -112,36 +112,40 @@ class StepResult:
 
 
 def interpreter_step(model: nn.Module, raw_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     group: int, tau: float, squared: bool, baseline: str = "self_critical") -> StepResult:
+                     group: int, tau: float, squared: bool, baseline: str = "self_critical",
+                     samples: int = 1) -> StepResult:
     """REINFORCE for interpreter `group` (Eq. 3).
 
     model: the (possibly DDP-wrapped) module whose forward builds the graph; raw_model: the bare
     module, used for the greedy baseline pass under no_grad. x (B, C, T, H, W); y (B,).
     baseline: "self_critical" (A = R(u) - R(u_hat), u_hat_i = [I_i >= threshold]: one extra
-    greedy forward) or "leave_one_out" (A_b = R_b - mean of the other samples' rewards).
+    greedy forward) or "leave_one_out" (A = R(u) - mean reward of the other samples: of the same
+    clip when samples > 1, else of the other clips). samples: K decision samples u per clip (the
+    clips are repeated, (B*K, ...)): K times the sampled forward for a K times less noisy gradient.
     """
-    j = group
+    j, K, B = group, samples, y.shape[0]
     greedy = None
     if baseline == "self_critical":
         with torch.no_grad():  # greedy decisions u_hat: the baseline R(u_hat)
             greedy = raw_model(x, active_groups=j + 1)
-    out = model(x, sample=True, active_groups=j + 1)  # u ~ Bernoulli(I); only scores[j] has grad
-    kept_s = out.keep[j].float().mean(1)  # (B,) fraction of all N patch tokens kept
-    correct_s = out.logits.argmax(1) == y
-    r_s = reward(correct_s, kept_s, tau, squared)  # (B,)
-    B = y.shape[0]
-    sums = {"reward": r_s.sum(), "kept": kept_s.sum(), "acc_sampled": correct_s.float().sum()}
+    xs, ys = (x.repeat_interleave(K, 0), y.repeat_interleave(K, 0)) if K > 1 else (x, y)
+    out = model(xs, sample=True, active_groups=j + 1)  # u ~ Bernoulli(I); only scores[j] has grad
+    kept_s = out.keep[j].float().mean(1)  # (B*K,) fraction of all N patch tokens kept
+    correct_s = out.logits.argmax(1) == ys
+    r_s = reward(correct_s, kept_s, tau, squared)  # (B*K,)
+    # metric sums are per clip (means over its K samples), so they read the same for any K
+    sums = {"reward": r_s.sum() / K, "kept": kept_s.sum() / K, "acc_sampled": correct_s.float().sum() / K}
     if greedy is not None:
         kept_g = greedy.keep[j].float().mean(1)
         correct_g = greedy.logits.argmax(1) == y
-        r_g = reward(correct_g, kept_g, tau, squared)
-        advantage = r_s - r_g
+        r_g = reward(correct_g, kept_g, tau, squared)  # (B,)
+        advantage = r_s - r_g.repeat_interleave(K)
         sums.update({"reward_greedy": r_g.sum(), "kept_greedy": kept_g.sum(),
                      "acc_greedy": correct_g.float().sum(), "gflops_greedy": greedy.gflops.float().sum()})
     else:
-        advantage = leave_one_out_advantage(r_s)
+        advantage = leave_one_out_advantage(r_s.view(B, K) if K > 1 else r_s).reshape(-1)
     loss = policy_loss(out.scores[j], out.keep[j], advantage)
-    sums.update({"loss": loss.detach().float() * B, "advantage": advantage.sum()})
+    sums.update({"loss": loss.detach().float() * B, "advantage": advantage.sum() / K})
     return StepResult(loss=loss, sums=sums, count=B)
 
 

@@ -271,7 +271,8 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             if stage.kind == "interpreter":
                 r = self.cfg.reinforce
-                result = interpreter_step(net, self.model, x, y, stage.group, r.tau, r.squared, r.baseline)
+                result = interpreter_step(net, self.model, x, y, stage.group, r.tau, r.squared, r.baseline,
+                                          r.samples)
             else:
                 result = classification_step(net, x, y, stage)
         optimizer.zero_grad(set_to_none=True)
