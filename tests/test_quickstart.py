@@ -134,3 +134,14 @@ def test_redundant_tokens_make_the_reward_optimal_keep_probability_fall_below_ha
     assert math.isclose(float(mc), float(_expected_reward(torch.tensor([0.3], dtype=torch.float64), 20, n, tau)), abs_tol=2e-3)
     # and the greedy policy at the default threshold (keep none of them) is far worse
     assert float(_expected_reward(torch.tensor([1e-9], dtype=torch.float64), 20, n, tau)) < 0
+
+
+def test_figures_take_one_video_per_class_in_turn(tmp_path):
+    from videored.commands.quickstart import one_per_class
+
+    (tmp_path / "test.csv").write_text("a.mp4 0\nb.mp4 0\nc.mp4 0\nd.mp4 1\nbad line here x\ne.mp4 2\nf.mp4 1\n")
+    names = lambda rows: [(p.rsplit("/", 1)[-1], label) for p, label in rows]  # noqa: E731
+    assert names(one_per_class(tmp_path / "test.csv", 3)) == [("a.mp4", 0), ("d.mp4", 1), ("e.mp4", 2)]
+    assert names(one_per_class(tmp_path / "test.csv", 5)) == [
+        ("a.mp4", 0), ("d.mp4", 1), ("e.mp4", 2), ("b.mp4", 0), ("f.mp4", 1)]
+    assert len(one_per_class(tmp_path / "test.csv", 99)) == 6  # every good row once
