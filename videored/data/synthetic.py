@@ -23,7 +23,7 @@ the original frame (independent of the crop size), so the whole trajectory (trai
 kept in x in [W - H + 2, H - 2], y in [2, H - 2].
 
 Everything is drawn from `numpy.random.default_rng([seed, split, label, i])`, so a seed gives the
-same videos, masks and lists (x264 runs single-threaded: the same bytes).
+same videos, masks and lists (x264 single-threaded, without mbtree: the same bytes in any process).
 """
 from __future__ import annotations
 
