@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videored.data.csv_list import read_dataset_info
     from videored.data.synthetic import write_synthetic_dataset
     from videored.launch import run_local_job
 
@@ -75,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
                                 no_object_class=not args.skip_no_object_class)
     step("data")
 
-    num_labels = json.loads((data / "dataset.json").read_text())["num_classes"]
+    num_labels = read_dataset_info(data / "train.csv")["num_classes"]  # + no_object, if written
     overrides = [f"data.root={data}", f"model.num_classes={num_labels}",
                  f"run.seed={args.seed}", *args.overrides]
     # Two jobs: the dense model (kept: it is the "original" of the table and the baselines'
@@ -126,19 +127,16 @@ def main(args: argparse.Namespace) -> int:
 
 def one_per_class(csv_path: Path, count: int) -> list[tuple[str, int]]:
     """`count` (path, label) rows of a list, taking each class in turn (first videos first)."""
+    from itertools import islice, zip_longest
+
     from videored.data.csv_list import iter_video_list
 
-    by_class: dict[int, list[str]] = {}
+    by_class: dict[int, list[tuple[str, int]]] = {}
     for row in iter_video_list(csv_path):
         if row.error is None:
-            by_class.setdefault(row.label, []).append(row.path)
-    queues = [[(path, label) for path in paths] for label, paths in sorted(by_class.items())]
-    picked = []
-    while len(picked) < count and any(queues):
-        for queue in queues:
-            if queue and len(picked) < count:
-                picked.append(queue.pop(0))
-    return picked
+            by_class.setdefault(row.label, []).append((row.path, row.label))
+    rounds = zip_longest(*(by_class[label] for label in sorted(by_class)))  # one video per class each
+    return list(islice((row for batch in rounds for row in batch if row is not None), count))
 
 
 def method_checks(results: dict) -> list[str]:

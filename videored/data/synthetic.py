@@ -134,6 +134,24 @@ def render_video(label: int, num_classes: int, rng: np.random.Generator, cfg: Sy
     x0 = rng.uniform(x_lo - min(first[0], last[0]), x_hi - max(first[0], last[0]))
     y0 = rng.uniform(y_lo - min(first[1], last[1]), y_hi - max(first[1], last[1]))
 
+    def draw_object(img: np.ndarray, t: int) -> np.ndarray:
+        """Paint the object (trail, body, dark outline) of frame t into img; its (H, W) mask."""
+        cx, cy = x0 + step[0] * t, y0 + step[1] * t
+        mask = np.zeros((h, w), dtype=bool)
+        # motion trail (like motion blur): fading copies behind the object, farthest first. It
+        # makes the direction visible inside the object's own patches of every frame.
+        for j in range(_TRAIL_COPIES, 0, -1):
+            back = cfg.trail_length * j / _TRAIL_COPIES
+            ghost = _shape_mask(xs, ys, cx - unit[0] * back, cy - unit[1] * back, half, disk)
+            alpha = 0.8 * (1 - j / (_TRAIL_COPIES + 1))
+            img[ghost] = (1 - alpha) * img[ghost] + alpha * colour
+            mask |= ghost
+        obj = _shape_mask(xs, ys, cx, cy, half, disk)
+        rim = _shape_mask(xs, ys, cx, cy, half + 1.0, disk) & ~obj  # dark outline: crisp edges
+        img[rim] = 20.0
+        img[obj] = colour
+        return mask | obj | rim
+
     frames = np.empty((t_len, h, w, 3), dtype=np.uint8)
     masks = np.empty((t_len, h, w), dtype=bool)
     for t in range(t_len):
@@ -147,25 +165,9 @@ def render_video(label: int, num_classes: int, rng: np.random.Generator, cfg: Sy
             out = (d_pos[:, axis] < 3) | (d_pos[:, axis] > limit - 3)
             d_vel[out, axis] *= -1
             d_pos[:, axis] = np.clip(d_pos[:, axis], 3, limit - 3)
-        mask = np.zeros((h, w), dtype=bool)
-        if not with_object:
-            frames[t], masks[t] = np.clip(img, 0, 255).astype(np.uint8), mask
-            continue
-        cx, cy = x0 + step[0] * t, y0 + step[1] * t
-        # motion trail (like motion blur): fading copies behind the object, farthest first. It
-        # makes the direction visible inside the object's own patches of every frame.
-        for j in range(_TRAIL_COPIES, 0, -1):
-            back = cfg.trail_length * j / _TRAIL_COPIES
-            ghost = _shape_mask(xs, ys, cx - unit[0] * back, cy - unit[1] * back, half, disk)
-            alpha = 0.8 * (1 - j / (_TRAIL_COPIES + 1))
-            img[ghost] = (1 - alpha) * img[ghost] + alpha * colour
-            mask |= ghost
-        obj = _shape_mask(xs, ys, cx, cy, half, disk)
-        rim = _shape_mask(xs, ys, cx, cy, half + 1.0, disk) & ~obj  # dark outline: crisp edges
-        img[rim] = 20.0
-        img[obj] = colour
+        mask = draw_object(img, t) if with_object else np.zeros((h, w), dtype=bool)
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-        masks[t] = mask | obj | rim
+        masks[t] = mask
     return frames, masks
 
 
