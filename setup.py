@@ -9,11 +9,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["videored", "videored.*"]),
+    # The experiment files travel with the package (`configs/` in a checkout links here), so a
+    # wheel install runs `videored quickstart` and `--config k400/...` like a checkout does.
+    package_data={"videored": ["configs/*.yaml", "configs/*/*.yaml"]},
     install_requires=[
         # torch and torchvision must come from the registry together (matching builds).
         "torch>=2.4",
         "torchvision>=0.19",
-        "timm>=1.0.9",
+        "timm>=1.0.16",  # Block.forward(x, attn_mask=...) first appears in 1.0.16
         "einops>=0.8",
         "decord>=0.6.0",
         "av>=12",
@@ -22,7 +25,7 @@ setup(
         "omegaconf>=2.3",
         "tqdm>=4.66",
         "numpy",
-        "matplotlib>=3.8",
+        "matplotlib>=3.9",  # first release built against numpy 2
         "pillow",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout"]},

@@ -74,7 +74,14 @@ def _args(tmp_path, *extra):
     return args, forwarded
 
 
-def test_resource_flags_reach_the_sbatch_script(tmp_path):
+@pytest.fixture
+def without_srun(monkeypatch):
+    """These tests read the sbatch script submitit writes; that needs no cluster, but submitit's
+    SlurmExecutor refuses to start where `srun` is not on PATH. Pretend it is."""
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+
+
+def test_resource_flags_reach_the_sbatch_script(tmp_path, without_srun):
     args, forwarded = _args(tmp_path, "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "8",
                             "--partition", "P", "--timeout", "4320", "--account", "A", "--qos", "Q",
                             "--constraint", "volta32gb", "--mem", "64G", "--cpus-per-task", "10",
@@ -88,7 +95,7 @@ def test_resource_flags_reach_the_sbatch_script(tmp_path):
         assert f"#SBATCH {line}" in script, line
 
 
-def test_cpu_jobs_default_to_one_task_per_node(tmp_path):
+def test_cpu_jobs_default_to_one_task_per_node(tmp_path, without_srun):
     args, _ = _args(tmp_path, "--cluster", "slurm")
     script = submit.build_executor(args, tmp_path, "train")._executor._make_submission_file_text("x", "%j")
     assert "#SBATCH --ntasks-per-node=1" in script

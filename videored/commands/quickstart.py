@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart" / "jointst_tiny_synth.yaml"
+DEFAULT_CONFIG = Path("quickstart/jointst_tiny_synth.yaml")  # packaged: videored/configs/
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,12 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from videored.data.csv_list import read_dataset_info
     from videored.data.synthetic import write_synthetic_dataset
+    from videored.engine.config import ConfigError, resolve_config_path
     from videored.launch import run_local_job
 
-    if not args.config.is_file():
-        print(f"videored quickstart: config not found: {args.config} (install with "
-              "`pip install -e .` from the repository so configs/ is next to the package)",
-              file=sys.stderr)
+    try:
+        args.config = resolve_config_path(args.config).resolve()
+    except ConfigError as err:
+        print(f"videored quickstart: {err}", file=sys.stderr)
         return 2
     out = args.out.resolve()
     data, train_dir, logs = out / "data", out / "train", out / "logs"

@@ -8,6 +8,7 @@ that name the file and the full key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -186,6 +187,31 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
                           "or reinforce.samples >= 2")
 
 
+def packaged_configs() -> Path:
+    """The experiment files shipped inside the package (`videored/configs/`; `configs/` in a
+    checkout is a link to it), so a wheel install finds them as an editable one does."""
+    return Path(str(resources.files("videored") / "configs"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given if it exists, else the packaged file of that name.
+
+    `configs/quickstart/jointst_tiny_synth.yaml` and `quickstart/jointst_tiny_synth.yaml` both
+    name the packaged quickstart config when no such file exists under the working directory.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    relative = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = packaged_configs().joinpath(*relative) if relative and not path.is_absolute() else None
+    if packaged is not None and packaged.is_file():
+        return packaged
+    shipped = sorted(str(p.relative_to(packaged_configs()))
+                     for p in packaged_configs().rglob("*.yaml"))
+    raise ConfigError(f"config file not found: {path} (nor among the packaged configs: "
+                      f"{', '.join(shipped)})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (),
                 base: dict | None = None) -> DictConfig:
     """Load an experiment file (with its `_base_` chain) and dotted overrides into a typed config.
@@ -197,7 +223,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
     if base is not None:
         cfg = _merge(cfg, OmegaConf.create(base), "stored config")
     if path is not None:
-        for file, node in _read_chain(Path(path)):
+        for file, node in _read_chain(resolve_config_path(path)):
             cfg = _merge(cfg, node, str(file))
     for item in overrides:
         if "=" not in item:

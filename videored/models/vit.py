@@ -11,6 +11,7 @@ Images: x (B, C, H, W), the same model with T = 1 and no temporal embedding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 
 import torch
@@ -24,6 +25,10 @@ from .interpreter import MultiHeadInterpreter
 from .selectors import (attention_scores, check_selector, random_scores,
                         temporal_difference_scores, topk_keep)
 from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
+
+# Every checkpoint this model loads (DeiT/ViT, TimeSformer, mmaction2) was trained with LayerNorm
+# eps 1e-6; timm's Block default changed between releases, so it is never left to the default.
+block_norm = partial(nn.LayerNorm, eps=1e-6)
 
 
 @dataclass
@@ -87,8 +92,8 @@ class TokenReductionViT(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
             Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                  drop_path=dpr[i]) for i in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+                  drop_path=dpr[i], norm_layer=block_norm) for i in range(depth))
+        self.norm = block_norm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.interpreters = None
