@@ -28,6 +28,10 @@ setup(
         "matplotlib>=3.9",  # first release built against numpy 2
         "pillow",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    extras_require={
+        # ImageNet-Segmentation's gtsegs_ijcv.mat is MATLAB v7.3 = HDF5 (paper Table 1)
+        "seg": ["h5py>=3.8"],
+        "test": ["pytest>=8", "pytest-timeout", "h5py>=3.8"],
+    },
     entry_points={"console_scripts": ["videored=videored.cli:main"]},
 )

@@ -6,7 +6,7 @@ from videored.data.csv_list import ListRow, iter_video_list, read_classes
 from videored.data.decoding import VideoDecodeError, open_video
 from videored.data.encoding import reencode_short_side, write_video
 from videored.data.imagenet import build_imagenet_dataset, build_imagenet_transform
-from videored.data.masks import load_masks, mask_path, save_masks
+from videored.data.masks import has_masks, load_masks, mask_path, save_masks
 from videored.data.synthetic import SynthConfig, render_video, write_synthetic_dataset
 from videored.data.video_dataset import VideoClipDataset
 
@@ -18,6 +18,7 @@ __all__ = [
     "build_imagenet_dataset",
     "build_imagenet_transform",
     "iter_video_list",
+    "has_masks",
     "load_masks",
     "mask_path",
     "open_video",

@@ -164,8 +164,15 @@ class PyAVVideo:
         self.close()
 
 
-def open_video(path: str | os.PathLike, backend: str = "decord") -> DecordVideo | PyAVVideo:
-    """Open `path` with `backend` ("decord" or "pyav"); raises `VideoDecodeError` on failure."""
+def open_video(path: str | os.PathLike, backend: str = "decord"):
+    """Open `path` with `backend` ("decord" or "pyav"); raises `VideoDecodeError` on failure.
+
+    A directory is a frame folder (`frame_folder.FrameFolderVideo`, images in name order) whatever
+    the backend: no codec is involved."""
+    if os.path.isdir(path):
+        from .frame_folder import FrameFolderVideo
+
+        return FrameFolderVideo(path)
     if backend == "decord":
         return DecordVideo(str(path))
     if backend == "pyav":

@@ -1,5 +1,8 @@
 """Per-frame object masks stored beside a video: `name.mp4` -> `name.masks.npz`.
 
+A frame folder (`frame_folder.py`, e.g. DAVIS `JPEGImages/<video>/`) has its masks in the
+matching `Annotations/<video>/` folder instead; `has_masks` / `load_masks` read either.
+
 The npz holds one array, key `masks`, shape (num_frames, H, W), dtype bool, frame i of the mask
 belonging to frame i of the video (same H and W as the decoded frames).
 """
@@ -25,8 +28,21 @@ def save_masks(video_path: str | os.PathLike, masks: np.ndarray) -> Path:
     return path
 
 
+def has_masks(video_path: str | os.PathLike) -> bool:
+    """True when `video_path` has object masks: `name.masks.npz`, or DAVIS-style annotations."""
+    from .frame_folder import has_annotations
+
+    if os.path.isdir(video_path):
+        return has_annotations(video_path)
+    return mask_path(video_path).is_file()
+
+
 def load_masks(video_path: str | os.PathLike) -> np.ndarray:
     """(T, H, W) bool masks of `video_path`; FileNotFoundError / KeyError name the file."""
+    if os.path.isdir(video_path):  # a frame folder: DAVIS-style Annotations/
+        from .frame_folder import load_annotations
+
+        return load_annotations(video_path)
     path = mask_path(video_path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file missing: {path}")

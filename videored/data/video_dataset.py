@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from videored.data import transforms as T
-from videored.data.csv_list import classes_file_for, iter_video_list, read_classes, read_dataset_info
+from videored.data.csv_list import (ListRow, classes_file_for, iter_video_list, read_classes,
+                                    read_dataset_info)
 from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
 from videored.data.masks import load_masks
 from videored.data.sampling import centred_start, clip_indices, clip_span, random_start
@@ -50,6 +51,10 @@ class VideoClipDataset(Dataset):
     Length: train = number of videos; val/test = videos * num_temporal_views * num_spatial_crops,
     item i -> video i // (V*C), temporal view (i % (V*C)) // C, spatial crop i % C.
 
+    `rows`: the video list itself (`ListRow`s, e.g. the frame folders of a DAVIS-style set, see
+    `videored.data.davis`) instead of reading `csv_path`, which then only names the source in
+    messages; no `classes.txt` / `dataset.json` is read.
+
     Decoding: `backend` ("decord", num_threads=1, or "pyav"); with decord, a video decord fails
     on is retried with PyAV (`pyav_fallback`) before it counts as bad.
 
@@ -79,6 +84,7 @@ class VideoClipDataset(Dataset):
         max_substitutes: int = 20,
         num_classes: int | None = None,
         pyav_fallback: bool = True,
+        rows: Sequence[ListRow] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -99,12 +105,13 @@ class VideoClipDataset(Dataset):
         self.return_masks = return_masks
         self.mean, self.std = tuple(mean), tuple(std)
         if train_flip is None:  # a dataset folder may declare that flipping changes the label
-            train_flip = bool(read_dataset_info(csv_path).get("hflip_preserves_label", True))
+            info = read_dataset_info(csv_path) if rows is None else {}
+            train_flip = bool(info.get("hflip_preserves_label", True))
         self.train_flip = train_flip
         self.max_substitutes = max_substitutes
         self.pyav_fallback = pyav_fallback
 
-        classes_file = classes_file_for(csv_path)
+        classes_file = classes_file_for(csv_path) if rows is None else None
         self.class_names = read_classes(classes_file) if classes_file else None
         known_classes = num_classes if num_classes is not None else (len(self.class_names) if self.class_names else None)
 
@@ -112,7 +119,7 @@ class VideoClipDataset(Dataset):
         self.labels: list[int] = []
         self.errors: list[str | None] = []  # val/test: a malformed line is kept as a failed entry
         self.malformed: list[tuple[int, str]] = []  # (line number, reason)
-        for row in iter_video_list(csv_path, known_classes):
+        for row in (iter_video_list(csv_path, known_classes) if rows is None else rows):
             if row.error is not None:
                 self.malformed.append((row.line, row.error))
                 log.warning("%s:%d: malformed line (%s): %r", csv_path, row.line, row.error, row.path)

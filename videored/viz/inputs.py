@@ -40,7 +40,7 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
     When object masks are stored beside the video (`name.masks.npz`), `mask` holds those of the
     same frames with the same resize and crop (nearest neighbour), as the dataset does.
     """
-    from videored.data import VideoDecodeError, load_masks, mask_path, open_video
+    from videored.data import VideoDecodeError, has_masks, load_masks, open_video
     from videored.data import transforms as T
     from videored.data.sampling import centred_start, clip_indices, clip_span
     from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
@@ -55,7 +55,7 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
     try:
         frames, idx, fps, length = decode(backend)
     except VideoDecodeError as e:
-        if backend != "decord":
+        if backend != "decord" or e.file_problem:  # missing file, frame folder: PyAV can't help
             raise
         # decord 0.6 fails on some frame widths (e.g. 48 or 72 px: "DECORDArrayCopyFromTo: The
         # size must exactly match"); PyAV decodes the same frames (tests in tests/test_data*).
@@ -70,10 +70,10 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
                    f"{crop_size}), frames {idx.tolist()} of {length} at {fps:g} fps"
                    + (" (PyAV)" if backend == "pyav" else ""))
     mask = None
-    if mask_path(path).is_file():
+    if has_masks(path):
         masks = load_masks(path)  # (F, H, W)
         if masks.shape[0] < length or masks.shape[1:] != (h, w):
-            raise ValueError(f"{mask_path(path)}: masks {masks.shape} do not match the video "
+            raise ValueError(f"{path}: masks {masks.shape} do not match the video "
                              f"({length}, {h}, {w})")
         mask = T.short_side_resize_mask(torch.from_numpy(masks[idx]), crop_size)
         mask = T.crop(mask, top, left, crop_size).contiguous()

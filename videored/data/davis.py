@@ -1,0 +1,71 @@
+"""DAVIS-style video object segmentation folders as test clips with per-frame object masks.
+
+    <root>/JPEGImages/[480p/]<video>/00000.jpg ...
+    <root>/Annotations/[480p/]<video>/00000.png ...   (non-zero = object)
+    <root>/ImageSets/2017/val.txt                      optional: one video name per line
+
+`davis_clips` returns a `VideoClipDataset` over the frame folders (mode "test", masks on): the
+same clip sampling (a folder is read as a 24 fps video), the same short-side resize and crops,
+the same normalization as every other video the model is scored on. Videos have no class label
+(label 0); only the masks are used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .csv_list import ListRow
+from .frame_folder import is_frame_folder
+
+
+def davis_frames_root(root: str | os.PathLike, resolution: str | None = None) -> Path:
+    """`<root>/JPEGImages[/<resolution>]`; DAVIS's `480p` level is used when present."""
+    base = Path(root) / "JPEGImages"
+    if not base.is_dir():
+        raise FileNotFoundError(f"{root}: no JPEGImages/ folder (expected a DAVIS-style layout "
+                                "JPEGImages/<video>/<frame>.jpg + Annotations/<video>/<frame>.png)")
+    if resolution is None and (base / "480p").is_dir() and not is_frame_folder(base / "480p"):
+        resolution = "480p"
+    frames = base / resolution if resolution else base
+    if not frames.is_dir():
+        raise FileNotFoundError(f"{frames}: no such folder (resolution {resolution!r})")
+    return frames
+
+
+def davis_videos(root: str | os.PathLike, *, resolution: str | None = None,
+                 split_file: str | os.PathLike | None = None) -> list[Path]:
+    """Frame folders of the set, sorted by name; `split_file` (one video name per line, e.g.
+    `ImageSets/2017/val.txt`, relative to `root` or absolute) selects and orders them."""
+    frames = davis_frames_root(root, resolution)
+    if split_file is None:
+        videos = sorted(p for p in frames.iterdir() if p.is_dir())
+        if not videos:
+            raise ValueError(f"{frames}: no video folders")
+        return videos
+    listing = Path(split_file) if Path(split_file).is_absolute() else Path(root) / split_file
+    names = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    if not names:
+        raise ValueError(f"{listing}: no video names")
+    return [frames / name for name in names]  # a missing folder fails (and is counted) per item
+
+
+def davis_clips(root: str | os.PathLike, *, resolution: str | None = None,
+                split_file: str | os.PathLike | None = None, **dataset_kwargs: Any):
+    """`VideoClipDataset` (mode "test", `return_masks=True`) over the set's frame folders.
+
+    dataset_kwargs: the clip and crop settings (`num_frames`, `sampling_rate`, `target_fps`,
+    `crop_size`, `num_spatial_crops`, ...), as for a csv list. Items are dicts with `video`
+    (3, T, S, S), `mask` (T, S, S) bool, `failed`, `path`; a folder that cannot be read (missing
+    frames or annotations) is an item with `failed=True`, counted by the metric.
+    """
+    from .video_dataset import VideoClipDataset
+
+    rows = [ListRow(i + 1, str(p), 0) for i, p in enumerate(
+        davis_videos(root, resolution=resolution, split_file=split_file))]
+    kwargs = {"mode": "test", "return_masks": True, **dataset_kwargs}
+    return VideoClipDataset(str(root), rows=rows, **kwargs)
+
+
+__all__ = ["davis_clips", "davis_frames_root", "davis_videos"]
