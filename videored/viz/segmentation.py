@@ -79,9 +79,19 @@ def method_keep(model: nn.Module, x: torch.Tensor, method: str,
 
     keep_ratio None: each baseline keeps, input by input, the fraction the interpreter kept on
     that input (equal speed, as the paper compares). "original" keeps every patch (scores 1).
+    Explanations (`explanations.EXPLANATIONS`, dense model) keep that final fraction in one
+    selection (keep_ratio ** groups when a per-selection ratio is given).
     """
+    from .explanations import EXPLANATIONS, explanation_output
+
+    if method in EXPLANATIONS:  # explanation-only: one selection of the final kept fraction
+        fraction = (keep_ratio ** model.groups if keep_ratio is not None
+                    else model(x, selector="interpreter").keep[-1].float().mean(1))
+        out = explanation_output(model, x, method, fraction)
+        return out.scores, out.keep
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; choose from "
+                         f"{', '.join(METHODS + EXPLANATIONS)}")
     B, N = x.shape[0], model.num_patches
     if method == "original":
         ones = torch.ones(B, N, device=x.device)
