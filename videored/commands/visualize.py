@@ -2,11 +2,13 @@
 
     videored visualize --checkpoint runs/x/model.pt -p clip.mp4 -o figs [--method all] [--gif]
     videored visualize --checkpoint runs/x/model.pt --csv data/test.csv --limit 4 -o figs
+    videored visualize --checkpoint runs/x/model.pt -p DAVIS/JPEGImages/480p/bear -o figs
 
 Writes `OUT/<stem>_<method>.png` (+ `.gif` with --gif) per input and method, and with
 `--method all` also `OUT/<stem>_all.png` (methods as rows); each path is printed when written.
-Videos with object masks stored beside them (`name.masks.npz`, the synthetic dataset) get the
-object outlined in white. Baselines keep, by default, the fraction of patches the interpreter kept
+Videos with object masks stored beside them (`name.masks.npz`, the synthetic dataset, or a
+DAVIS-style `Annotations/` folder beside a frame folder's `JPEGImages/`) get the object outlined
+in white. Baselines keep, by default, the fraction of patches the interpreter kept
 on that input (equal speed, as the paper compares).
 """
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from videored.viz.explanations import EXPLANATIONS
+
 VIEW_METHODS = ("interpreter", "attention", "temporal_difference", "random")
 
 
@@ -27,10 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a videored model file (model.pt written by training)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-p", "--path", type=Path,
-                     help="a video or image file, or a folder of them")
+                     help="a video or image file, a frame folder (video models; e.g. DAVIS "
+                          "JPEGImages/<video>/), or a folder of them")
     src.add_argument("--csv", type=Path, help="a dataset list (`path label` lines) of videos")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--method", default="interpreter", choices=[*VIEW_METHODS, "all"])
+    p.add_argument("--method", default="interpreter", choices=[*VIEW_METHODS, *EXPLANATIONS, "all"],
+                   help="a token scorer, an explanation of the dense model (rollout, gradcam, "
+                        "chefer: explanation-only), or all token scorers")
     p.add_argument("--keep-ratio", type=float, default=None,
                    help="baselines' keep ratio per selection (default: the interpreter's kept "
                         "fraction on each input; the model's keep_ratio without an interpreter)")
@@ -64,11 +71,11 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
     from videored.viz.inputs import IMAGE_SUFFIXES, PreparedInput, prepare_input
 
     if args.csv is not None:
-        from videored.data import VideoClipDataset, iter_video_list, mask_path
+        from videored.data import VideoClipDataset, has_masks, iter_video_list
         from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
 
         # object outlines when every listed video has its masks (e.g. the synthetic dataset)
-        with_masks = all(mask_path(row.path).is_file() for row in iter_video_list(args.csv)
+        with_masks = all(has_masks(row.path) for row in iter_video_list(args.csv)
                          if row.error is None)
         T, gh, _ = model.grid
         ds = VideoClipDataset(args.csv, mode="test", num_frames=T, sampling_rate=sampling_rate,
@@ -86,11 +93,16 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
             yield item["path"], PreparedInput(item["video"], KINETICS_MEAN, KINETICS_STD, desc,
                                               item.get("mask")), item["label"], None
         return
+    from videored.data.frame_folder import is_frame_folder
+
+    video_model = model.embed.num_frames is not None
     paths = [args.path]
-    if args.path.is_dir():
+    if args.path.is_dir() and not (video_model and is_frame_folder(args.path)):
+        # a folder of inputs; for a video model, sub-folders of frames are videos too
         paths = sorted(p for p in args.path.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | {
+                       if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | {
                            ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"})
+                       or (video_model and is_frame_folder(p)))
         if not paths:
             raise FileNotFoundError(f"{args.path}: no video or image files")
     for path in paths:
@@ -119,6 +131,13 @@ def _run_methods(model, x: torch.Tensor, methods: list[str], keep_ratio: float |
         if m == "interpreter":
             res = out
             notes[m] = f"threshold {model.threshold:g}"
+        elif m in EXPLANATIONS:  # the dense model explained; its top patches at the same fraction
+            from videored.viz.explanations import explanation_output
+
+            fraction = (float(out.kept_ratio[0]) if keep_ratio is None and out is not None
+                        else (keep_ratio or model.keep_ratio) ** model.groups)
+            notes[m] = f"explanation-only, top {fraction:.3f} of the patches"
+            res = explanation_output(model, batch, m, fraction)
         else:
             ratio = keep_ratio
             if ratio is None:
