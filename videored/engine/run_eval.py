@@ -65,7 +65,7 @@ def measure_speed(nets: dict, dataset, budgets: dict[str, Optional[ViewBudget]],
                   dist: DistInfo, batch_size: int, runs: int, amp: bool) -> dict[str, float]:
     """Model clips/s per method on the first batch of real clips (decoding excluded), each at
     its budget on those very clips, all methods timed interleaved in one run after warm-up."""
-    from videored.bench.speed import time_interleaved
+    from videored.timing import time_interleaved
 
     n = min(batch_size, len(dataset))
     items = [dataset[i] for i in range(n)]
