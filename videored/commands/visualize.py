@@ -69,30 +69,25 @@ def _training_data_config(path: Path) -> dict:
 def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: float
             ) -> Iterator[tuple[str, object, int | None, str | None]]:
     """Yield (name, PreparedInput or None, label or None, error or None) per input."""
-    from videored.viz.inputs import IMAGE_SUFFIXES, PreparedInput, prepare_input
+    from videored.viz.inputs import IMAGE_SUFFIXES, prepare_input, prepared_item, test_clips
 
     if args.csv is not None:
-        from videored.data import VideoClipDataset, iter_video_list, mask_path
-        from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+        from videored.data import iter_video_list, mask_path
 
         # object outlines when every listed video has its masks (e.g. the synthetic dataset)
         with_masks = all(mask_path(row.path).is_file() for row in iter_video_list(args.csv)
                          if row.error is None)
         T, gh, _ = model.grid
-        ds = VideoClipDataset(args.csv, mode="test", num_frames=T, sampling_rate=sampling_rate,
-                              target_fps=target_fps, crop_size=gh * model.patch_size,
-                              num_spatial_crops=1, backend=args.backend,
-                              return_masks=with_masks)
+        ds = test_clips(args.csv, num_frames=T, crop_size=gh * model.patch_size,
+                        sampling_rate=sampling_rate, target_fps=target_fps, backend=args.backend,
+                        return_masks=with_masks)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         for i in range(n):
             item = ds[i]
             if item["failed"]:
                 yield item["path"], None, None, "could not be decoded (see the warning above)"
                 continue
-            desc = (f"centre {ds.crop_size}x{ds.crop_size} crop (short side -> {ds.crop_size}), "
-                    f"centred clip of {T} frames, stride {sampling_rate} at {target_fps:g} fps")
-            yield item["path"], PreparedInput(item["video"], KINETICS_MEAN, KINETICS_STD, desc,
-                                              item.get("mask")), item["label"], None
+            yield item["path"], prepared_item(ds, item), item["label"], None
         return
     paths = [args.path]
     if args.path.is_dir():
