@@ -172,3 +172,5 @@ run: {{device: cpu, progress: false}}
     assert all(v == pytest.approx(0.3, abs=1 / 64) for v in bench_fixed.values())
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["methods"]["random"]["budget"] == {"match": "fixed", "kept_ratio": 0.3}
+    assert "Budget: every baseline at kept ratio 0.3 (fixed)." in (
+        tmp_path / "eval" / "results.md").read_text()

@@ -213,7 +213,13 @@ def results_markdown(summary: dict[str, Any]) -> str:
         cols += [("i_miou", "mask mIoU %", ".1f"), ("i_pixel_acc", "pixel acc %", ".1f"),
                  ("i_mean_acc", "mean acc %", ".1f")]
     failed = summary["failed_videos"]
+    budget = summary.get("budget", {})
+    if budget.get("match") == "fixed":
+        said = f"every baseline at kept ratio {budget['kept_ratio']:g} (fixed)"
+    else:
+        said = (f"baselines matched to the {budget.get('reference', 'interpreter')} view by view "
+                f"by {'kept ratio' if budget.get('match') == 'ratio' else 'GMACs'}")
     lines = [f"Split `{summary['split']}`: {summary['num_videos']} videos, {len(failed)} failed to "
              f"decode{' (listed in results.json; errors are over the rest)' if failed else ''}. "
-             f"Device: {summary['device']}.", "", markdown_table(rows, cols), ""]
+             f"Device: {summary['device']}. Budget: {said}.", "", markdown_table(rows, cols), ""]
     return "\n".join(lines)
