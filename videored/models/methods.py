@@ -14,7 +14,7 @@ Budget vocabulary (the only one, used in results too):
                  `ReductionOutput.kept_ratio`). A budget is a target kept_ratio or a target GMACs.
   keep_ratio     the *per-selection* setting of the top-k baselines: each of the D selections
                  keeps round(keep_ratio * alive) tokens, so kept_ratio ~ keep_ratio ** D. Only
-                 `Method.setting_for` converts one into the other.
+                 `Method.setting_for` converts one into the other (`topk_setting`).
   match          how a comparison is matched to a reference method (the learned interpreter):
                  "ratio": each baseline reaches the reference's kept_ratio, clip by clip;
                  "gmacs": each baseline reaches the reference's GMACs, clip by clip.
@@ -25,7 +25,7 @@ scoring cost, its budget mapping) plus its tests; every tool then offers it by n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -71,6 +71,37 @@ class Selection:
     macs: torch.Tensor
 
 
+def topk_setting(kept_ratio: float | torch.Tensor, groups: int) -> float | torch.Tensor:
+    """Per-selection keep ratio that leaves `kept_ratio` of the patches after `groups`
+    selections, each keeping that ratio of the alive tokens: kept_ratio ** (1 / D)."""
+    if isinstance(kept_ratio, torch.Tensor):
+        return kept_ratio.double().clamp(1e-6, 1.0) ** (1.0 / groups)
+    return min(1.0, max(float(kept_ratio), 1e-6) ** (1.0 / groups))
+
+
+def topk_gmacs(model, method: "Method", keep_ratio: torch.Tensor) -> torch.Tensor:
+    """(B,) GMACs of a top-k method at per-selection keep_ratio (B,), without running the model.
+
+    Follows the model's own rule (num_to_keep per selection, then the group's blocks at that
+    count + cls) with the same flops formulas; tested equal to the measured `out.gflops`.
+    """
+    ratio = keep_ratio.cpu()
+    N, dim = model.num_patches, model.embed_dim
+    depth = len(model.blocks) // model.groups
+    alive = torch.full(ratio.shape, N, dtype=torch.long)
+    macs = torch.full(ratio.shape, float(flops.patch_embed_macs(
+        N, model.patch_size, model.embed.patch_embed.proj.in_channels, dim)), dtype=torch.float64)
+    for _ in range(model.groups):
+        macs = macs + method.scoring_macs(alive.double(), dim)
+        alive = num_to_keep(alive, ratio)
+        macs = macs + depth * flops.block_macs(alive.double() + 1, dim, model.mlp_ratio)
+    return ((macs + dim * model.num_classes) / 1e9).float()
+
+
+def _no_macs(n: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.zeros_like(n)
+
+
 @dataclass(frozen=True)
 class Method:
     """One token-reduction method.
@@ -80,29 +111,27 @@ class Method:
     learned      decides with trained weights (the interpreter): it is the reference a matched
                  comparison matches, and has no budget of its own
     summary      one line for docs and --help: how it scores and decides
-    select       (SelectionInput, keep_ratio per selection: float or (B,)) -> Selection;
+    select       (SelectionInput, setting: float or (B,)) -> Selection, run before each group;
                  None: keeps every token (the do-nothing path)
     scoring_macs (alive counts (B,) float64, embed dim) -> (B,) MACs of scoring (cost formula)
+    setting_for  budget mapping: (kept_ratio float or (B,), groups D) -> the per-call setting
+                 (`keep_ratio` of `model(x, ...)`); default: the top-k rule kept_ratio ** (1/D)
+    gmacs_at     cost of a setting: (model, method, setting (B,)) -> (B,) GMACs without a
+                 forward; used to match a GMACs budget (default: the top-k count chain)
     """
     name: str
     selector: str
     learned: bool
     summary: str
     select: Callable[[SelectionInput, float | torch.Tensor], Selection] | None = None
-    scoring_macs: Callable[[torch.Tensor, int], torch.Tensor] = field(
-        default=lambda n, dim: torch.zeros_like(n))
+    scoring_macs: Callable[[torch.Tensor, int], torch.Tensor] = _no_macs
+    setting_for: Callable[[float | torch.Tensor, int], float | torch.Tensor] = topk_setting
+    gmacs_at: Callable[..., torch.Tensor] = topk_gmacs
 
     @property
     def budgeted(self) -> bool:
         """True when a budget sets its keep ratio (top-k baselines); False: original, learned."""
         return self.select is not None and not self.learned
-
-    def setting_for(self, kept_ratio: float | torch.Tensor, groups: int) -> float | torch.Tensor:
-        """Per-selection keep ratio that leaves `kept_ratio` of the patches after `groups`
-        selections, each keeping that ratio of the alive tokens: kept_ratio ** (1 / D)."""
-        if isinstance(kept_ratio, torch.Tensor):
-            return kept_ratio.double().clamp(1e-6, 1.0) ** (1.0 / groups)
-        return min(1.0, max(float(kept_ratio), 1e-6) ** (1.0 / groups))
 
 
 # ---- the scorers behind one signature ----
@@ -180,26 +209,14 @@ def parse_methods(text: str) -> list[str]:
 
 def predicted_gmacs(model, method: str, keep_ratio: float | torch.Tensor,
                     batch: int = 1) -> torch.Tensor:
-    """(B,) GMACs `model(x, selector=method, keep_ratio=keep_ratio)` reports, without running it.
-
-    Follows the model's own rule (num_to_keep per selection, then the group's blocks at that
-    count + cls) with the same flops formulas; tested equal to the measured `out.gflops`.
-    """
+    """(B,) GMACs `model(x, selector=method, keep_ratio=keep_ratio)` reports, without running it
+    (the method's `gmacs_at`)."""
     m = get_method(method)
     if not m.budgeted:
         raise ValueError(f"{method}: only budgeted methods have a cost as a function of keep_ratio")
-    ratio = keep_ratio if isinstance(keep_ratio, torch.Tensor) else torch.full((batch,), keep_ratio)
-    ratio = ratio.cpu()
-    N, dim = model.num_patches, model.embed_dim
-    depth = len(model.blocks) // model.groups
-    alive = torch.full(ratio.shape, N, dtype=torch.long)
-    macs = torch.full(ratio.shape, float(flops.patch_embed_macs(
-        N, model.patch_size, model.embed.patch_embed.proj.in_channels, dim)), dtype=torch.float64)
-    for _ in range(model.groups):
-        macs = macs + m.scoring_macs(alive.double(), dim)
-        alive = num_to_keep(alive, ratio)
-        macs = macs + depth * flops.block_macs(alive.double() + 1, dim, model.mlp_ratio)
-    return ((macs + dim * model.num_classes) / 1e9).float()
+    ratio = keep_ratio if isinstance(keep_ratio, torch.Tensor) else torch.full(
+        (batch,), float(keep_ratio), dtype=torch.float64)
+    return m.gmacs_at(model, m, ratio)
 
 
 def setting_for_gmacs(model, method: str, gmacs: torch.Tensor, iters: int = 40) -> torch.Tensor:
@@ -227,7 +244,7 @@ def calibrate_interpreter(model, x: torch.Tensor, kept_ratio: float) -> list[flo
     if kept_ratio >= 1.0:
         thresholds = [0.0] * model.groups
     else:
-        ratio = METHODS["interpreter"].setting_for(kept_ratio, model.groups)
+        ratio = topk_setting(kept_ratio, model.groups)
         thresholds = []
         for j in range(model.groups):
             for interpreter, threshold in zip(model.interpreters, thresholds):
@@ -302,4 +319,4 @@ def run_methods(model, x: torch.Tensor, methods: list[str], *, match: str = "rat
 
 __all__ = ["MATCH_MODES", "METHODS", "Method", "SELECTORS", "Selection", "SelectionInput",
            "budget_kwargs", "calibrate_interpreter", "get_method", "parse_methods", "predicted_gmacs", "reference_budget",
-           "run_methods", "setting_for_gmacs"]
+           "run_methods", "setting_for_gmacs", "topk_gmacs", "topk_setting"]
