@@ -65,7 +65,9 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
 
     if args.csv is not None:
         from videored.data import VideoClipDataset, iter_video_list, mask_path
-        from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+        from videored.normalization import model_normalization
+
+        norm = model_normalization(model)  # the weights' own preprocessing
 
         # object outlines when every listed video has its masks (e.g. the synthetic dataset)
         with_masks = all(mask_path(row.path).is_file() for row in iter_video_list(args.csv)
@@ -74,7 +76,7 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
         ds = VideoClipDataset(args.csv, mode="test", num_frames=T, sampling_rate=sampling_rate,
                               target_fps=target_fps, crop_size=gh * model.patch_size,
                               num_spatial_crops=1, backend=args.backend,
-                              return_masks=with_masks)
+                              return_masks=with_masks, mean=norm.mean, std=norm.std)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         for i in range(n):
             item = ds[i]
@@ -83,7 +85,7 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
                 continue
             desc = (f"centre {ds.crop_size}x{ds.crop_size} crop (short side -> {ds.crop_size}), "
                     f"centred clip of {T} frames, stride {sampling_rate} at {target_fps:g} fps")
-            yield item["path"], PreparedInput(item["video"], KINETICS_MEAN, KINETICS_STD, desc,
+            yield item["path"], PreparedInput(item["video"], norm.mean, norm.std, desc,
                                               item.get("mask")), item["label"], None
         return
     paths = [args.path]

@@ -15,13 +15,14 @@ from videored.data.csv_list import classes_file_for, iter_video_list, read_class
 from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
 from videored.data.masks import load_masks
 from videored.data.sampling import centred_start, clip_indices, clip_span, random_start
+from videored.normalization import TIMESFORMER
 
 log = logging.getLogger(__name__)
 
 MODES = ("train", "val", "test")
-# TimeSformer's Kinetics normalization (DATA.MEAN / DATA.STD of its configs).
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
+# The constructor's default (TimeSformer's Kinetics normalization); the commands pass the
+# weights' own (videored.normalization).
+KINETICS_MEAN, KINETICS_STD = TIMESFORMER.mean, TIMESFORMER.std
 
 
 class VideoClipDataset(Dataset):

@@ -2,9 +2,9 @@
 
 Video: the centred clip of `VideoClipDataset(mode="test")` (same `sampling` functions, so the
 same frame indices), the short side resized to the model's input size and the centre crop, with
-the Kinetics normalization; works for any size, orientation and frame rate decord/PyAV can read
-(a video decord fails on is decoded again with PyAV, which gives the same frames).
-Image: DeiT's evaluation transform (`build_imagenet_transform`), ImageNet normalization.
+the model's own normalization (`videored.normalization`); works for any size, orientation and
+frame rate decord/PyAV can read (a video decord fails on is decoded again with PyAV, which gives the same frames).
+Image: DeiT's evaluation transform (`build_imagenet_transform`), the model's own normalization.
 The uint8 pixels shown in figures are the normalized input mapped back, i.e. the crop the model saw.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from videored.normalization import IMAGENET, TIMESFORMER, Normalization, model_normalization
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -34,7 +36,8 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
-                    target_fps: float, backend: str = "decord") -> PreparedInput:
+                    target_fps: float, backend: str = "decord",
+                    normalization: Normalization = TIMESFORMER) -> PreparedInput:
     """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized.
 
     When object masks are stored beside the video (`name.masks.npz`), `mask` holds those of the
@@ -43,7 +46,7 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
     from videored.data import VideoDecodeError, load_masks, mask_path, open_video
     from videored.data import transforms as T
     from videored.data.sampling import centred_start, clip_indices, clip_span
-    from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+    mean, std = normalization.mean, normalization.std
 
     def decode(backend: str):
         with open_video(path, backend) as video:
@@ -65,7 +68,7 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
     h, w = frames.shape[1:3]
     clip = T.short_side_resize(T.to_float_cthw(frames), crop_size)  # (3, T, H', W')
     top, left = T.spatial_crop_offsets(clip.shape[-2], clip.shape[-1], crop_size, 0, 1)
-    x = T.normalize(T.crop(clip, top, left, crop_size), KINETICS_MEAN, KINETICS_STD).contiguous()
+    x = T.normalize(T.crop(clip, top, left, crop_size), mean, std).contiguous()
     description = (f"centre {crop_size}x{crop_size} crop of {w}x{h} video (short side -> "
                    f"{crop_size}), frames {idx.tolist()} of {length} at {fps:g} fps"
                    + (" (PyAV)" if backend == "pyav" else ""))
@@ -77,14 +80,13 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
                              f"({length}, {h}, {w})")
         mask = T.short_side_resize_mask(torch.from_numpy(masks[idx]), crop_size)
         mask = T.crop(mask, top, left, crop_size).contiguous()
-    return PreparedInput(x=x, mean=KINETICS_MEAN, std=KINETICS_STD, description=description,
-                         mask=mask)
+    return PreparedInput(x=x, mean=mean, std=std, description=description, mask=mask)
 
 
-def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
+def load_image(path: str | Path, *, img_size: int,
+               normalization: Normalization = IMAGENET) -> PreparedInput:
     """DeiT's evaluation view of an image file: x (3, img_size, img_size) normalized."""
     from PIL import Image
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from videored.data import build_imagenet_transform
 
@@ -93,12 +95,12 @@ def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
             image = im.convert("RGB")
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read image: {e}") from e
-    x = build_imagenet_transform(False, img_size)(image)
+    mean, std = normalization.mean, normalization.std
+    x = build_imagenet_transform(False, img_size, mean=mean, std=std)(image)
     resize = int(img_size / 0.875)
     description = (f"centre {img_size}x{img_size} crop of {image.width}x{image.height} image "
                    f"(short side -> {resize})")
-    return PreparedInput(x=x, mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD),
-                         description=description)
+    return PreparedInput(x=x, mean=mean, std=std, description=description)
 
 
 def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: int = 32,
@@ -107,15 +109,16 @@ def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: in
     T, gh, _ = model.grid
     size = gh * model.patch_size
     video_model = model.embed.num_frames is not None
+    norm = model_normalization(model)  # the weights' own preprocessing
     if is_image_file(path):
         if video_model:
             raise ValueError(f"{path} is an image but the model is a video model ({T} frames)")
-        return load_image(path, img_size=size)
+        return load_image(path, img_size=size, normalization=norm)
     if not video_model:
         raise ValueError(f"{path} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                          "but the model is an image model")
     return load_video_clip(path, num_frames=T, crop_size=size, sampling_rate=sampling_rate,
-                           target_fps=target_fps, backend=backend)
+                           target_fps=target_fps, backend=backend, normalization=norm)
 
 
 def video_frames_uint8(prepared: PreparedInput) -> np.ndarray:
