@@ -89,7 +89,8 @@ def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
         mode=split, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
         target_fps=d.target_fps, crop_size=cfg.model.img_size,
         train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
-        num_temporal_views=d.num_temporal_views, backend=d.backend, mean=norm.mean, std=norm.std)
+        num_temporal_views=d.num_temporal_views, backend=d.backend, sampling=d.sampling,
+        mean=norm.mean, std=norm.std)
     return VideoClipDataset(str(csv), **{**kwargs, **overrides})
 
 

@@ -46,6 +46,9 @@ class DataConfig:
     num_spatial_crops: int = 1  # val/test views per video during training-time validation
     num_temporal_views: int = 1
     backend: str = "decord"  # decord | pyav
+    # frame sampling convention: videored (fps-aware, centred, clamped) | mmaction (SampleFrames:
+    # raw frames exactly sampling_rate apart, looped) | timesformer (linspace; test view at frame 0)
+    sampling: str = "videored"
     # Input normalization on [0, 1] pixels; None: the weights' own, recorded when they were
     # loaded (videored.normalization). Set both to override.
     mean: Optional[list[float]] = None
@@ -175,6 +178,9 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     if cfg.model.time_embed_resize not in ("linear", "nearest"):
         raise ConfigError(f"key 'model.time_embed_resize': use linear or nearest, not "
                           f"{cfg.model.time_embed_resize!r}")
+    if cfg.data.sampling not in ("videored", "mmaction", "timesformer"):
+        raise ConfigError(f"key 'data.sampling': use videored, mmaction or timesformer, not "
+                          f"{cfg.data.sampling!r}")
     if (cfg.data.mean is None) != (cfg.data.std is None):
         raise ConfigError("keys 'data.mean' / 'data.std': set both or neither (null: the "
                           "weights' own normalization)")

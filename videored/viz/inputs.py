@@ -37,7 +37,8 @@ def is_image_file(path: str | Path) -> bool:
 
 def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
                     target_fps: float, backend: str = "decord",
-                    normalization: Normalization = TIMESFORMER) -> PreparedInput:
+                    normalization: Normalization = TIMESFORMER,
+                    sampling: str = "videored") -> PreparedInput:
     """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized.
 
     When object masks are stored beside the video (`name.masks.npz`), `mask` holds those of the
@@ -45,14 +46,14 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
     """
     from videored.data import VideoDecodeError, load_masks, mask_path, open_video
     from videored.data import transforms as T
-    from videored.data.sampling import centred_start, clip_indices, clip_span
+    from videored.data.sampling import frame_indices
+
     mean, std = normalization.mean, normalization.std
 
     def decode(backend: str):
         with open_video(path, backend) as video:
-            span = clip_span(num_frames, sampling_rate, target_fps, video.fps)
-            idx = clip_indices(centred_start(video.num_frames, span), span, num_frames,
-                               video.num_frames)
+            idx = frame_indices(sampling, video.num_frames, video.fps, num_frames=num_frames,
+                                sampling_rate=sampling_rate, target_fps=target_fps, train=False)
             return video.get_frames(idx), idx, video.fps, video.num_frames  # (T, H, W, 3) uint8
 
     try:
@@ -104,7 +105,8 @@ def load_image(path: str | Path, *, img_size: int,
 
 
 def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: int = 32,
-                  target_fps: float = 30, backend: str = "decord") -> PreparedInput:
+                  target_fps: float = 30, backend: str = "decord",
+                  sampling: str = "videored") -> PreparedInput:
     """Video or image input for `model` (its frames and input size decide the geometry)."""
     T, gh, _ = model.grid
     size = gh * model.patch_size
@@ -118,7 +120,8 @@ def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: in
         raise ValueError(f"{path} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                          "but the model is an image model")
     return load_video_clip(path, num_frames=T, crop_size=size, sampling_rate=sampling_rate,
-                           target_fps=target_fps, backend=backend, normalization=norm)
+                           target_fps=target_fps, backend=backend, normalization=norm,
+                           sampling=sampling)
 
 
 def video_frames_uint8(prepared: PreparedInput) -> np.ndarray:
