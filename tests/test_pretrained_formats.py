@@ -317,16 +317,24 @@ def test_distilled_deit_dropped_with_a_one_line_notice(tmp_path, caplog, strip_h
 
 # ---------------------------------------------------------------- normalization travels
 
-def test_mmaction2_model_pt_evaluates_with_127_5_without_any_flag(tmp_path):
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from videored.data import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(root, num_classes=2, videos_per_class=2, seed=0, val_per_class=1,
+                            test_per_class=1)
+    return root
+
+
+def test_mmaction2_model_pt_evaluates_with_127_5_without_any_flag(tmp_path, synth_root):
     """mmaction2 file -> model.pt -> `videored eval`: the clips fed are (pixels - 127.5) / 127.5."""
     from videored.cli import main
-    from videored.data import VideoClipDataset, write_synthetic_dataset
+    from videored.data import VideoClipDataset
     from videored.engine.builders import build_dataset
     from videored.engine.config import load_config
 
-    root = tmp_path / "data"
-    write_synthetic_dataset(root, num_classes=2, videos_per_class=1, seed=0, val_per_class=1,
-                            test_per_class=1)
+    root = synth_root
     _mmaction_file(tmp_path / "mm.pth")
     model = create_model(VIDEO, num_frames=FRAMES, pretrained_path=str(tmp_path / "mm.pth"), **SMALL)
     save_model_file(model, tmp_path / "model.pt")
@@ -350,3 +358,36 @@ run: {{device: cpu, progress: false}}
     for i in (0, 4):
         pixels = plain[i]["video"] * 255.0  # the same crop, 0-255 scale, no normalization
         torch.testing.assert_close(ran[i]["video"], (pixels - 127.5) / 127.5, atol=1e-5, rtol=0)
+
+
+def test_shipped_mmaction2_config_eval_and_iared2_recipe_from_the_file(tmp_path, synth_root):
+    """configs/k400/jointst_b_8x224_mmaction2_iared2.yaml, shrunk: `videored eval` on the mmaction2
+    file itself, then `videored train` (interpreter + finetune) from it, then eval of its model.pt."""
+    from videored.cli import main
+
+    mm = tmp_path / "mm.pth"
+    _mmaction_file(mm)
+    shrink = [f"model.pretrained_path={mm}", f"data.root={synth_root}", f"model.img_size={SIZE}",
+              f"model.num_frames={FRAMES}", f"model.depth={DEPTH}", f"model.num_classes={CLASSES}",
+              f"model.kwargs={{embed_dim: {DIM}, num_heads: {HEADS}}}", "data.batch_size=2",
+              "data.num_workers=0", "data.sampling_rate=7", "data.train_jitter_scales=[32,40]",
+              "schedule.max_steps_per_epoch=1", "schedule.interpreter_epochs=1",
+              "optim.reference_batch=null", "run.device=cpu", "run.progress=false",
+              "run.ckpt_every_steps=0"]
+    config = "configs/k400/jointst_b_8x224_mmaction2_iared2.yaml"
+    assert main(["eval", "--config", config, "--checkpoint", str(mm), "--methods", "original",
+                 "--out", str(tmp_path / "original"), "--speed-runs", "0", *shrink]) == 0
+    original = json.loads((tmp_path / "original" / "results.json").read_text())
+    assert original["config"]["data"]["mean"] == [0.5] * 3
+    assert original["config"]["data"]["sampling"] == "mmaction"
+
+    assert main(["train", "--config", config, "--out", str(tmp_path / "run"), *shrink]) == 0
+    trained = load_model_file(tmp_path / "run" / "model.pt")
+    assert trained.interpreters is not None and trained.normalization.mean == (0.5,) * 3
+    assert "mmaction2" in trained.normalization.source
+    assert "mean:\n  - 0.5" in (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--dense-checkpoint",
+                 str(mm), "--out", str(tmp_path / "iared2"), "--speed-runs", "0"]) == 0
+    both = json.loads((tmp_path / "iared2" / "results.json").read_text())
+    assert both["config"]["data"]["mean"] == [0.5] * 3
+    assert both["methods"]["original"]["video1_err"] == original["methods"]["original"]["video1_err"]
