@@ -27,6 +27,7 @@ setup(
         "numpy",
         "matplotlib>=3.9",  # first release built against numpy 2
         "pillow",
+        "safetensors>=0.4",  # timm/HF weight files, read by content whatever their extension
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout"]},
     entry_points={"console_scripts": ["videored=videored.cli:main"]},

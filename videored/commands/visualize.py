@@ -73,6 +73,9 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
 
     if args.csv is not None:
         from videored.data import iter_video_list, mask_path
+        from videored.normalization import model_normalization
+
+        norm = model_normalization(model)  # the weights' own preprocessing
 
         # object outlines when every listed video has its masks (e.g. the synthetic dataset)
         with_masks = all(mask_path(row.path).is_file() for row in iter_video_list(args.csv)
@@ -80,7 +83,8 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
         T, gh, _ = model.grid
         ds = test_clips(args.csv, num_frames=T, crop_size=gh * model.patch_size,
                         sampling_rate=sampling_rate, target_fps=target_fps, backend=args.backend,
-                        return_masks=with_masks)
+                        return_masks=with_masks, normalization=norm,
+                        sampling=args.sampling_style)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         for i in range(n):
             item = ds[i]
@@ -99,7 +103,8 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
     for path in paths:
         try:
             yield str(path), prepare_input(path, model, sampling_rate=sampling_rate,
-                                           target_fps=target_fps, backend=args.backend), None, None
+                                           target_fps=target_fps, backend=args.backend,
+                                           sampling=args.sampling_style), None, None
         except Exception as e:  # a bad file is reported and skipped; the others still render
             yield str(path), None, None, f"{type(e).__name__}: {e}"
 
@@ -153,6 +158,7 @@ def main(args: argparse.Namespace) -> int:
     data_cfg = _training_data_config(args.checkpoint)
     sampling_rate = args.sampling_rate or int(data_cfg.get("sampling_rate") or 32)
     target_fps = args.target_fps or float(data_cfg.get("target_fps") or 30)
+    args.sampling_style = data_cfg.get("sampling") or "videored"  # the training run's convention
     video_model = model.embed.num_frames is not None
     if args.csv is not None and not video_model:
         raise SystemExit(f"--csv lists videos but {args.checkpoint} is an image model; "

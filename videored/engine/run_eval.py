@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from videored.models.methods import get_method
+from videored.normalization import resolve_normalization
 from videored.tables import markdown_table
 
 from .builders import build_dataset, build_model, is_video_model, unpack_batch
@@ -110,6 +111,7 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     model = load_for_eval(cfg, checkpoint, "interpreter" in methods).to(dist.device).eval()
     dense = model if dense_checkpoint is None else load_for_eval(
         cfg, dense_checkpoint, need_interpreter=False).to(dist.device).eval()
+    resolve_normalization(cfg, model, dense)  # the weights' own unless the config overrides it
     dataset = build_dataset(cfg, split)
     num_classes = cfg.model.num_classes
     batch_size = batch_size or cfg.data.batch_size

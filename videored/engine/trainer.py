@@ -350,6 +350,8 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
     """
     import torch.distributed as tdist
 
+    from videored.normalization import resolve_normalization
+
     from .builders import build_dataset, build_model
     from .distributed import cleanup, init_distributed
 
@@ -358,6 +360,7 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
     try:
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
+        resolve_normalization(cfg, model)  # the weights' own, unless the config overrides it
         train_set = train_set if train_set is not None else build_dataset(cfg, "train")
         if val_set is None and cfg.data.val_split:
             val_set = build_dataset(cfg, cfg.data.val_split)

@@ -104,6 +104,9 @@ class TokenReductionViT(nn.Module):
                                      interpreter_init_keep)
                 for _ in range(groups))
         self._generator: torch.Generator | None = None  # random selector, created on first use
+        # The input normalization the weights expect (videored.normalization.Normalization):
+        # set by create_model / load_pretrained, stored in model.pt by save_model_file.
+        self.normalization = None
         self.apply(_init_weights)
         for interpreter in self.interpreters or ():
             interpreter.init_biases()  # after _init_weights, which zeroes every bias

@@ -1,9 +1,10 @@
 """Model inputs from one file (video or image), taken from the test-mode datasets themselves.
 
 Video: `VideoClipDataset(mode="test", num_spatial_crops=1)` over the file (a one-line list), so
-the decode (decord, PyAV fallback), frame indices, short-side resize, centre crop, Kinetics
-normalization and object masks are the dataset's own: one definition, nothing repeated here.
-Image: DeiT's evaluation transform (`build_imagenet_transform`), ImageNet normalization.
+the decode (decord, PyAV fallback), frame indices, short-side resize, centre crop and object masks
+are the dataset's own: one definition, nothing repeated here. Both views use the model's own
+normalization (`videored.normalization`).
+Image: DeiT's evaluation transform (`build_imagenet_transform`).
 The uint8 pixels shown in figures are the normalized input mapped back, i.e. the crop the model saw.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from videored.normalization import IMAGENET, TIMESFORMER, Normalization, model_normalization
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -34,14 +37,16 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def test_clips(csv_path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
-               target_fps: float, backend: str = "decord", return_masks: bool = False):
+               target_fps: float, backend: str = "decord", return_masks: bool = False,
+               normalization: Normalization = TIMESFORMER, sampling: str = "videored"):
     """The test-mode dataset the figures take their clips from: the centred clip, centre crop."""
     from videored.data import VideoClipDataset
 
     return VideoClipDataset(csv_path, mode="test", num_frames=num_frames,
                             sampling_rate=sampling_rate, target_fps=target_fps,
                             crop_size=crop_size, num_spatial_crops=1, backend=backend,
-                            return_masks=return_masks)
+                            return_masks=return_masks, mean=normalization.mean,
+                            std=normalization.std, sampling=sampling)
 
 
 def prepared_item(dataset, item: dict) -> PreparedInput:
@@ -54,7 +59,9 @@ def prepared_item(dataset, item: dict) -> PreparedInput:
 
 
 def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
-                    target_fps: float, backend: str = "decord") -> PreparedInput:
+                    target_fps: float, backend: str = "decord",
+                    normalization: Normalization = TIMESFORMER,
+                    sampling: str = "videored") -> PreparedInput:
     """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized.
 
     When object masks are stored beside the video (`name.masks.npz`), `mask` (T, crop, crop)
@@ -68,17 +75,18 @@ def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampli
         listing.write_text(f"{Path(path).resolve()} 0\n", encoding="utf-8")
         dataset = test_clips(listing, num_frames=num_frames, crop_size=crop_size,
                              sampling_rate=sampling_rate, target_fps=target_fps, backend=backend,
-                             return_masks=mask_path(path).is_file())
+                             return_masks=mask_path(path).is_file(),
+                             normalization=normalization, sampling=sampling)
     item = dataset[0]
     if item["failed"]:
         raise ValueError(f"{path}: could not be decoded (see the warning above)")
     return prepared_item(dataset, item)
 
 
-def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
+def load_image(path: str | Path, *, img_size: int,
+               normalization: Normalization = IMAGENET) -> PreparedInput:
     """DeiT's evaluation view of an image file: x (3, img_size, img_size) normalized."""
     from PIL import Image
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from videored.data import build_imagenet_transform
 
@@ -87,29 +95,32 @@ def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
             image = im.convert("RGB")
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read image: {e}") from e
-    x = build_imagenet_transform(False, img_size)(image)
+    mean, std = normalization.mean, normalization.std
+    x = build_imagenet_transform(False, img_size, mean=mean, std=std)(image)
     resize = int(img_size / 0.875)
     description = (f"centre {img_size}x{img_size} crop of {image.width}x{image.height} image "
                    f"(short side -> {resize})")
-    return PreparedInput(x=x, mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD),
-                         description=description)
+    return PreparedInput(x=x, mean=mean, std=std, description=description)
 
 
 def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: int = 32,
-                  target_fps: float = 30, backend: str = "decord") -> PreparedInput:
+                  target_fps: float = 30, backend: str = "decord",
+                  sampling: str = "videored") -> PreparedInput:
     """Video or image input for `model` (its frames and input size decide the geometry)."""
     T, gh, _ = model.grid
     size = gh * model.patch_size
     video_model = model.embed.num_frames is not None
+    norm = model_normalization(model)  # the weights' own preprocessing
     if is_image_file(path):
         if video_model:
             raise ValueError(f"{path} is an image but the model is a video model ({T} frames)")
-        return load_image(path, img_size=size)
+        return load_image(path, img_size=size, normalization=norm)
     if not video_model:
         raise ValueError(f"{path} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                          "but the model is an image model")
     return load_video_clip(path, num_frames=T, crop_size=size, sampling_rate=sampling_rate,
-                           target_fps=target_fps, backend=backend)
+                           target_fps=target_fps, backend=backend, normalization=norm,
+                           sampling=sampling)
 
 
 def video_frames_uint8(prepared: PreparedInput) -> np.ndarray:
