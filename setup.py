@@ -27,6 +27,7 @@ setup(
         "numpy",
         "matplotlib>=3.9",  # first release built against numpy 2
         "pillow",
+        "safetensors>=0.4",  # timm/HF weight files, read by content whatever their extension
     ],
     extras_require={
         # ImageNet-Segmentation's gtsegs_ijcv.mat is MATLAB v7.3 = HDF5 (paper Table 1)

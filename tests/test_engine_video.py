@@ -28,7 +28,14 @@ def _cfg(root, *extra):
 
 
 def test_build_dataset_video_splits(synth_root):
+    from videored.engine.builders import build_model
+    from videored.normalization import resolve_normalization
+
     cfg = _cfg(synth_root)
+    with pytest.raises(ValueError, match="not resolved"):  # never a guessed normalization
+        build_dataset(cfg, "train")
+    resolve_normalization(cfg, build_model(cfg))  # a new model: videored's video default
+    assert cfg.data.mean == [0.45] * 3 and cfg.data.std == [0.225] * 3
     train_set = build_dataset(cfg, "train")
     item = train_set[0]
     assert item["video"].shape == (3, 4, 64, 64) and item["label"] in (0, 1)

@@ -70,23 +70,32 @@ def test_table1_on_an_imagenet_segmentation_file(tmp_path, capsys):
     grid, N = (1, 4, 4), 16
     with torch.no_grad():
         interp = model(x, selector="interpreter").keep[-1].numpy()
-    f = interp.mean()
-    assert methods["interpreter"]["kept"] == pytest.approx(f)
-    assert 0 < f < 1
+    f = interp.mean(1)  # (5,) the interpreter's kept fraction on each image
+    assert methods["interpreter"]["kept"] == pytest.approx(f.mean())
+    assert 0 < f.mean() < 1 and len(set(f)) > 1  # fractions differ: matching is per image
     pred = np.stack([_pixels(k, grid, 8) for k in interp])
     assert {k: methods["interpreter"][k] for k in ("pixel_acc", "mean_acc", "miou")} == \
         pytest.approx(_metrics(pred.ravel(), target.ravel()))
-    k = max(1, round(f * N))  # explanations keep the interpreter's mean fraction in one selection
+    # explanations keep, image by image, the interpreter's fraction in one selection
+    ks = [max(1, round(fb * N)) for fb in f]
     for m in ("rollout", "gradcam", "chefer"):
         s = explanation_scores(model, x, m).numpy()
         keep = np.zeros_like(s, bool)
         for b in range(5):
-            keep[b, np.argsort(-s[b], kind="stable")[:k]] = True
+            keep[b, np.argsort(-s[b], kind="stable")[:ks[b]]] = True
         pred = np.stack([_pixels(kb, grid, 8) for kb in keep])
-        assert methods[m]["kept"] == pytest.approx(k / N)
+        assert methods[m]["kept"] == pytest.approx(np.mean(ks) / N)
         assert methods[m]["miou"] == pytest.approx(_metrics(pred.ravel(), target.ravel())["miou"])
-    # baselines: f^(1/3) per selection over D = 3 groups lands near the same final fraction
-    assert res["baseline_keep_ratio"] == pytest.approx(f ** (1 / 3))
+    # baselines: f_b^(1/3) per selection over D = 3 groups, image by image (hand formula)
+    with torch.no_grad():
+        att = np.concatenate([model(x[b:b + 1], selector="attention",
+                                    keep_ratio=float(f[b]) ** (1 / 3)).keep[-1].numpy()
+                              for b in range(5)])
+    pred = np.stack([_pixels(kb, grid, 8) for kb in att])
+    assert methods["attention"]["kept"] == pytest.approx(att.mean())
+    assert {k: methods["attention"][k] for k in ("pixel_acc", "mean_acc", "miou")} == \
+        pytest.approx(_metrics(pred.ravel(), target.ravel()))
+    assert res["budget"] == {"match": "ratio", "reference": "interpreter"}
     md = (out / "results.md").read_text()
     assert ("| metric | interpreter (ours) | attention | random | temporal_difference | "
             "rollout † | gradcam † | chefer † |") in md

@@ -11,7 +11,7 @@ from videored.viz import figures
 from videored.viz.heatmap import mask_outline, patch_grid, render_overlays
 from videored.viz.inputs import prepare_input, video_frames_uint8
 
-METHODS = ("interpreter", "attention", "temporal_difference", "random")
+METHODS = ("interpreter", "random", "attention", "temporal_difference")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_video_input_is_the_test_datasets_centre_clip(files, tmp_path):
     ds = VideoClipDataset(tmp_path / "one.csv", mode="test", num_frames=4, sampling_rate=4,
                           target_fps=30, crop_size=32, num_spatial_crops=1)
     torch.testing.assert_close(prepared.x, ds[0]["video"], rtol=0, atol=0)
-    assert "64x96 video" in prepared.description and "25 fps" in prepared.description
+    assert prepared.description == ("centre 32x32 crop (short side -> 32), centred clip of 4 "
+                                    "frames, stride 4 at 30 fps")
 
 
 def test_object_masks_beside_the_video_are_cropped_like_the_dataset(files, tmp_path, capsys):
@@ -131,7 +132,6 @@ def test_decord_failures_fall_back_to_pyav(files, tmp_path):
     from videored.models import load_model_file
     model = load_model_file(files / "video.pt")
     prepared = prepare_input(files / "narrow.mp4", model, sampling_rate=4, target_fps=30)
-    assert prepared.description.endswith("(PyAV)")
     (tmp_path / "one.csv").write_text(f"{files / 'narrow.mp4'} 0\n")
     ds = VideoClipDataset(tmp_path / "one.csv", mode="test", num_frames=4, sampling_rate=4,
                           target_fps=30, crop_size=32, num_spatial_crops=1, backend="pyav")
@@ -163,7 +163,7 @@ def test_baselines_default_to_the_interpreters_kept_fraction(files):
     kept = matched["interpreter"][1].mean()
     for m in METHODS[1:]:
         assert matched[m][1].mean() == pytest.approx(kept)
-        assert "interpreter's kept fraction" in notes[m]
+        assert "the interpreter's kept ratio" in notes[m]
     assert fixed["random"][1].mean() == pytest.approx(0.25)  # 4 of 16 patches
 
 
@@ -196,5 +196,5 @@ def test_bad_inputs_give_clear_errors(files, tmp_path, capsys):
     x = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30).x
     with torch.no_grad():
         results, notes = _run_methods(model, x, ["random"], None)
-    assert notes["random"] == "keep ratio 0.500 (model default)"  # nothing to match
+    assert notes["random"] == "keep ratio 0.500 per selection (model default)"  # nothing to match
     assert results["random"][1].mean() == pytest.approx(0.5)

@@ -1,12 +1,18 @@
 """`videored eval`: every method on one trained model, clip-1 / video-1, speed; results.json + .md.
 
     videored eval --config CFG --checkpoint model.pt --out DIR \
-        [--methods original,random,attention,temporal_difference,interpreter] [--keep-ratio R]
+        [--methods original,random,attention,temporal_difference,interpreter] \
+        [--match ratio|gmacs] [--kept-ratio R]
 
     videored eval --checkpoint model.pt --interpretability --masks gtsegs_ijcv.mat   # Table 1
 
-Baselines keep the interpreter's measured mean kept ratio on the same data unless --keep-ratio
-is given (the paper compares methods at equal speed). Runs under torchrun / SLURM like `train`.
+Every name in --methods is an entry of the method table (`videored.models.methods`); with
+--masks, also the explanation-only baselines (`methods.EXPLANATIONS`: rollout, gradcam, chefer).
+Budgeted methods (the baselines) match the interpreter view by view: the same kept ratio
+(fraction of patches reaching the last block; --match ratio, the default) or the same GMACs
+(--match gmacs), unless a fixed --kept-ratio is given; explanations keep the interpreter's kept
+ratio. results.json records which. Runs under torchrun / SLURM like `train` (--masks: one
+process).
 """
 from __future__ import annotations
 
@@ -15,10 +21,7 @@ import sys
 from pathlib import Path
 
 from videored.engine.run_interpretability import TABLE1_METHODS
-from videored.models.selectors import METHOD_SELECTORS
-from videored.viz.explanations import EXPLANATIONS
-
-METHODS = tuple(METHOD_SELECTORS)
+from videored.models.methods import EXPLANATIONS, MATCH_MODES, METHODS, get_method, parse_methods
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,10 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every method on --checkpoint")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: next to checkpoint)")
     p.add_argument("--methods", default=None,
-                   help=f"comma list (default: {','.join(METHODS)}; with --masks: "
-                        f"{','.join(TABLE1_METHODS)})")
-    p.add_argument("--keep-ratio", type=float, default=None,
-                   help="baselines' keep ratio (default: the interpreter's measured kept ratio)")
+                   help=f"comma list from the method table: {', '.join(METHODS)} (default: all; "
+                        f"with --masks: {','.join(TABLE1_METHODS)}, explanation-only "
+                        f"{', '.join(EXPLANATIONS)} allowed)")
+    p.add_argument("--match", default="ratio", choices=MATCH_MODES,
+                   help="matched comparison: baselines reach the interpreter's kept ratio "
+                        "(ratio) or its GMACs (gmacs), view by view")
+    p.add_argument("--kept-ratio", "--keep-ratio", dest="kept_ratio", type=float, default=None,
+                   help="a fixed budget instead: fraction of patch tokens reaching the last block "
+                        "for every baseline (--keep-ratio: old name, same meaning)")
     p.add_argument("--split", default="test", help="csv split / image folder split to score")
     p.add_argument("--spatial-crops", type=int, default=3, help="video-1 views (paper: 3)")
     p.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
@@ -60,14 +68,15 @@ def main(args: argparse.Namespace) -> int:
     if args.masks is not None and not args.interpretability:
         print("videored eval: --masks goes with --interpretability", file=sys.stderr)
         return 2
-    allowed = METHODS + EXPLANATIONS if args.masks is not None else METHODS
-    default = TABLE1_METHODS if args.masks is not None else METHODS
-    methods = [m.strip() for m in (args.methods or ",".join(default)).split(",") if m.strip()]
-    unknown = [m for m in methods if m not in allowed]
-    if unknown:
-        hint = (f"; {', '.join(EXPLANATIONS)} are explanation-only: use them with "
-                "--interpretability --masks PATH" if set(unknown) & set(EXPLANATIONS) else "")
-        print(f"videored eval: unknown methods {unknown}; choose from {', '.join(allowed)}{hint}",
+    table1 = args.masks is not None
+    default = TABLE1_METHODS if table1 else tuple(METHODS)
+    try:
+        methods = parse_methods(args.methods or ",".join(default), explanations=table1)
+    except ValueError as err:
+        print(f"videored eval: {err}", file=sys.stderr)
+        return 2
+    if args.kept_ratio is not None and not 0.0 <= args.kept_ratio <= 1.0:
+        print(f"videored eval: --kept-ratio must be in [0, 1], got {args.kept_ratio}",
               file=sys.stderr)
         return 2
     try:
@@ -75,9 +84,10 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"videored eval: config error: {err}", file=sys.stderr)
         return 2
-    if "interpreter" not in methods and args.keep_ratio is None and set(methods) - {"original"}:
-        print("videored eval: baselines need --keep-ratio when 'interpreter' is not evaluated",
-              file=sys.stderr)
+    budgeted = [m for m in methods if m in EXPLANATIONS or get_method(m).budgeted]
+    if "interpreter" not in methods and args.kept_ratio is None and budgeted:
+        print(f"videored eval: {', '.join(budgeted)} need --kept-ratio when 'interpreter' is not "
+              "evaluated (there is nothing to match)", file=sys.stderr)
         return 2
     out = args.out or Path(args.checkpoint).resolve().parent
     if args.masks is not None:  # paper Table 1 only (new module: engine/run_interpretability)
@@ -85,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             run_interpretability(cfg, checkpoint=args.checkpoint, masks=args.masks, out_dir=out,
-                                 methods=methods, keep_ratio=args.keep_ratio,
+                                 methods=methods, kept_ratio=args.kept_ratio,
+                                 match=args.match,
                                  dense_checkpoint=args.dense_checkpoint,
                                  batch_size=args.batch_size, num_workers=args.num_workers,
                                  limit=args.limit)
@@ -99,7 +110,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         results = run_evaluation(cfg, checkpoint=args.checkpoint, out_dir=out, methods=methods,
-                                 keep_ratio=args.keep_ratio, split=args.split,
+                                 kept_ratio=args.kept_ratio, match=args.match,
+                                 split=args.split,
                                  spatial_crops=args.spatial_crops, batch_size=args.batch_size,
                                  num_workers=args.num_workers, speed_runs=args.speed_runs,
                                  interpretability=args.interpretability,

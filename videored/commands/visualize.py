@@ -8,8 +8,11 @@ Writes `OUT/<stem>_<method>.png` (+ `.gif` with --gif) per input and method, and
 `--method all` also `OUT/<stem>_all.png` (methods as rows); each path is printed when written.
 Videos with object masks stored beside them (`name.masks.npz`, the synthetic dataset, or a
 DAVIS-style `Annotations/` folder beside a frame folder's `JPEGImages/`) get the object outlined
-in white. Baselines keep, by default, the fraction of patches the interpreter kept
-on that input (equal speed, as the paper compares).
+in white. Methods are entries of the method table (`videored.models.methods`), or an
+explanation-only baseline (`methods.EXPLANATIONS`: the dense model's rollout / GradCAM / Chefer
+relevance, its top patches drawn as kept); baselines match, by default, the interpreter on that
+input: its kept ratio (--match ratio) or its GMACs (--match gmacs), as `videored eval` does, and
+explanations keep its kept ratio; --kept-ratio R sets a fixed budget instead.
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from videored.viz.explanations import EXPLANATIONS
+from videored.models.methods import EXPLANATIONS, MATCH_MODES, METHODS, get_method
 
-VIEW_METHODS = ("interpreter", "attention", "temporal_difference", "random")
+# Every method that reduces tokens (`original` draws nothing: it keeps every patch).
+VIEW_METHODS = tuple(m.name for m in METHODS.values() if m.select is not None)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,9 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="interpreter", choices=[*VIEW_METHODS, *EXPLANATIONS, "all"],
                    help="a token scorer, an explanation of the dense model (rollout, gradcam, "
                         "chefer: explanation-only), or all token scorers")
-    p.add_argument("--keep-ratio", type=float, default=None,
-                   help="baselines' keep ratio per selection (default: the interpreter's kept "
-                        "fraction on each input; the model's keep_ratio without an interpreter)")
+    p.add_argument("--match", default="ratio", choices=MATCH_MODES,
+                   help="baselines match the interpreter's kept ratio (ratio) or GMACs (gmacs) "
+                        "on each input")
+    p.add_argument("--kept-ratio", "--keep-ratio", dest="kept_ratio", type=float, default=None,
+                   help="a fixed budget instead: fraction of patch tokens reaching the last "
+                        "block (default: match the interpreter; the model's keep_ratio without "
+                        "an interpreter)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the interpreter's keep threshold")
     p.add_argument("--limit", type=int, default=None, help="with --csv: the first N videos")
@@ -68,30 +76,29 @@ def _training_data_config(path: Path) -> dict:
 def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: float
             ) -> Iterator[tuple[str, object, int | None, str | None]]:
     """Yield (name, PreparedInput or None, label or None, error or None) per input."""
-    from videored.viz.inputs import IMAGE_SUFFIXES, PreparedInput, prepare_input
+    from videored.viz.inputs import IMAGE_SUFFIXES, prepare_input, prepared_item, test_clips
 
     if args.csv is not None:
-        from videored.data import VideoClipDataset, has_masks, iter_video_list
-        from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+        from videored.data import has_masks, iter_video_list
+        from videored.normalization import model_normalization
+
+        norm = model_normalization(model)  # the weights' own preprocessing
 
         # object outlines when every listed video has its masks (e.g. the synthetic dataset)
         with_masks = all(has_masks(row.path) for row in iter_video_list(args.csv)
                          if row.error is None)
         T, gh, _ = model.grid
-        ds = VideoClipDataset(args.csv, mode="test", num_frames=T, sampling_rate=sampling_rate,
-                              target_fps=target_fps, crop_size=gh * model.patch_size,
-                              num_spatial_crops=1, backend=args.backend,
-                              return_masks=with_masks)
+        ds = test_clips(args.csv, num_frames=T, crop_size=gh * model.patch_size,
+                        sampling_rate=sampling_rate, target_fps=target_fps, backend=args.backend,
+                        return_masks=with_masks, normalization=norm,
+                        sampling=args.sampling_style)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         for i in range(n):
             item = ds[i]
             if item["failed"]:
                 yield item["path"], None, None, "could not be decoded (see the warning above)"
                 continue
-            desc = (f"centre {ds.crop_size}x{ds.crop_size} crop (short side -> {ds.crop_size}), "
-                    f"centred clip of {T} frames, stride {sampling_rate} at {target_fps:g} fps")
-            yield item["path"], PreparedInput(item["video"], KINETICS_MEAN, KINETICS_STD, desc,
-                                              item.get("mask")), item["label"], None
+            yield item["path"], prepared_item(ds, item), item["label"], None
         return
     from videored.data.frame_folder import is_frame_folder
 
@@ -108,46 +115,43 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
     for path in paths:
         try:
             yield str(path), prepare_input(path, model, sampling_rate=sampling_rate,
-                                           target_fps=target_fps, backend=args.backend), None, None
+                                           target_fps=target_fps, backend=args.backend,
+                                           sampling=args.sampling_style), None, None
         except Exception as e:  # a bad file is reported and skipped; the others still render
             yield str(path), None, None, f"{type(e).__name__}: {e}"
 
 
-def _run_methods(model, x: torch.Tensor, methods: list[str], keep_ratio: float | None):
-    """Run `methods` on one input x (C, T, H, W) or (C, H, W).
+def _learned(method: str) -> bool:
+    """The interpreter (decides with trained weights); explanations are not table methods."""
+    return method not in EXPLANATIONS and get_method(method).learned
+
+
+def _run_methods(model, x: torch.Tensor, methods: list[str], kept_ratio: float | None,
+                 match: str = "ratio"):
+    """Run `methods` on one input x (C, T, H, W) or (C, H, W), at one budget
+    (`run_with_explanations`: the method table's `run_methods`, explanations at the same ratio).
 
     -> ({method: (scores (D, T, gh, gw), keep (D, T, gh, gw) bool, predicted class, its
     probability)}, {method: note for the title}); D = groups, T = 1 for images.
     """
+    from videored.viz.explanations import run_with_explanations
     from videored.viz.heatmap import patch_grid
-    from videored.viz.segmentation import matched_keep_ratio
 
+    outputs = run_with_explanations(model, x.unsqueeze(0), methods, match=match,
+                                    kept_ratio=kept_ratio)
     results, notes = {}, {}
-    batch = x.unsqueeze(0)
-    out = None
-    if model.interpreters is not None:
-        out = model(batch, selector="interpreter")
-    for m in methods:
-        if m == "interpreter":
-            res = out
+    for m, res in outputs.items():
+        if _learned(m):
             notes[m] = f"threshold {model.threshold:g}"
-        elif m in EXPLANATIONS:  # the dense model explained; its top patches at the same fraction
-            from videored.viz.explanations import explanation_output
-
-            fraction = (float(out.kept_ratio[0]) if keep_ratio is None and out is not None
-                        else (keep_ratio or model.keep_ratio) ** model.groups)
-            notes[m] = f"explanation-only, top {fraction:.3f} of the patches"
-            res = explanation_output(model, batch, m, fraction)
+        elif m in EXPLANATIONS:  # the dense model explained; its top patches at the same ratio
+            notes[m] = f"explanation-only, top {float(res.kept_ratio[0]):.3f} of the patches"
+        elif kept_ratio is not None:
+            notes[m] = f"kept ratio {kept_ratio:g} (fixed)"
+        elif model.interpreters is not None:
+            what = "kept ratio" if match == "ratio" else "GMACs"
+            notes[m] = f"the interpreter's {what} ({res.kept_ratio[0]:.3f} kept)"
         else:
-            ratio = keep_ratio
-            if ratio is None:
-                ratio = (matched_keep_ratio(float(out.kept_ratio[0]), model.groups)
-                         if out is not None else model.keep_ratio)
-                source = "interpreter's kept fraction" if out is not None else "model default"
-                notes[m] = f"keep ratio {ratio:.3f} ({source})"
-            else:
-                notes[m] = f"keep ratio {ratio:g}"
-            res = model(batch, selector=m, keep_ratio=ratio)
+            notes[m] = f"keep ratio {model.keep_ratio:.3f} per selection (model default)"
         scores = np.stack([patch_grid(s[0], model.grid) for s in res.scores])  # (D, T, gh, gw)
         keep = np.stack([patch_grid(k[0], model.grid) for k in res.keep])
         prob, label = res.logits[0].softmax(-1).max(-1)
@@ -162,8 +166,8 @@ def main(args: argparse.Namespace) -> int:
 
     overrides = {} if args.threshold is None else {"threshold": args.threshold}
     model = load_model_file(args.checkpoint, **overrides).to(args.device).eval()
-    if args.keep_ratio is not None and not 0 < args.keep_ratio <= 1:
-        raise SystemExit(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
+    if args.kept_ratio is not None and not 0 < args.kept_ratio <= 1:
+        raise SystemExit(f"--kept-ratio must be in (0, 1], got {args.kept_ratio}")
     if args.zoom < 1:
         raise SystemExit(f"--zoom must be a positive integer, got {args.zoom}")
     methods = list(VIEW_METHODS) if args.method == "all" else [args.method]
@@ -171,10 +175,14 @@ def main(args: argparse.Namespace) -> int:
         if args.method == "interpreter":
             raise SystemExit(f"{args.checkpoint}: this model has no interpreter; choose a "
                              "baseline --method")
-        methods = [m for m in methods if m != "interpreter"]
+        methods = [m for m in methods if not _learned(m)]
+        if args.kept_ratio is None and set(methods) & set(EXPLANATIONS):
+            raise SystemExit(f"{args.checkpoint}: this model has no interpreter whose kept ratio "
+                             f"{args.method} could keep; give --kept-ratio")
     data_cfg = _training_data_config(args.checkpoint)
     sampling_rate = args.sampling_rate or int(data_cfg.get("sampling_rate") or 32)
     target_fps = args.target_fps or float(data_cfg.get("target_fps") or 30)
+    args.sampling_style = data_cfg.get("sampling") or "videored"  # the training run's convention
     video_model = model.embed.num_frames is not None
     if args.csv is not None and not video_model:
         raise SystemExit(f"--csv lists videos but {args.checkpoint} is an image model; "
@@ -196,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
         used.add(stem)
         with torch.no_grad():
             results, notes = _run_methods(model, prepared.x.to(args.device), methods,
-                                          args.keep_ratio)
+                                          args.kept_ratio, args.match)
         frames = video_frames_uint8(prepared)  # (T, H, W, 3): the crop the model saw
         mask = None if prepared.mask is None else prepared.mask.numpy()  # (T, H, W) bool
         truth = "" if label is None else f", label {label}"
@@ -206,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
             title = (f"{m} ({notes[m]}) | {Path(name).name}: {prepared.description} | kept "
                      f"{keep[-1].mean():.2f} of the patches | predicted class {pred} "
                      f"(p={prob:.2f}){truth}")
-            threshold = model.threshold if m == "interpreter" else None
+            threshold = model.threshold if _learned(m) else None
             png = args.out / f"{stem}_{m}.png"
             if video_model:
                 figures.video_figure(png, frames, scores[-1], keep[-1], model.patch_size,

@@ -56,7 +56,8 @@ def davis_clips(root: str | os.PathLike, *, resolution: str | None = None,
     """`VideoClipDataset` (mode "test", `return_masks=True`) over the set's frame folders.
 
     dataset_kwargs: the clip and crop settings (`num_frames`, `sampling_rate`, `target_fps`,
-    `crop_size`, `num_spatial_crops`, ...), as for a csv list. Items are dicts with `video`
+    `crop_size`, `num_spatial_crops`, `sampling`, `mean` / `std`: the weights' own
+    normalization, ...), as for a csv list. Items are dicts with `video`
     (3, T, S, S), `mask` (T, S, S) bool, `failed`, `path`; a folder that cannot be read (missing
     frames or annotations) is an item with `failed=True`, counted by the metric.
     """

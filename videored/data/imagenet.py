@@ -3,7 +3,8 @@
 Transforms are DeiT's `build_transform` (deit/datasets.py) built from timm:
 train: RandomResizedCrop(input_size, bicubic) + flip + RandAugment `rand-m9-mstd0.5-inc1` +
 colour jitter 0.4 + random erasing (p=0.25, mode "pixel"); eval: resize the short side to
-int(input_size / 0.875) (bicubic), centre crop input_size, ImageNet mean/std.
+int(input_size / 0.875) (bicubic), centre crop input_size; normalized with the weights' mean/std
+(ImageNet's for DeiT; `videored.normalization`).
 """
 from __future__ import annotations
 
@@ -11,18 +12,26 @@ import logging
 import os
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from typing import Sequence
+
+from timm.data import create_transform
 from torchvision import datasets, transforms
+
+from videored.normalization import IMAGENET
 
 log = logging.getLogger(__name__)
 
 
-def build_imagenet_transform(is_train: bool, input_size: int = 224, eval_crop_ratio: float = 0.875):
-    """DeiT's train or eval transform (PIL image -> (3, input_size, input_size) float)."""
+def build_imagenet_transform(is_train: bool, input_size: int = 224, eval_crop_ratio: float = 0.875,
+                             mean: Sequence[float] = IMAGENET.mean, std: Sequence[float] = IMAGENET.std):
+    """DeiT's train or eval transform (PIL image -> (3, input_size, input_size) float), normalized
+    with `mean` / `std` on [0, 1] pixels (the weights' own: videored.normalization)."""
     if is_train:
         transform = create_transform(
             input_size=input_size,
             is_training=True,
+            mean=tuple(mean),
+            std=tuple(std),
             color_jitter=0.4,
             auto_augment="rand-m9-mstd0.5-inc1",
             interpolation="bicubic",
@@ -38,7 +47,7 @@ def build_imagenet_transform(is_train: bool, input_size: int = 224, eval_crop_ra
             transforms.Resize(int(input_size / eval_crop_ratio), interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(input_size),
             transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+            transforms.Normalize(tuple(mean), tuple(std)),
         ]
     )
 
@@ -82,10 +91,13 @@ class ImageFolderDataset(datasets.ImageFolder):
         raise RuntimeError(f"{self.root}: {self.max_substitutes + 1} unreadable images in a row from index {index}")
 
 
-def build_imagenet_dataset(root: str | os.PathLike, split: str = "train", input_size: int = 224) -> ImageFolderDataset:
+def build_imagenet_dataset(root: str | os.PathLike, split: str = "train", input_size: int = 224,
+                           mean: Sequence[float] = IMAGENET.mean,
+                           std: Sequence[float] = IMAGENET.std) -> ImageFolderDataset:
     """`root/<split>/<class>/*` with DeiT's transform (train augmentation for split "train")."""
     is_train = split == "train"
     folder = os.path.join(str(root), split)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"ImageNet split folder not found: {folder}")
-    return ImageFolderDataset(folder, build_imagenet_transform(is_train, input_size), is_train, input_size)
+    transform = build_imagenet_transform(is_train, input_size, mean=mean, std=std)
+    return ImageFolderDataset(folder, transform, is_train, input_size)

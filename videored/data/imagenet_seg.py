@@ -12,7 +12,8 @@ as the public evaluation code of transformer-explainability work reads it:
 Geometry: "resize" (default) scales the whole image to S x S (bilinear) and the mask with it
 (nearest), as that public evaluation does, so every annotated pixel is scored; "crop" is DeiT's
 evaluation view (short side int(S / 0.875), centre crop, as `ImageMaskFolder`). Normalization:
-ImageNet mean/std (DeiT's).
+the weights' own (`normalization=`, `videored.normalization.model_normalization(model)`;
+default ImageNet's, DeiT's).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from videored.normalization import IMAGENET, Normalization
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,12 @@ class ImageNetSegmentation(Dataset):
     with `failed=True` and zero tensors; the metric counts it.
     """
 
-    def __init__(self, path: str | os.PathLike, img_size: int = 224, geometry: str = "resize"):
+    def __init__(self, path: str | os.PathLike, img_size: int = 224, geometry: str = "resize",
+                 normalization: Normalization = IMAGENET):
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
         self.path, self.img_size, self.geometry = Path(path), img_size, geometry
+        self.normalization = normalization
         if not self.path.is_file():
             raise FileNotFoundError(f"ImageNet-Segmentation file not found: {self.path}")
         h5py = _h5py()
@@ -95,20 +100,18 @@ class ImageNetSegmentation(Dataset):
     def transform(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's view: image (3, S, S) normalized, mask (S, S) bool, same geometry."""
         from PIL import Image
-        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         from torchvision import transforms as tv
 
         from .imagenet import build_imagenet_transform
 
-        S = self.img_size
+        S, norm = self.img_size, self.normalization
         nearest = tv.InterpolationMode.NEAREST
         if self.geometry == "resize":
             image_tf = tv.Compose([tv.Resize((S, S), interpolation=tv.InterpolationMode.BILINEAR),
-                                   tv.ToTensor(), tv.Normalize(IMAGENET_DEFAULT_MEAN,
-                                                               IMAGENET_DEFAULT_STD)])
+                                   tv.ToTensor(), tv.Normalize(norm.mean, norm.std)])
             mask_tf = tv.Resize((S, S), interpolation=nearest)
         else:  # DeiT's evaluation view
-            image_tf = build_imagenet_transform(False, S)
+            image_tf = build_imagenet_transform(False, S, mean=norm.mean, std=norm.std)
             mask_tf = tv.Compose([tv.Resize(int(S / 0.875), interpolation=nearest),
                                   tv.CenterCrop(S)])
         x = image_tf(Image.fromarray(image))

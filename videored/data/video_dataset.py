@@ -15,14 +15,15 @@ from videored.data.csv_list import (ListRow, classes_file_for, iter_video_list, 
                                     read_dataset_info)
 from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
 from videored.data.masks import load_masks
-from videored.data.sampling import centred_start, clip_indices, clip_span, random_start
+from videored.data.sampling import SAMPLING_STYLES, frame_indices
+from videored.normalization import TIMESFORMER
 
 log = logging.getLogger(__name__)
 
 MODES = ("train", "val", "test")
-# TimeSformer's Kinetics normalization (DATA.MEAN / DATA.STD of its configs).
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
+# The constructor's default (TimeSformer's Kinetics normalization); the commands pass the
+# weights' own (videored.normalization).
+KINETICS_MEAN, KINETICS_STD = TIMESFORMER.mean, TIMESFORMER.std
 
 
 class VideoClipDataset(Dataset):
@@ -33,7 +34,8 @@ class VideoClipDataset(Dataset):
     with `return_masks=True` also `mask` (T, H, W) bool: the object mask of the same frames with
     the same resize/crop/flip (nearest neighbour), for the interpretability metric.
 
-    Temporal sampling (see `videored.data.sampling`): a clip spans
+    Temporal sampling (see `videored.data.sampling`; `sampling="mmaction"` or `"timesformer"`
+    follow those codebases instead of the default described here): a clip spans
     `num_frames * sampling_rate` frames at `target_fps`, i.e. `num_frames * sampling_rate * fps /
     target_fps` frames of a video with its own `fps`; its frames are evenly spaced in the span.
     Train: random start. Val/test: `num_temporal_views` deterministic clips; with one view the clip
@@ -84,10 +86,13 @@ class VideoClipDataset(Dataset):
         max_substitutes: int = 20,
         num_classes: int | None = None,
         pyav_fallback: bool = True,
+        sampling: str = "videored",
         rows: Sequence[ListRow] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if sampling not in SAMPLING_STYLES:
+            raise ValueError(f"sampling must be one of {SAMPLING_STYLES}, got {sampling!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if train_jitter_scales[0] > train_jitter_scales[1] or train_jitter_scales[0] < crop_size:
@@ -102,6 +107,7 @@ class VideoClipDataset(Dataset):
         self.num_spatial_crops = 1 if mode == "train" else num_spatial_crops
         self.num_temporal_views = 1 if mode == "train" else num_temporal_views
         self.backend = backend
+        self.sampling = sampling
         self.return_masks = return_masks
         self.mean, self.std = tuple(mean), tuple(std)
         if train_flip is None:  # a dataset folder may declare that flipping changes the label
@@ -270,12 +276,10 @@ class VideoClipDataset(Dataset):
     def frame_indices(self, num_video_frames: int, fps: float, temporal_index: int = 0) -> np.ndarray:
         """The frame indices this dataset decodes from a video of the given length and fps
         (val/test: deterministic view `temporal_index`; train: a fresh random start)."""
-        span = clip_span(self.num_frames, self.sampling_rate, self.target_fps, fps)
-        if self.mode == "train":
-            start = random_start(num_video_frames, fps, span)
-        else:
-            start = centred_start(num_video_frames, span, temporal_index, self.num_temporal_views)
-        return clip_indices(start, span, self.num_frames, num_video_frames)
+        return frame_indices(self.sampling, num_video_frames, fps, num_frames=self.num_frames,
+                             sampling_rate=self.sampling_rate, target_fps=self.target_fps,
+                             train=self.mode == "train", view=temporal_index,
+                             num_views=self.num_temporal_views)
 
     def _decode(self, video_index: int, train: bool, temporal_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """(T, H, W, 3) uint8 frames of one clip and, if asked, their (T, H, W) bool masks."""

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
+from videored.normalization import config_normalization
+
 VIDEO_MODEL_PREFIX = "timesformer"
 
 
@@ -32,7 +34,8 @@ def build_model(cfg: DictConfig, selector: str = "interpreter") -> nn.Module:
     if m.depth is not None:
         kwargs["depth"] = m.depth
     kwargs.update(OmegaConf.to_container(m.kwargs, resolve=True))
-    return create_model(m.name, pretrained_path=m.pretrained_path, **kwargs)
+    return create_model(m.name, pretrained_path=m.pretrained_path,
+                        time_embed_resize=m.time_embed_resize, **kwargs)
 
 
 class TensorFileDataset(Dataset):
@@ -69,6 +72,8 @@ def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
     transforms. tensor_file: `TensorFileDataset`.
     """
     d = cfg.data
+    if d.kind != "tensor_file":  # resolved from the model's weights first (or set in the config)
+        norm = config_normalization(cfg)
     if d.kind != "video" and overrides:
         raise ValueError(f"data.kind={d.kind}: dataset overrides {sorted(overrides)} apply to video only")
     if d.kind == "tensor_file":
@@ -84,14 +89,17 @@ def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
         mode=split, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
         target_fps=d.target_fps, crop_size=cfg.model.img_size,
         train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
-        num_temporal_views=d.num_temporal_views, backend=d.backend)
+        num_temporal_views=d.num_temporal_views, backend=d.backend, sampling=d.sampling,
+        mean=norm.mean, std=norm.std)
     return VideoClipDataset(str(csv), **{**kwargs, **overrides})
 
 
 def _build_image_dataset(cfg: DictConfig, split: str) -> Dataset:
     from videored.data import build_imagenet_dataset
 
-    return build_imagenet_dataset(cfg.data.root, split=split, input_size=cfg.model.img_size)
+    norm = config_normalization(cfg)
+    return build_imagenet_dataset(cfg.data.root, split=split, input_size=cfg.model.img_size,
+                                  mean=norm.mean, std=norm.std)
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,15 +1,17 @@
 """Training checkpoints: atomic writes, newest-valid lookup for `--resume auto`, RNG state capture.
 
-A checkpoint is one `torch.save`d dict. Its file name encodes the training position it resumes
-from, `ckpt_s{stage}_e{epoch}_i{step}.pt` (zero padded), so names sort in training order.
+A checkpoint is one `torch.save`d dict, the fields of `TrainingState` (this file owns the
+schema) plus `format_version`. Its file name encodes the training position it resumes from,
+`ckpt_s{stage}_e{epoch}_i{step}.pt` (zero padded), so names sort in training order.
 """
 from __future__ import annotations
 
 import random
 import re
 import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -19,6 +21,46 @@ from videored.atomic_io import atomic_save  # noqa: F401  (re-exported: ckpt.ato
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_s(\d+)_e(\d+)_i(\d+)\.pt$")
 REQUIRED_KEYS = ("format_version", "model", "position", "config")
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to resume exactly (plain containers and tensors only, so
+    `torch.load(weights_only=True)` reads it).
+
+    position     {"stage", "epoch", "step", "global_step"}: the next step to run
+    plan         the stage list [{"index", "kind", "group", "epochs"}] (must match on resume)
+    optimizer / scheduler  state dicts mid-stage; None at a stage boundary
+    sampler      {"seed", "epoch_key", "consumed_per_rank"} (informative: the order is a pure
+                 function of seed, stage and epoch)
+    rank_states  per rank {"rng": rng_state(), "meter": running epoch sums}
+    nonfinite    skipped non-finite steps so far;  summary  finished stages' rows
+    world_size / batch_size  of the run that saved it;  config  the resolved experiment config
+    """
+    model: dict
+    optimizer: Optional[dict]
+    scheduler: Optional[dict]
+    position: dict
+    plan: list
+    sampler: dict
+    rank_states: list
+    nonfinite: int
+    summary: list
+    world_size: int
+    batch_size: int
+    config: dict
+
+    def as_dict(self) -> dict[str, Any]:
+        """The dict written to disk (shallow: tensors are not copied)."""
+        return {"format_version": FORMAT_VERSION,
+                **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_dict(cls, state: dict, source: str = "checkpoint") -> "TrainingState":
+        missing = [f.name for f in fields(cls) if f.name not in state]
+        if missing:
+            raise ValueError(f"{source}: not a resumable training checkpoint (missing {missing})")
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
 
 
 def checkpoint_name(stage: int, epoch: int, step: int) -> str:

@@ -26,8 +26,9 @@ class ModelConfig:
     num_frames: int = 8  # video models only; ignored for image models
     depth: Optional[int] = None  # None: the registry default (12 for ViT-B/DeiT)
     groups: int = 1  # D: interpreter groups (video: 1, images: 3)
-    threshold: float = 0.5  # token kept when I_i > threshold (supplement Table 2)
-    pretrained_path: Optional[str] = None  # local .pth only; nothing downloads at run time
+    threshold: float = 0.5  # token kept when I_i >= threshold (supplement Table 2)
+    pretrained_path: Optional[str] = None  # local file only; nothing downloads at run time
+    time_embed_resize: str = "linear"  # linear | nearest (TimeSformer's loader) on a frame-count change
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other constructor argument
 
 
@@ -45,6 +46,13 @@ class DataConfig:
     num_spatial_crops: int = 1  # val/test views per video during training-time validation
     num_temporal_views: int = 1
     backend: str = "decord"  # decord | pyav
+    # frame sampling convention: videored (fps-aware, centred, clamped) | mmaction (SampleFrames:
+    # raw frames exactly sampling_rate apart, looped) | timesformer (linspace; test view at frame 0)
+    sampling: str = "videored"
+    # Input normalization on [0, 1] pixels; None: the weights' own, recorded when they were
+    # loaded (videored.normalization). Set both to override.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
 
 @dataclass
@@ -167,6 +175,15 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
             raise ConfigError(f"key 'optim.{key}': unknown optimizer {value!r}")
     if cfg.data.kind not in ("video", "image", "tensor_file"):
         raise ConfigError(f"key 'data.kind': unknown data kind {cfg.data.kind!r}")
+    if cfg.model.time_embed_resize not in ("linear", "nearest"):
+        raise ConfigError(f"key 'model.time_embed_resize': use linear or nearest, not "
+                          f"{cfg.model.time_embed_resize!r}")
+    if cfg.data.sampling not in ("videored", "mmaction", "timesformer"):
+        raise ConfigError(f"key 'data.sampling': use videored, mmaction or timesformer, not "
+                          f"{cfg.data.sampling!r}")
+    if (cfg.data.mean is None) != (cfg.data.std is None):
+        raise ConfigError("keys 'data.mean' / 'data.std': set both or neither (null: the "
+                          "weights' own normalization)")
     if cfg.run.precision not in ("bf16", "fp32"):
         raise ConfigError(f"key 'run.precision': use bf16 or fp32, not {cfg.run.precision!r}")
     if cfg.run.device not in ("auto", "cpu", "cuda"):

@@ -1,10 +1,15 @@
 """`videored eval --interpretability --masks PATH`: paper Table 1 on a set with object masks.
 
-The kept-patch mask of every token scorer, and the top patches of every explanation baseline
-(`videored.viz.explanations`, explanation-only: they explain the dense model and remove no
-token), against the object masks: pixel accuracy, mean accuracy, mIoU (`viz.segmentation`).
+The kept-patch mask of every token scorer (entries of the method table, `videored.models.methods`),
+and the top patches of every explanation baseline (`methods.EXPLANATIONS`, computed by
+`videored.viz.explanations`; explanation-only: they explain the dense model and remove no token),
+against the object masks: pixel accuracy, mean accuracy, mIoU (`videored.interpretability`).
 
-Mask sets (`open_mask_set`):
+Budget (the method table's, one pass): without a fixed `kept_ratio`, every budgeted scorer matches
+the interpreter clip by clip (`run_methods`, by kept ratio or GMACs) and every explanation keeps
+the interpreter's kept ratio on that clip; a fixed `kept_ratio` applies to all of them.
+
+Mask sets (`open_mask_set`), read with the weights' own normalization (`videored.normalization`):
 - `gtsegs_ijcv.mat`: ImageNet-Segmentation, 4,276 images (paper Table 1), image models
 - a DAVIS-style folder (`JPEGImages/` + `Annotations/`): video models, test clips of the folders
 - an `images/` + `masks/` folder: image models
@@ -21,11 +26,13 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
+from videored.models.methods import EXPLANATIONS, get_method
+from videored.normalization import config_normalization
 from videored.tables import markdown_table
-from videored.viz.explanations import EXPLANATIONS
 
 from .builders import is_video_model
 
+# The paper's token-scorer columns (method-table names), then the explanation baselines.
 TOKEN_SCORERS = ("interpreter", "attention", "random", "temporal_difference")
 TABLE1_METHODS = TOKEN_SCORERS + EXPLANATIONS
 # Paper Table 1 (DeiT-S, ImageNet-Segmentation), percent: the numbers a DeiT-S IA-RED² model
@@ -41,19 +48,22 @@ METRIC_ROWS = (("pixel_acc", "pixel accuracy"), ("mean_acc", "mAcc"), ("miou", "
 
 
 def open_mask_set(path: str | Path, cfg: DictConfig) -> Dataset:
-    """The mask set at `path` in the geometry of `cfg.model` (see the module docstring)."""
+    """The mask set at `path` in the geometry of `cfg.model`, normalized as `cfg.data.mean` /
+    `std` (resolved from the weights first: `resolve_normalization`); see the module docstring."""
     path = Path(path)
     video = is_video_model(cfg.model.name)
     size = cfg.model.img_size
     d = cfg.data
+    norm = config_normalization(cfg)
     clip = dict(num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
-                target_fps=d.target_fps, crop_size=size, num_spatial_crops=1, backend=d.backend)
+                target_fps=d.target_fps, crop_size=size, num_spatial_crops=1, backend=d.backend,
+                sampling=d.sampling, mean=norm.mean, std=norm.std)
     if path.suffix.lower() == ".mat":
         kind = "ImageNet-Segmentation file"
         if not video:
             from videored.data.imagenet_seg import ImageNetSegmentation
 
-            return ImageNetSegmentation(path, img_size=size)
+            return ImageNetSegmentation(path, img_size=size, normalization=norm)
     elif path.is_dir() and (path / "JPEGImages").is_dir():
         kind = "DAVIS-style folder"
         if video:
@@ -65,7 +75,7 @@ def open_mask_set(path: str | Path, cfg: DictConfig) -> Dataset:
         if not video:
             from videored.viz.image_masks import ImageMaskFolder
 
-            return ImageMaskFolder(path, img_size=size)
+            return ImageMaskFolder(path, img_size=size, normalization=norm)
     elif path.suffix.lower() == ".csv":
         kind = "video list"
         if video:
@@ -81,7 +91,7 @@ def open_mask_set(path: str | Path, cfg: DictConfig) -> Dataset:
 
 def run_interpretability(cfg: DictConfig, *, checkpoint: str | Path, masks: str | Path,
                          out_dir: str | Path, methods: list[str] = list(TABLE1_METHODS),
-                         keep_ratio: Optional[float] = None,
+                         kept_ratio: Optional[float] = None, match: str = "ratio",
                          dense_checkpoint: Optional[str | Path] = None,
                          batch_size: Optional[int] = None, num_workers: Optional[int] = None,
                          limit: Optional[int] = None, device: Optional[str] = None
@@ -89,39 +99,35 @@ def run_interpretability(cfg: DictConfig, *, checkpoint: str | Path, masks: str 
     """Table 1 metrics of `methods` on the mask set `masks`; writes results.json / results.md.
 
     The interpreter runs on `checkpoint`, every other method on `dense_checkpoint` (default: the
-    same weights). Without `keep_ratio`, token scorers and explanations keep the interpreter's
-    mean final kept fraction f on this set (baselines f^(1/D) per selection, explanations f in
-    their one selection); `keep_ratio` is a per-selection ratio r (explanations keep r^D).
+    same weights). kept_ratio None: budgeted scorers match the interpreter clip by clip (by
+    `match`), explanations keep its kept ratio on each clip; else the fixed fraction of patches
+    reaching the last block for all of them (the method table's budget, `run_methods`).
     """
     import torch
 
-    from videored.viz.segmentation import interpretability_table, matched_keep_ratio
-
-    from .run_eval import load_for_eval
+    from videored.interpretability import interpretability_table
+    from videored.normalization import resolve_normalization
 
     from .distributed import pick_device
+    from .run_eval import load_for_eval
 
     device = torch.device(device) if device else pick_device(cfg.run.device, 0)  # one process
-    if "interpreter" not in methods and keep_ratio is None and methods:
-        raise ValueError("without 'interpreter' in the methods a --keep-ratio is needed")
+    budgeted = [m for m in methods if m in EXPLANATIONS or get_method(m).budgeted]
+    if "interpreter" not in methods and kept_ratio is None and budgeted:
+        raise ValueError(f"{', '.join(budgeted)} need a kept ratio: evaluate 'interpreter' too "
+                         "(they match it) or give --kept-ratio")
     model = load_for_eval(cfg, checkpoint, "interpreter" in methods).to(device).eval()
     dense = model if dense_checkpoint is None else load_for_eval(
         cfg, dense_checkpoint, need_interpreter=False).to(device).eval()
+    resolve_normalization(cfg, model, dense)  # the weights' own unless the config overrides it
     dataset = open_mask_set(masks, cfg)
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
-    loader = dict(batch_size=batch_size or cfg.data.batch_size,
-                  num_workers=cfg.data.num_workers if num_workers is None else num_workers,
-                  device=device, progress=lambda msg: print(f"[interpretability] {msg}",
-                                                            flush=True))
-    table: dict[str, dict] = {}
-    if "interpreter" in methods:
-        table.update(interpretability_table(model, dataset, ["interpreter"], None, **loader))
-    ratio = keep_ratio if keep_ratio is not None else matched_keep_ratio(
-        table["interpreter"]["kept"], model.groups)
-    others = [m for m in methods if m != "interpreter"]
-    if others:
-        table.update(interpretability_table(dense, dataset, others, ratio, **loader))
+    table = interpretability_table(
+        dense, dataset, methods, kept_ratio, match=match, reference_model=model,
+        batch_size=batch_size or cfg.data.batch_size,
+        num_workers=cfg.data.num_workers if num_workers is None else num_workers, device=device,
+        progress=lambda msg: print(f"[interpretability] {msg}", flush=True))
     rows = {m: {**table[m], "explanation_only": m in EXPLANATIONS,
                 "weights": str(checkpoint if m == "interpreter" or dense is model
                                else dense_checkpoint)} for m in methods}
@@ -129,7 +135,9 @@ def run_interpretability(cfg: DictConfig, *, checkpoint: str | Path, masks: str 
     summary = {"masks": str(masks), "checkpoint": str(checkpoint),
                "dense_checkpoint": str(dense_checkpoint or checkpoint),
                "samples": first["samples"], "failed": first["failed"],
-               "keep_ratio_setting": keep_ratio, "baseline_keep_ratio": ratio,
+               "budget": ({"match": "fixed", "kept_ratio": kept_ratio} if kept_ratio is not None
+                          else {"match": match, "reference": "interpreter"}),
+               "normalization": model.normalization.to_dict(),
                "device": str(device), "methods": rows}
     if Path(masks).suffix.lower() == ".mat":
         summary["paper_table1_deit_s"] = PAPER_TABLE1
@@ -138,6 +146,15 @@ def run_interpretability(cfg: DictConfig, *, checkpoint: str | Path, masks: str 
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     (out / "results.md").write_text(table1_markdown(summary))
     return summary
+
+
+def budget_note(budget: dict[str, Any]) -> str:
+    """One line saying at which budget the scorers and explanations ran."""
+    if budget["match"] == "fixed":
+        return f"every scorer and explanation at kept ratio {budget['kept_ratio']:g} (fixed)"
+    what = "kept ratio" if budget["match"] == "ratio" else "GMACs"
+    return (f"baselines matched to the interpreter clip by clip by {what}; explanations keep "
+            "the interpreter's kept ratio on each clip")
 
 
 def table1_markdown(summary: dict[str, Any]) -> str:
@@ -156,7 +173,8 @@ def table1_markdown(summary: dict[str, Any]) -> str:
              f"{summary['failed']} unreadable (skipped, counted). Device: {summary['device']}.",
              "", markdown_table(rows, cols), "",
              "† explanation-only: explains the dense model's prediction and removes no token; "
-             "its top patches are kept at the same fraction as the token scorers."]
+             "its top patches are kept at the same fraction as the token scorers.",
+             "", f"Budget: {budget_note(summary['budget'])}."]
     if "paper_table1_deit_s" in summary:
         paper = summary["paper_table1_deit_s"]
         pcols = [("metric", "paper Table 1 (DeiT-S)", "s")] + [(m, m, ".2f") for m in paper]
@@ -166,5 +184,5 @@ def table1_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PAPER_TABLE1", "TABLE1_METHODS", "TOKEN_SCORERS", "open_mask_set",
+__all__ = ["PAPER_TABLE1", "TABLE1_METHODS", "TOKEN_SCORERS", "budget_note", "open_mask_set",
            "run_interpretability", "table1_markdown"]

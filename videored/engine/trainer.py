@@ -106,35 +106,36 @@ class Trainer:
             raise ValueError(f"training set of {len(train_set)} samples gives no full batch of "
                              f"{self.batch} per process x {dist.world_size} processes")
         self.log = MetricsLogger(self.out, enabled=dist.is_main)
-        self._resume_state: Optional[dict] = None
+        self._resume_state: Optional[ckpt.TrainingState] = None
 
     # ---- resume ----
     def load_state(self, state: dict, source: str) -> None:
-        """Restore from a checkpoint dict; the RNG and optimizer parts apply when the loop reaches
-        the saved position."""
-        stored = [(s["kind"], s["group"], s["epochs"]) for s in state["plan"]]
+        """Restore from a checkpoint dict (`ckpt.TrainingState` fields); the RNG and optimizer
+        parts apply when the loop reaches the saved position."""
+        saved = ckpt.TrainingState.from_dict(state, source)
+        stored = [(s["kind"], s["group"], s["epochs"]) for s in saved.plan]
         current = [(s.kind, s.group, s.epochs) for s in self.plan]
         if stored != current:
             raise ValueError(f"{source}: its stage plan {stored} differs from this config's {current}")
-        if state["world_size"] != self.dist.world_size or state["batch_size"] != self.batch:
-            warnings.warn(f"{source}: saved with {state['world_size']} processes x batch "
-                          f"{state['batch_size']}, resuming with {self.dist.world_size} x {self.batch}: "
+        if saved.world_size != self.dist.world_size or saved.batch_size != self.batch:
+            warnings.warn(f"{source}: saved with {saved.world_size} processes x batch "
+                          f"{saved.batch_size}, resuming with {self.dist.world_size} x {self.batch}: "
                           "the data order after resume is not the uninterrupted one", stacklevel=2)
-        self.model.load_state_dict(state["model"])
-        self.pos = Position(**state["position"])
-        self.nonfinite = state["nonfinite"]
-        self.summary = list(state["summary"])
-        self._resume_state = state
+        self.model.load_state_dict(saved.model)
+        self.pos = Position(**saved.position)
+        self.nonfinite = saved.nonfinite
+        self.summary = list(saved.summary)
+        self._resume_state = saved
 
     def _apply_resume(self, optimizer, scheduler) -> None:
         """Optimizer/scheduler (mid-stage), running sums (mid-epoch) and this rank's RNG states."""
-        state, self._resume_state = self._resume_state, None
-        if state is None:
+        saved, self._resume_state = self._resume_state, None
+        if saved is None:
             return
-        if state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        ranks = state["rank_states"]
+        if saved.optimizer is not None:
+            optimizer.load_state_dict(saved.optimizer)
+            scheduler.load_state_dict(saved.scheduler)
+        ranks = saved.rank_states
         if len(ranks) == self.dist.world_size:
             ckpt.set_rng_state(ranks[self.dist.rank]["rng"])
             self.epoch_meter.load(ranks[self.dist.rank]["meter"])
@@ -144,23 +145,18 @@ class Trainer:
         rank_states = all_gather_object({"rng": ckpt.rng_state(), "meter": self.epoch_meter.state()})
         if self.dist.is_main:
             p = self.pos
-            state = {
-                "format_version": ckpt.FORMAT_VERSION,
-                "model": self.model.state_dict(),
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "position": vars(p).copy(),
-                "plan": [vars(s).copy() for s in self.plan],
-                "sampler": {"seed": self.cfg.run.seed, "epoch_key": self._epoch_key(p.stage, p.epoch),
-                            "consumed_per_rank": p.step * self.batch},
-                "rank_states": rank_states,
-                "nonfinite": self.nonfinite,
-                "summary": self.summary,
-                "world_size": self.dist.world_size,
-                "batch_size": self.batch,
-                "config": to_dict(self.cfg),
-            }
-            ckpt.atomic_save(state, self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step))
+            state = ckpt.TrainingState(
+                model=self.model.state_dict(),
+                optimizer=optimizer.state_dict() if optimizer is not None else None,
+                scheduler=scheduler.state_dict() if scheduler is not None else None,
+                position=vars(p).copy(),
+                plan=[vars(s).copy() for s in self.plan],
+                sampler={"seed": self.cfg.run.seed, "epoch_key": self._epoch_key(p.stage, p.epoch),
+                         "consumed_per_rank": p.step * self.batch},
+                rank_states=rank_states, nonfinite=self.nonfinite, summary=self.summary,
+                world_size=self.dist.world_size, batch_size=self.batch, config=to_dict(self.cfg))
+            ckpt.atomic_save(state.as_dict(),
+                             self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step))
             ckpt.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
         barrier()
 
@@ -354,6 +350,8 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
     """
     import torch.distributed as tdist
 
+    from videored.normalization import resolve_normalization
+
     from .builders import build_dataset, build_model
     from .distributed import cleanup, init_distributed
 
@@ -362,6 +360,7 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
     try:
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
+        resolve_normalization(cfg, model)  # the weights' own, unless the config overrides it
         train_set = train_set if train_set is not None else build_dataset(cfg, "train")
         if val_set is None and cfg.data.val_split:
             val_set = build_dataset(cfg, cfg.data.val_split)

@@ -10,14 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import torch
 
 from timm.models import register_model
 
 from videored.atomic_io import atomic_save
+from videored.normalization import Normalization, default_normalization
 
 from .pretrained import load_pretrained
 from .vit import TokenReductionViT
+
+log = logging.getLogger(__name__)
 
 _SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -39,18 +44,24 @@ def list_models() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
-def create_model(name: str, *, pretrained_path: str | None = None, **kwargs: Any) -> TokenReductionViT:
+def create_model(name: str, *, pretrained_path: str | None = None,
+                 time_embed_resize: str = "linear", **kwargs: Any) -> TokenReductionViT:
     """Build a registered model; kwargs override any constructor argument.
 
-    pretrained_path: a local checkpoint (DeiT/ViT ImageNet, TimeSformer, or a videored training
-    checkpoint) loaded with `load_pretrained` (nothing is ever downloaded).
+    pretrained_path: a local checkpoint (mmaction2 / facebookresearch TimeSformer, timm / DeiT
+    in any release format, or a videored file) loaded with `load_pretrained` (nothing is ever
+    downloaded); its input normalization becomes `model.normalization`.
+    time_embed_resize: "linear" or "nearest" (TimeSformer's loader) when the file's frame count
+    differs from the model's.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     model = TokenReductionViT(**{**ARCHITECTURES[name], **kwargs})
     model.model_config = {"name": name, **kwargs}  # enough to rebuild it: see save_model_file
+    model.normalization = default_normalization(video=model.embed.num_frames is not None)
     if pretrained_path:
-        load_pretrained(model, pretrained_path)
+        report = load_pretrained(model, pretrained_path, time_embed_resize=time_embed_resize)
+        log.info("%s: %s; input normalization %s", pretrained_path, report, model.normalization)
     return model
 
 
@@ -74,8 +85,10 @@ for _name in ARCHITECTURES:
 
 
 def save_model_file(model: TokenReductionViT, path: str | Path, **extra: Any) -> None:
-    """Write weights + how to rebuild them (`model.pt`), atomically (temp file + rename)."""
-    atomic_save({"model": model.state_dict(), "model_config": model.model_config, **extra}, path)
+    """Write weights + how to rebuild them + their input normalization (`model.pt`), atomically
+    (temp file + rename)."""
+    atomic_save({"model": model.state_dict(), "model_config": model.model_config,
+                 "normalization": model.normalization.to_dict(), **extra}, path)
 
 
 def load_model_file(path: str | Path, **overrides: Any) -> TokenReductionViT:
@@ -94,4 +107,6 @@ def load_model_file(path: str | Path, **overrides: Any) -> TokenReductionViT:
     if missing or unexpected:
         raise ValueError(f"{path} does not fit {name} with {overrides}: missing {missing[:8]}, "
                          f"unexpected {unexpected[:8]}")
+    if "normalization" in obj:  # older files hold none: the default they were trained with
+        model.normalization = Normalization.from_dict(obj["normalization"])
     return model

@@ -22,8 +22,7 @@ from timm.models.vision_transformer import Block
 from . import flops
 from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
-from .selectors import (attention_scores, check_selector, random_scores,
-                        temporal_difference_scores, topk_keep)
+from .methods import SELECTORS, SelectionInput
 from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
 
 # Every checkpoint this model loads (DeiT/ViT, TimeSformer, mmaction2) was trained with LayerNorm
@@ -61,11 +60,13 @@ class TokenReductionViT(nn.Module):
         num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the usual ViT knobs.
         drop_rate, drop_path_rate: head dropout and stochastic depth.
         groups: D, number of block groups; one selection (and one interpreter) before each.
-        selector: default selector, one of "none", "interpreter", "random", "attention",
-            "temporal_difference". Interpreter weights exist only when it is "interpreter"; the
+        selector: default selector: a method's `selector` in the method table
+            (`videored.models.methods`: "none", "interpreter", "random", "attention",
+            "temporal_difference"). Interpreter weights exist only when it is "interpreter"; the
             baselines can still be chosen per call (`model(x, selector=...)`).
         threshold: interpreter keeps token i iff I_i >= threshold (greedy decisions).
-        keep_ratio: fraction of alive tokens the baselines keep at each selection.
+        keep_ratio: per-selection setting of the top-k baselines: each selection keeps this
+            fraction of the alive tokens (kept_ratio ~ keep_ratio ** groups; see methods.py).
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
@@ -103,6 +104,9 @@ class TokenReductionViT(nn.Module):
                                      interpreter_init_keep)
                 for _ in range(groups))
         self._generator: torch.Generator | None = None  # random selector, created on first use
+        # The input normalization the weights expect (videored.normalization.Normalization):
+        # set by create_model / load_pretrained, stored in model.pt by save_model_file.
+        self.normalization = None
         self.apply(_init_weights)
         for interpreter in self.interpreters or ():
             interpreter.init_biases()  # after _init_weights, which zeroes every bias
@@ -145,7 +149,8 @@ class TokenReductionViT(nn.Module):
         sample: the last active group's interpreter samples u ~ Bernoulli(I) (training);
             earlier groups decide greedily.
         active_groups: groups with index >= this keep every token (default: all select).
-        selector / keep_ratio: per-call overrides of the constructor's defaults.
+        selector / keep_ratio: per-call overrides of the constructor's defaults; keep_ratio may
+            be a (B,) tensor, one per-selection ratio per sample (matched budgets).
         generator: CPU generator for interpreter samples and random scores (default: the global
             RNG for samples, a generator seeded with `seed` for the random selector).
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
@@ -205,26 +210,17 @@ class TokenReductionViT(nn.Module):
         return seq[:, :1], TokenSet(x=seq[:, 1:], index=tokens.index, valid=tokens.valid)
 
     def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,
-                tokens: TokenSet, keep_ratio: float, *, sample: bool,
+                tokens: TokenSet, keep_ratio, *, sample: bool,
                 generator: torch.Generator | None, random_seeds: torch.Tensor | None):
-        """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j."""
-        n_real = tokens.counts().double()
-        zero = torch.zeros_like(n_real)
-        if selector == "interpreter":
-            interpreter = self.interpreters[j]
-            scores = interpreter(tokens.x).masked_fill(~tokens.valid_mask, 0.0)
-            keep = interpreter.decide(scores, sample, generator) & tokens.valid_mask
-            return scores, keep, interpreter.macs(n_real) + zero
-        if selector == "random":
-            scores = random_scores(tokens, generator or self._random_generator(), random_seeds)
-            cost = zero
-        elif selector == "attention":
-            scores = attention_scores(first_block, cls, tokens, key_padding_mask(tokens.valid))
-            cost = flops.attention_selector_macs(n_real + 1, self.embed_dim)
-        else:  # temporal_difference: elementwise only, free in the MAC count
-            scores = temporal_difference_scores(tokens, self.grid)
-            cost = zero
-        return scores, topk_keep(scores, tokens, keep_ratio), cost
+        """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j:
+        the method table's `select` of this selector, given explicit state."""
+        chosen = SELECTORS[selector].select(SelectionInput(
+            tokens=tokens, cls=cls, block=first_block, grid=self.grid,
+            interpreter=None if self.interpreters is None else self.interpreters[j],
+            sample=sample, generator=generator, seeded=self._random_generator(),
+            random_seeds=random_seeds), keep_ratio)
+        zero = torch.zeros(tokens.x.shape[0], dtype=torch.float64, device=tokens.x.device)
+        return chosen.scores, chosen.keep & tokens.valid_mask, chosen.macs.to(zero) + zero
 
     def _random_generator(self) -> torch.Generator:
         if self._generator is None:
@@ -235,6 +231,12 @@ class TokenReductionViT(nn.Module):
         """Restart the random selector's mask sequence (e.g. before each evaluation pass)."""
         self.seed = self.seed if seed is None else seed
         self._generator = None
+
+
+def check_selector(name: str) -> str:
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
+    return name
 
 
 def _init_weights(module: nn.Module) -> None:

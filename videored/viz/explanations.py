@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-EXPLANATIONS = ("rollout", "gradcam", "chefer")
+from videored.models.methods import EXPLANATIONS, run_methods
+
 TOKENS_PER_CHUNK = 4096  # bound the (B, H, L, L) attention maps kept per chunk (memory)
 
 
@@ -173,6 +174,33 @@ def explanation_output(model: nn.Module, x: torch.Tensor, method: str,
                            keep=[keep] * model.groups, gflops=dense.gflops)
 
 
+@torch.no_grad()
+def run_with_explanations(model: nn.Module, x: torch.Tensor, methods: list[str], *,
+                          match: str = "ratio", kept_ratio: float | None = None,
+                          reference_model: nn.Module | None = None) -> dict:
+    """{name: ReductionOutput} of token-reduction methods and explanations on one batch x.
+
+    Method-table names run through `methods.run_methods` (its budget: the fixed `kept_ratio`, else
+    matched to the interpreter of `reference_model` / `model` by `match`). Explanations explain the
+    dense `model` and keep, clip by clip, that same kept ratio: the fixed `kept_ratio`, else the
+    interpreter's own `kept_ratio` on that clip (whatever `match`: they have no cost to match).
+    """
+    explained = [m for m in methods if m in EXPLANATIONS]
+    scorers = [m for m in methods if m not in EXPLANATIONS]
+    reference = reference_model or model
+    need_ref = bool(explained) and kept_ratio is None
+    if need_ref and getattr(reference, "interpreters", None) is None:
+        raise ValueError(f"{explained} need a kept ratio: this model has no interpreter whose "
+                         "kept ratio they could keep (give a fixed kept ratio)")
+    run = scorers + (["interpreter"] if need_ref and "interpreter" not in scorers else [])
+    outputs = run_methods(model, x, run, match=match, kept_ratio=kept_ratio,
+                          reference_model=reference) if run else {}
+    for m in explained:
+        fraction = kept_ratio if kept_ratio is not None else outputs["interpreter"].kept_ratio
+        outputs[m] = explanation_output(model, x, m, fraction)
+    return {m: outputs[m] for m in methods}
+
+
 __all__ = ["EXPLANATIONS", "attention_rollout", "block_forward", "chefer_relevance",
            "cls_row_of_product", "explanation_output", "explanation_scores", "gradcam",
-           "gradcam_parts"]
+           "gradcam_parts", "run_with_explanations"]

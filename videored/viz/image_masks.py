@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from videored.normalization import IMAGENET, Normalization
+
 from .inputs import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -21,11 +23,13 @@ log = logging.getLogger(__name__)
 class ImageMaskFolder(Dataset):
     """Items: {"image" (3, S, S) float, "mask" (S, S) bool, "failed" bool, "path" str}.
 
+    `normalization`: the model's own (`videored.normalization.model_normalization(model)`).
     Images without a mask file are listed in `missing_masks` and left out; an unreadable image or
     mask gives `failed=True` (all-zero tensors), is logged once and counted by the metric.
     """
 
-    def __init__(self, root: str | Path, img_size: int = 224, eval_crop_ratio: float = 0.875):
+    def __init__(self, root: str | Path, img_size: int = 224, eval_crop_ratio: float = 0.875,
+                 normalization: Normalization = IMAGENET):
         from torchvision import transforms
 
         from videored.data import build_imagenet_transform
@@ -35,7 +39,8 @@ class ImageMaskFolder(Dataset):
         if not image_dir.is_dir() or not mask_dir.is_dir():
             raise FileNotFoundError(f"{root}: expected folders images/ and masks/")
         self.img_size = img_size
-        self.transform = build_imagenet_transform(False, img_size, eval_crop_ratio)
+        self.transform = build_imagenet_transform(False, img_size, eval_crop_ratio,
+                                                  normalization.mean, normalization.std)
         self.mask_transform = transforms.Compose([
             transforms.Resize(int(img_size / eval_crop_ratio),
                               interpolation=transforms.InterpolationMode.NEAREST),

@@ -1,20 +1,23 @@
-"""Model inputs from one file (video or image), prepared exactly as the test-mode datasets do.
+"""Model inputs from one file (video or image), taken from the test-mode datasets themselves.
 
-Video: the centred clip of `VideoClipDataset(mode="test")` (same `sampling` functions, so the
-same frame indices), the short side resized to the model's input size and the centre crop, with
-the Kinetics normalization; works for any size, orientation and frame rate decord/PyAV can read
-(a video decord fails on is decoded again with PyAV, which gives the same frames).
-Image: DeiT's evaluation transform (`build_imagenet_transform`), ImageNet normalization.
+Video: `VideoClipDataset(mode="test", num_spatial_crops=1)` over the file (a one-line list), so
+the decode (decord, PyAV fallback), frame indices, short-side resize, centre crop and object masks
+are the dataset's own: one definition, nothing repeated here. Both views use the model's own
+normalization (`videored.normalization`).
+Image: DeiT's evaluation transform (`build_imagenet_transform`).
 The uint8 pixels shown in figures are the normalized input mapped back, i.e. the crop the model saw.
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from videored.normalization import IMAGENET, TIMESFORMER, Normalization, model_normalization
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -33,58 +36,57 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def test_clips(csv_path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
+               target_fps: float, backend: str = "decord", return_masks: bool = False,
+               normalization: Normalization = TIMESFORMER, sampling: str = "videored"):
+    """The test-mode dataset the figures take their clips from: the centred clip, centre crop."""
+    from videored.data import VideoClipDataset
+
+    return VideoClipDataset(csv_path, mode="test", num_frames=num_frames,
+                            sampling_rate=sampling_rate, target_fps=target_fps,
+                            crop_size=crop_size, num_spatial_crops=1, backend=backend,
+                            return_masks=return_masks, mean=normalization.mean,
+                            std=normalization.std, sampling=sampling)
+
+
+def prepared_item(dataset, item: dict) -> PreparedInput:
+    """A decoded (not failed) item of `test_clips` as a figure input, with its description."""
+    c, T = dataset.crop_size, dataset.num_frames
+    description = (f"centre {c}x{c} crop (short side -> {c}), centred clip of {T} frames, "
+                   f"stride {dataset.sampling_rate} at {dataset.target_fps:g} fps")
+    return PreparedInput(x=item["video"], mean=dataset.mean, std=dataset.std,
+                         description=description, mask=item.get("mask"))
+
+
 def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
-                    target_fps: float, backend: str = "decord") -> PreparedInput:
+                    target_fps: float, backend: str = "decord",
+                    normalization: Normalization = TIMESFORMER,
+                    sampling: str = "videored") -> PreparedInput:
     """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized.
 
-    When object masks are stored beside the video (`name.masks.npz`), `mask` holds those of the
-    same frames with the same resize and crop (nearest neighbour), as the dataset does.
+    When object masks are stored beside the video (`name.masks.npz`), `mask` (T, crop, crop)
+    holds those of the same frames, resized and cropped as the dataset does.
+    Raises ValueError when the video cannot be decoded (the dataset logs why).
     """
-    from videored.data import VideoDecodeError, has_masks, load_masks, open_video
-    from videored.data import transforms as T
-    from videored.data.sampling import centred_start, clip_indices, clip_span
-    from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+    from videored.data import has_masks
 
-    def decode(backend: str):
-        with open_video(path, backend) as video:
-            span = clip_span(num_frames, sampling_rate, target_fps, video.fps)
-            idx = clip_indices(centred_start(video.num_frames, span), span, num_frames,
-                               video.num_frames)
-            return video.get_frames(idx), idx, video.fps, video.num_frames  # (T, H, W, 3) uint8
-
-    try:
-        frames, idx, fps, length = decode(backend)
-    except VideoDecodeError as e:
-        if backend != "decord" or e.file_problem:  # missing file, frame folder: PyAV can't help
-            raise
-        # decord 0.6 fails on some frame widths (e.g. 48 or 72 px: "DECORDArrayCopyFromTo: The
-        # size must exactly match"); PyAV decodes the same frames (tests in tests/test_data*).
-        log.warning("%s: decord failed (%s); decoding with PyAV", path, e.reason)
-        frames, idx, fps, length = decode("pyav")
-        backend = "pyav"
-    h, w = frames.shape[1:3]
-    clip = T.short_side_resize(T.to_float_cthw(frames), crop_size)  # (3, T, H', W')
-    top, left = T.spatial_crop_offsets(clip.shape[-2], clip.shape[-1], crop_size, 0, 1)
-    x = T.normalize(T.crop(clip, top, left, crop_size), KINETICS_MEAN, KINETICS_STD).contiguous()
-    description = (f"centre {crop_size}x{crop_size} crop of {w}x{h} video (short side -> "
-                   f"{crop_size}), frames {idx.tolist()} of {length} at {fps:g} fps"
-                   + (" (PyAV)" if backend == "pyav" else ""))
-    mask = None
-    if has_masks(path):
-        masks = load_masks(path)  # (F, H, W)
-        if masks.shape[0] < length or masks.shape[1:] != (h, w):
-            raise ValueError(f"{path}: masks {masks.shape} do not match the video "
-                             f"({length}, {h}, {w})")
-        mask = T.short_side_resize_mask(torch.from_numpy(masks[idx]), crop_size)
-        mask = T.crop(mask, top, left, crop_size).contiguous()
-    return PreparedInput(x=x, mean=KINETICS_MEAN, std=KINETICS_STD, description=description,
-                         mask=mask)
+    with tempfile.TemporaryDirectory() as tmp:  # the list is read once, at construction
+        listing = Path(tmp) / "one.csv"
+        listing.write_text(f"{Path(path).resolve()} 0\n", encoding="utf-8")
+        dataset = test_clips(listing, num_frames=num_frames, crop_size=crop_size,
+                             sampling_rate=sampling_rate, target_fps=target_fps, backend=backend,
+                             return_masks=has_masks(path),
+                             normalization=normalization, sampling=sampling)
+    item = dataset[0]
+    if item["failed"]:
+        raise ValueError(f"{path}: could not be decoded (see the warning above)")
+    return prepared_item(dataset, item)
 
 
-def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
+def load_image(path: str | Path, *, img_size: int,
+               normalization: Normalization = IMAGENET) -> PreparedInput:
     """DeiT's evaluation view of an image file: x (3, img_size, img_size) normalized."""
     from PIL import Image
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from videored.data import build_imagenet_transform
 
@@ -93,29 +95,32 @@ def load_image(path: str | Path, *, img_size: int) -> PreparedInput:
             image = im.convert("RGB")
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read image: {e}") from e
-    x = build_imagenet_transform(False, img_size)(image)
+    mean, std = normalization.mean, normalization.std
+    x = build_imagenet_transform(False, img_size, mean=mean, std=std)(image)
     resize = int(img_size / 0.875)
     description = (f"centre {img_size}x{img_size} crop of {image.width}x{image.height} image "
                    f"(short side -> {resize})")
-    return PreparedInput(x=x, mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD),
-                         description=description)
+    return PreparedInput(x=x, mean=mean, std=std, description=description)
 
 
 def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: int = 32,
-                  target_fps: float = 30, backend: str = "decord") -> PreparedInput:
+                  target_fps: float = 30, backend: str = "decord",
+                  sampling: str = "videored") -> PreparedInput:
     """Video or image input for `model` (its frames and input size decide the geometry)."""
     T, gh, _ = model.grid
     size = gh * model.patch_size
     video_model = model.embed.num_frames is not None
+    norm = model_normalization(model)  # the weights' own preprocessing
     if is_image_file(path):
         if video_model:
             raise ValueError(f"{path} is an image but the model is a video model ({T} frames)")
-        return load_image(path, img_size=size)
+        return load_image(path, img_size=size, normalization=norm)
     if not video_model:
         raise ValueError(f"{path} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                          "but the model is an image model")
     return load_video_clip(path, num_frames=T, crop_size=size, sampling_rate=sampling_rate,
-                           target_fps=target_fps, backend=backend)
+                           target_fps=target_fps, backend=backend, normalization=norm,
+                           sampling=sampling)
 
 
 def video_frames_uint8(prepared: PreparedInput) -> np.ndarray:
@@ -126,4 +131,4 @@ def video_frames_uint8(prepared: PreparedInput) -> np.ndarray:
 
 
 __all__ = ["IMAGE_SUFFIXES", "PreparedInput", "is_image_file", "load_image", "load_video_clip",
-           "prepare_input", "video_frames_uint8"]
+           "prepare_input", "prepared_item", "test_clips", "video_frames_uint8"]
