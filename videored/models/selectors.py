@@ -15,10 +15,13 @@ from timm.models.vision_transformer import Block
 
 from .tokens import TokenSet
 
-SELECTORS = ("none", "interpreter", "random", "attention", "temporal_difference")
+SELECTORS = ("none", "interpreter", "random", "attention", "temporal_difference", "tome", "evit")
+# Reduce inside the blocks (merge / fuse) instead of dropping before groups: merge_blocks.py.
+MERGING_SELECTORS = ("tome", "evit")
 # Method names used in tables (paper Table 4) -> the selector that implements each.
 METHOD_SELECTORS = {"original": "none", "interpreter": "interpreter", "random": "random",
-                    "attention": "attention", "temporal_difference": "temporal_difference"}
+                    "attention": "attention", "temporal_difference": "temporal_difference",
+                    "tome": "tome", "evit": "evit"}
 
 
 def check_selector(name: str) -> str:
@@ -110,6 +113,6 @@ def temporal_difference_scores(tokens: TokenSet, grid: tuple[int, int, int]) -> 
 
 
 __all__ = [
-    "METHOD_SELECTORS", "SELECTORS", "check_selector", "num_to_keep", "topk_keep", "random_scores", "attention_scores",
+    "MERGING_SELECTORS", "METHOD_SELECTORS", "SELECTORS", "check_selector", "num_to_keep", "topk_keep", "random_scores", "attention_scores",
     "temporal_difference_scores",
 ]

@@ -22,7 +22,8 @@ from timm.models.vision_transformer import Block
 from . import flops
 from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
-from .selectors import (attention_scores, check_selector, random_scores,
+from .merge_blocks import run_evit, run_tome
+from .selectors import (MERGING_SELECTORS, attention_scores, check_selector, random_scores,
                         temporal_difference_scores, topk_keep)
 from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
 
@@ -40,11 +41,17 @@ class ReductionOutput:
             dropped by an earlier group; 1 for tokens a group passed on without selecting
     keep    per group, (B, N) bool: alive after that group's selection (the sample u when sampled)
     gflops  (B,) per-sample GMACs, selector cost included
+    source  tome / evit only: (B, N) long, the final token row that covers each patch (merged
+            groups; EViT's fused token covers every fused patch); None for dropping selectors
+
+    tome / evit report per stage instead of per group (see merge_blocks.run_tome / run_evit);
+    keep marks the positions their rows stand at, so kept_ratio is still rows / N.
     """
     logits: torch.Tensor
     scores: list[torch.Tensor]
     keep: list[torch.Tensor]
     gflops: torch.Tensor
+    source: torch.Tensor | None = None
 
     @property
     def kept_ratio(self) -> torch.Tensor:
@@ -62,10 +69,12 @@ class TokenReductionViT(nn.Module):
         drop_rate, drop_path_rate: head dropout and stochastic depth.
         groups: D, number of block groups; one selection (and one interpreter) before each.
         selector: default selector, one of "none", "interpreter", "random", "attention",
-            "temporal_difference". Interpreter weights exist only when it is "interpreter"; the
-            baselines can still be chosen per call (`model(x, selector=...)`).
+            "temporal_difference", "tome", "evit". Interpreter weights exist only when it is
+            "interpreter"; the others can still be chosen per call (`model(x, selector=...)`).
         threshold: interpreter keeps token i iff I_i >= threshold (greedy decisions).
-        keep_ratio: fraction of alive tokens the baselines keep at each selection.
+        keep_ratio: fraction of alive tokens the baselines keep at each selection; for "tome"
+            and "evit" the fraction of patch tokens left after the last block (their per-block
+            r / per-stage k follow from it: tome.tome_schedule, evit.evit_schedule).
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
@@ -151,19 +160,22 @@ class TokenReductionViT(nn.Module):
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
             on batch composition (sharded evaluation).
         """
-        features, scores, keep, macs = self.forward_features(
+        features, scores, keep, macs, source = self.forward_features(
             x, sample=sample, active_groups=active_groups, selector=selector,
             keep_ratio=keep_ratio, generator=generator, random_seeds=random_seeds)
         logits = self.forward_head(features)
         macs = macs + self.embed_dim * self.num_classes
-        return ReductionOutput(logits=logits, scores=scores, keep=keep, gflops=(macs / 1e9).float())
+        return ReductionOutput(logits=logits, scores=scores, keep=keep,
+                               gflops=(macs / 1e9).float(), source=source)
 
     def forward_features(self, x: torch.Tensor, *, sample: bool = False,
                          active_groups: int | None = None, selector: str | None = None,
                          keep_ratio: float | None = None,
                          generator: torch.Generator | None = None,
                          random_seeds: torch.Tensor | None = None):
-        """-> (cls features (B, D), scores per group, keep per group, MACs (B,))."""
+        """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None).
+
+        tome / evit (training-free, or finetuned through them) ignore sample / active_groups."""
         selector = check_selector(selector or self.selector)
         if selector == "interpreter" and self.interpreters is None:
             raise ValueError("this model was built without interpreters "
@@ -176,6 +188,15 @@ class TokenReductionViT(nn.Module):
         macs = torch.full((x.shape[0],), float(flops.patch_embed_macs(
             N, self.patch_size, self.embed.patch_embed.proj.in_channels, self.embed_dim)),
             device=x.device, dtype=torch.float64)
+        if selector in MERGING_SELECTORS:
+            if selector == "tome":
+                run = run_tome(list(self.blocks), cls, patches, keep_ratio=keep_ratio,
+                               mlp_ratio=self.mlp_ratio, groups=self.groups)
+            else:
+                run = run_evit(list(self.blocks), cls, patches, keep_ratio=keep_ratio,
+                               mlp_ratio=self.mlp_ratio)
+            features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
+            return features, run.scores, run.keep, macs + run.macs, run.tokens.source
         all_scores, all_keep = [], []
         for j in range(self.groups):
             blocks = self.group_blocks(j)
@@ -194,7 +215,7 @@ class TokenReductionViT(nn.Module):
                 tokens.counts().double() + 1, self.embed_dim, self.mlp_ratio)
             cls, tokens = self._run_blocks(blocks, cls, tokens)
         features = self.norm(torch.cat([cls, tokens.x], dim=1))[:, 0]  # norm is per token
-        return features, all_scores, all_keep, macs
+        return features, all_scores, all_keep, macs, None
 
     # ---- internals ----
     def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
