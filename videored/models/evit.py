@@ -20,6 +20,8 @@ keep rate κ (our keep_ratio ≈ κ^S). A stage that would not shrink the sequen
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -34,6 +36,16 @@ def evit_schedule(num_patches: int, stages: int, keep_ratio: float) -> list[int]
     if not 0.0 <= keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
     return [max(round(num_patches * keep_ratio ** (s / stages)), 1) for s in range(1, stages + 1)]
+
+
+def warmup_keep_ratio(progress: float, keep_ratio: float, stages: int) -> float:
+    """EViT's keep-rate warm-up (Sec. 4): the per-stage rate goes from 1 to its target
+    keep_ratio ** (1/S) along a cosine as progress goes 0 -> 1 (clipped: before 0 everything is
+    kept, after 1 the target holds); returns the final fraction."""
+    target = keep_ratio ** (1.0 / stages)
+    t = min(max(progress, 0.0), 1.0)
+    rate = target + (1.0 - target) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return rate ** stages
 
 
 def attentive_rows(cls_attn: torch.Tensor, k: int) -> torch.Tensor:
@@ -54,4 +66,4 @@ def fusion_map(attentive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return row_map, keep
 
 
-__all__ = ["attentive_rows", "evit_blocks", "evit_schedule", "fusion_map"]
+__all__ = ["attentive_rows", "evit_blocks", "evit_schedule", "fusion_map", "warmup_keep_ratio"]
