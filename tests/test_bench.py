@@ -12,13 +12,13 @@ from videored.models.flops import dense_vit_gmacs
 def test_bench_cli_rows_and_flops_ratio(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--models", "deit_tiny_patch16_224", "--batch-sizes", "1",
-                 "--keep-ratios", "1.0,0.5", "--runs", "1", "--json", str(out)]) == 0
+                 "--kept-ratios", "1.0,0.5", "--runs", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    rows = {(r["method"], r["keep_ratio"]): r for r in data["speed"]}
+    rows = {(r["method"], r["target_kept_ratio"]): r for r in data["speed"]}
     assert set(rows) == {("original", 1.0), ("interpreter", 0.5), ("random", 0.5),
                          ("attention", 0.5), ("temporal_difference", 0.5)}
     for r in data["speed"]:
-        assert {"model", "method", "keep_ratio", "batch_size", "device", "dtype", "clips_per_s",
+        assert {"model", "method", "target_kept_ratio", "batch_size", "device", "dtype", "clips_per_s",
                 "speedup", "flops_ratio", "peak_mem_mb"} <= set(r)
     dense = rows[("original", 1.0)]
     assert dense["gflops"] == pytest.approx(dense_vit_gmacs(num_patches=196, dim=192, depth=12,

@@ -31,16 +31,16 @@ def test_supervised_stage_trains_through_evit_with_warmup(tmp_path):
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     steps = [r for r in rows if r["kind"] == "step"]
     kept = [r["kept"] for r in steps]
-    # N = 8 patches, EViT stages at blocks 0 and 1: keep 1 -> 8 rows; the target 0.25 -> 2 rows,
-    # one attentive row + the fused token. The attentive row is a patch (kept 1/8) or the first
-    # stage's fused token (kept 0), so the batch mean is at most 1/8.
+    # N = 8 patches, EViT stages at blocks 0 and 1: keep 1 -> 8 rows; the target 0.25 keeps
+    # 2 attentive rows + the fused token. An attentive row is a patch or the first stage's fused
+    # token, so 2 or 1 patches are kept: the batch mean is between 1/8 and 2/8.
     gflops = [r["gflops"] for r in steps]
     assert kept[:4] == [1.0] * 4 and len(set(gflops[:4])) == 1
-    assert all(k <= 0.125 for k in kept[-4:]) and len(set(gflops[-4:])) == 1
+    assert all(0.125 <= k <= 0.25 for k in kept[-4:]) and len(set(gflops[-4:])) == 1
     assert all(a >= b for a, b in zip(gflops, gflops[1:]))  # cost falls during the warm-up
     assert gflops[-1] < gflops[6] < gflops[0]  # step 7: halfway through the warm-up
     val = [r for r in rows if r["kind"] == "val"][-1]
-    assert val["kept"] <= 0.125 and val["samples"] == 16
+    assert 0.125 <= val["kept"] <= 0.25 and val["samples"] == 16
     assert val["gflops"] == pytest.approx(gflops[-1])  # validated at the target
 
 

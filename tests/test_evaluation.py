@@ -95,10 +95,13 @@ def test_eval_cli_matched_keep_ratio_and_reports(tmp_path):
     interp_ratio = methods["interpreter"]["kept_ratio"]
     assert 0.05 < interp_ratio < 0.95
     n = 2 * 2 * 2  # patch tokens: 2 frames of a 2x2 grid
+    assert res["budget"] == {"match": "ratio", "reference": "interpreter"}
     for m in ("random", "attention", "temporal_difference"):
-        assert methods[m]["keep_ratio_setting"] == pytest.approx(interp_ratio)
-        # keeps round(ratio * N) tokens per clip: the ratio up to rounding to whole tokens
-        assert methods[m]["kept_ratio"] == pytest.approx(round(interp_ratio * n) / n)
+        assert methods[m]["budget"] == {"match": "ratio", "reference": "interpreter"}
+        # D = 1: the per-selection setting is the interpreter's kept ratio, clip by clip, and
+        # keeps the same token count (at least 1 where the interpreter kept none)
+        assert methods[m]["per_selection_keep_ratio"] == pytest.approx(interp_ratio)
+        assert methods[m]["kept_ratio"] == pytest.approx(interp_ratio, abs=1 / n)
     assert methods["original"]["kept_ratio"] == 1.0
     assert all(methods[m]["clips_per_s"] > 0 for m in methods)
     md = (tmp_path / "one" / "results.md").read_text()

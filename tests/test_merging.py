@@ -135,7 +135,7 @@ def test_proportional_attention_on_exact_duplicates():
 def test_evit_blocks_and_schedule():
     assert evit_blocks(12) == [3, 6, 9]  # the paper's 4th, 7th and 10th layers
     assert evit_blocks(16) == [4, 8, 12]  # LV-ViT-S: 5th, 9th, 13th
-    assert evit_schedule(1568, 3, 0.5) == [1245, 988, 784]
+    assert evit_schedule(1568, 3, 0.5) == [1245, 988, 784]  # + the fused row at each stage
     assert evit_schedule(196, 3, 1.0) == [196] * 3
 
 
@@ -178,7 +178,7 @@ def test_evit_keeps_the_slow_topk_of_cls_attention(name):
     x = inputs(model)
     N = model.num_patches
     stage = evit_blocks(len(model.blocks))[0]
-    target = evit_schedule(N, len(evit_blocks(len(model.blocks))), 0.5)[0]
+    k = evit_schedule(N, len(evit_blocks(len(model.blocks))), 0.5)[0]
     out = model(x, selector="evit", keep_ratio=0.5)
     with torch.no_grad():
         cls, patches = model.embed(x)
@@ -187,7 +187,7 @@ def test_evit_keeps_the_slow_topk_of_cls_attention(name):
             seq = block(seq)
     for b in range(len(x)):
         a = slow_cls_attention(model.blocks[stage], seq[b])
-        top = sorted(range(N), key=lambda j: -a[j])[:target - 1]
+        top = sorted(range(N), key=lambda j: -a[j])[:k]
         assert sorted(torch.nonzero(out.keep[0][b]).flatten().tolist()) == sorted(top)
         torch.testing.assert_close(out.scores[0][b], torch.tensor(a) / max(a), atol=1e-5, rtol=0)
 
@@ -242,3 +242,19 @@ def test_trainable_through_the_reduction(selector):
     out.logits.logsumexp(1).sum().backward()
     silent = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not silent, f"parameters without gradient: {silent}"
+
+
+@pytest.mark.parametrize("selector", ["tome", "evit"])
+def test_per_clip_budgets_equal_one_by_one(selector):
+    """A (B,) keep_ratio (matched budgets) reduces every clip to its own count."""
+    model = tiny(VIDEO)
+    x = inputs(model, batch=3)
+    ratios = torch.tensor([0.5, 0.25, 0.5], dtype=torch.float64)
+    out = model(x, selector=selector, keep_ratio=ratios)
+    for b in range(3):
+        one = model(x[b:b + 1], selector=selector, keep_ratio=float(ratios[b]))
+        torch.testing.assert_close(one.logits, out.logits[b:b + 1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(one.gflops, out.gflops[b:b + 1])
+        assert torch.equal(one.source, out.source[b:b + 1])
+        assert all(torch.equal(k1, kb[b:b + 1]) for k1, kb in zip(one.keep, out.keep))
+    assert out.gflops[1] < out.gflops[0] == out.gflops[2]

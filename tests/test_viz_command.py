@@ -11,7 +11,7 @@ from videored.viz import figures
 from videored.viz.heatmap import mask_outline, patch_grid, render_overlays
 from videored.viz.inputs import prepare_input, video_frames_uint8
 
-METHODS = ("interpreter", "attention", "temporal_difference", "random")
+METHODS = ("interpreter", "random", "attention", "temporal_difference")
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_baselines_default_to_the_interpreters_kept_fraction(files):
     kept = matched["interpreter"][1].mean()
     for m in METHODS[1:]:
         assert matched[m][1].mean() == pytest.approx(kept)
-        assert "interpreter's kept fraction" in notes[m]
+        assert "the interpreter's kept ratio" in notes[m]
     assert fixed["random"][1].mean() == pytest.approx(0.25)  # 4 of 16 patches
 
 
@@ -196,5 +196,5 @@ def test_bad_inputs_give_clear_errors(files, tmp_path, capsys):
     x = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30).x
     with torch.no_grad():
         results, notes = _run_methods(model, x, ["random"], None)
-    assert notes["random"] == "keep ratio 0.500 (model default)"  # nothing to match
+    assert notes["random"] == "keep ratio 0.500 per selection (model default)"  # nothing to match
     assert results["random"][1].mean() == pytest.approx(0.5)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from videored.models import create_model
-from videored.viz.segmentation import (confusion_counts, interpretability_table, keep_to_pixels,
-                                       matched_keep_ratio, segmentation_metrics)
+from videored.interpretability import (confusion_counts, interpretability_table, keep_to_pixels,
+                                       segmentation_metrics)
+from videored.models.methods import METHODS
 
 
 def _frame_a():
@@ -64,9 +65,10 @@ def test_keep_to_pixels_upsamples_each_patch_decision():
 
 
 def test_matched_keep_ratio():
-    assert matched_keep_ratio(0.3, 1) == pytest.approx(0.3)
-    assert matched_keep_ratio(0.125, 3) == pytest.approx(0.5)  # 0.5 per selection, 3 times
-    assert matched_keep_ratio(1.0, 3) == 1.0
+    setting_for = METHODS["random"].setting_for
+    assert setting_for(0.3, 1) == pytest.approx(0.3)
+    assert setting_for(0.125, 3) == pytest.approx(0.5)  # 0.5 per selection, 3 times
+    assert setting_for(1.0, 3) == 1.0
 
 
 def _tiny_video_model(**kw):
@@ -106,7 +108,7 @@ def test_table_matches_a_plain_reference_and_counts_failures():
     model = _tiny_video_model(threshold=0.5)
     items = _items(4, failed_at=2)
     table = interpretability_table(model, items, ["original", "interpreter", "random"],
-                                   keep_ratio=0.5, batch_size=2)
+                                   kept_ratio=0.5, batch_size=2)
     assert set(table) == {"original", "interpreter", "random"}
     ref = _reference(model, items, "interpreter")
     for key in ("pixel_acc", "mean_acc", "miou"):
@@ -129,21 +131,21 @@ def test_baselines_match_the_interpreters_kept_fraction_input_by_input():
     model.interpreters[0].threshold = float(scores.median())
     items = _items(4)
     table = interpretability_table(model, items, ["interpreter", "attention",
-                                                  "temporal_difference"], keep_ratio=None)
+                                                  "temporal_difference"], kept_ratio=None)
     kept = table["interpreter"]["kept"]
     assert 0 < kept < 1
     assert table["attention"]["kept"] == pytest.approx(kept)
     assert table["temporal_difference"]["kept"] == pytest.approx(kept)
     baseline = _tiny_video_model()
     baseline.interpreters = None  # no interpreter: nothing to match, a ratio is required
-    with pytest.raises(ValueError, match="keep_ratio is needed"):
-        interpretability_table(baseline, items, ["random"], keep_ratio=None)
+    with pytest.raises(ValueError, match="kept_ratio is needed"):
+        interpretability_table(baseline, items, ["random"], kept_ratio=None)
 
 
 def test_keep_ratio_one_equals_original():
     model = _tiny_video_model()
     items = _items(2)
-    table = interpretability_table(model, items, ["original", "random"], keep_ratio=1.0)
+    table = interpretability_table(model, items, ["original", "random"], kept_ratio=1.0)
     assert table["random"] == pytest.approx(table["original"])
 
 
@@ -164,7 +166,7 @@ def test_table_on_real_synthetic_videos_with_masks(tmp_path):
     ds = VideoClipDataset(tmp_path / "test.csv", mode="test", num_frames=2, sampling_rate=8,
                           crop_size=32, num_spatial_crops=1, return_masks=True, num_classes=4)
     model = _tiny_video_model()
-    table = interpretability_table(model, ds, ["original", "interpreter"], keep_ratio=None,
+    table = interpretability_table(model, ds, ["original", "interpreter"], kept_ratio=None,
                                    batch_size=3)
     assert table["original"]["samples"] == 2 and table["original"]["failed"] == 1
     good = [ds[i] for i in range(2)]
@@ -206,7 +208,7 @@ def test_image_mask_folder_geometry_and_image_table(tmp_path):
     model = create_model("deit_tiny_patch16_224", img_size=32, depth=3, num_classes=3,
                          selector="interpreter").eval()
     table = interpretability_table(model, ds, ["original", "interpreter", "random"],
-                                   keep_ratio=None)
+                                   kept_ratio=None)
     assert table["original"]["failed"] == 1 and table["original"]["samples"] == 1
     assert table["original"]["pixel_acc"] == pytest.approx(100 * 15 / 32)
     assert 0 < table["random"]["kept"] <= 1

@@ -2,29 +2,28 @@
 
 Every configuration of one table is timed in the same process, interleaved round by round
 (config A, B, C, A, B, C, ...), so that a noisy neighbour slows all of them alike; each cell is
-the median over rounds after warm-up, with device synchronization on CUDA.
+the median over rounds after warm-up, with device synchronization on CUDA
+(`videored.timing.time_interleaved`, shared with evaluation and the step benchmark).
 """
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
 import timm
 import torch
 
-from videored.models import METHOD_SELECTORS, TokenReductionViT, create_model
-
-METHODS = tuple(METHOD_SELECTORS)
+from videored.models import TokenReductionViT, create_model
+from videored.models.methods import METHODS, budget_kwargs, calibrate_interpreter, get_method
+from videored.timing import time_interleaved  # noqa: F401  (also used by evaluation)
 
 
 @dataclass
 class SpeedRow:
     model: str
     method: str
-    keep_ratio: float
+    target_kept_ratio: float  # the budget: fraction of patch tokens meant to reach the last block
     batch_size: int
     device: str
     dtype: str
@@ -40,137 +39,72 @@ class SpeedRow:
         return asdict(self)
 
 
-def per_group_ratio(keep_ratio: float, groups: int) -> float:
-    """Keep ratio of each of D selections so that `keep_ratio` of the patches reach the end."""
-    return keep_ratio ** (1.0 / groups)
-
-
-def calibrate_thresholds(model: TokenReductionViT, x: torch.Tensor, keep_ratio: float) -> list[float]:
-    """Interpreter thresholds, group by group, that keep `keep_ratio` of this batch's patch
-    tokens overall (untrained weights: the benchmark needs the ratio, not the choice)."""
-    if keep_ratio >= 1.0:
-        return [0.0] * model.groups
-    ratio = per_group_ratio(keep_ratio, model.groups)
-    thresholds: list[float] = []
-    for j in range(model.groups):
-        for interpreter, threshold in zip(model.interpreters, thresholds):
-            interpreter.threshold = threshold
-        with torch.inference_mode():
-            out = model(x, active_groups=j + 1)
-        alive = out.keep[j - 1] if j > 0 else torch.ones_like(out.keep[0])
-        scores = out.scores[j][alive].float()
-        thresholds.append(float(torch.quantile(scores, 1.0 - ratio)))
-    return thresholds
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    try:  # Linux: writing 5 resets the process' peak RSS (VmHWM)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _proc_status_mb("VmRSS")
-    except OSError:
-        return float("nan")
-
-
-def _peak_mb(device: torch.device, baseline: float) -> float | None:
-    if device.type == "cuda":
-        return max(0.0, torch.cuda.max_memory_allocated(device) / 2**20 - baseline)
-    peak = _proc_status_mb("VmHWM")
-    return None if peak != peak or baseline != baseline else max(0.0, peak - baseline)
-
-
-def _proc_status_mb(field: str) -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, runs: int,
-                     device: torch.device) -> tuple[dict[str, float], dict[str, float | None]]:
-    """Median seconds per call of each fn, timed round-robin; plus peak memory per fn (MB)."""
-    peaks: dict[str, float | None] = {}
-    for name, fn in fns.items():  # warm-up (also measures the peak memory of one call)
-        baseline = _reset_peak(device)
-        for _ in range(warmup):
-            fn()
-        _sync(device)
-        peaks[name] = _peak_mb(device, baseline)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, peaks
-
-
-def speed_table(model_name: str, *, keep_ratios: Iterable[float], batch_sizes: Iterable[int],
-                methods: Iterable[str] = METHODS, device: str = "cpu", dtype: str = "fp32",
+def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: Iterable[int],
+                methods: Iterable[str] = tuple(METHODS), device: str = "cpu", dtype: str = "fp32",
                 warmup: int = 1, runs: int = 3, model_kwargs: dict | None = None,
+                model: TokenReductionViT | None = None, inputs: torch.Tensor | None = None,
                 progress: Callable[[str], None] | None = None) -> list[SpeedRow]:
-    """Rows for one model: `original` once per batch size, every other method at every ratio."""
+    """Rows for one model: `original` once per batch size, every other method at every budget.
+
+    kept_ratios are budgets in the method table's vocabulary: kept ratios (fraction of patch
+    tokens reaching the last block). Baselines reach them through their per-selection setting
+    (`budget_kwargs`), the interpreter through thresholds calibrated on the batch
+    (`calibrate_interpreter`). model / inputs: a given model and clips instead of `model_name`'s
+    untrained weights and random inputs (inputs (B, ...): batch_sizes are then ignored).
+    """
     dev = torch.device(device)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    model = create_model(model_name, selector="interpreter", **(model_kwargs or {}))
+    if model is None:
+        model = create_model(model_name, selector="interpreter", **(model_kwargs or {}))
     model = model.to(dev).eval()
+    methods = [get_method(m).name for m in methods]
+    if inputs is not None:
+        batch_sizes = [len(inputs)]
     rows = []
     for batch_size in batch_sizes:
-        x = _example_input(model, batch_size, dev)
-        # keep_ratio is the fraction of patches that reach the last group: with D selections
-        # (DeiT: 3) each keeps keep_ratio ** (1 / D) of the tokens alive before it.
-        configs: dict[str, dict] = {"original|1.0": dict(selector=METHOD_SELECTORS["original"])}
+        x = inputs.to(dev) if inputs is not None else _example_input(model, batch_size, dev)
+        configs: dict[str, tuple[str, float]] = {"original|1.0": ("original", 1.0)}
         for method in methods:
-            for ratio in keep_ratios:
-                if method != "original" and ratio < 1.0:
-                    configs[f"{method}|{ratio}"] = dict(
-                        selector=METHOD_SELECTORS[method],
-                        keep_ratio=per_group_ratio(ratio, model.groups), target=ratio)
-        thresholds = {ratio: calibrate_thresholds(model, x, ratio) for ratio in keep_ratios}
+            for ratio in kept_ratios:
+                if get_method(method).reduces and ratio < 1.0:
+                    configs[f"{method}|{ratio}"] = (method, ratio)
+        thresholds = {}
+        if any(get_method(m).learned for m in methods):
+            saved = [interpreter.threshold for interpreter in model.interpreters]
+            with torch.inference_mode():
+                thresholds = {r: calibrate_interpreter(model, x, r) for r in kept_ratios}
 
-        def run(cfg: dict) -> Callable[[], object]:
-            cfg = dict(cfg)
-            target = cfg.pop("target", 1.0)
+        def run(method: str, ratio: float) -> Callable[[], object]:
+            kwargs = budget_kwargs(model, method, kept_ratio=ratio)
 
             def call():
-                if cfg["selector"] == "interpreter":
-                    for interpreter, t in zip(model.interpreters, thresholds[target]):
+                if get_method(method).learned:
+                    for interpreter, t in zip(model.interpreters, thresholds[ratio]):
                         interpreter.threshold = t
                 with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype,
                                                             enabled=amp_dtype is not None):
-                    return model(x, **cfg)
+                    return model(x, **kwargs)
             return call
 
-        fns = {name: run(cfg) for name, cfg in configs.items()}
+        fns = {name: run(*cfg) for name, cfg in configs.items()}
         if progress:
             progress(f"{model_name} batch {batch_size}: {len(fns)} configs x {runs} rounds")
         seconds, peaks = time_interleaved(fns, warmup=warmup, runs=runs, device=dev)
         dense_gflops = None
-        for name, cfg in configs.items():
+        for name, (method, ratio) in configs.items():
             out = fns[name]()
             gflops = float(out.gflops.float().mean())
             dense_gflops = dense_gflops or gflops  # "original" is first
-            method, ratio = name.split("|")
             rows.append(SpeedRow(
-                model=model_name, method=method, keep_ratio=float(ratio), batch_size=batch_size,
-                device=_device_name(dev), dtype=dtype, clips_per_s=batch_size / seconds[name],
-                seconds=seconds[name], speedup=seconds["original|1.0"] / seconds[name],
+                model=model_name, method=method, target_kept_ratio=ratio,
+                batch_size=batch_size, device=_device_name(dev), dtype=dtype,
+                clips_per_s=batch_size / seconds[name], seconds=seconds[name],
+                speedup=seconds["original|1.0"] / seconds[name],
                 flops_ratio=dense_gflops / gflops, gflops=gflops,
                 kept_ratio=float(out.kept_ratio.mean()), peak_mem_mb=peaks[name]))
+        if thresholds:  # leave the model as it came
+            for interpreter, t in zip(model.interpreters, saved):
+                interpreter.threshold = t
     return rows
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from videored.bench.speed import METHODS, dense_vs_timm, interpreter_cost, speed_table
+from videored.bench.speed import dense_vs_timm, interpreter_cost, speed_table
+from videored.models.methods import METHODS, parse_methods
 from videored.tables import markdown_table
 
 SPEED_COLUMNS = [
-    ("model", "model", "s"), ("method", "method", "s"), ("keep_ratio", "keep", ".1f"),
+    ("model", "model", "s"), ("method", "method", "s"), ("target_kept_ratio", "budget", ".1f"),
     ("batch_size", "batch", "d"), ("dtype", "dtype", "s"), ("clips_per_s", "clips/s", ".2f"),
     ("speedup", "speed-up", ".2f"), ("flops_ratio", "FLOPs ratio", ".2f"),
     ("efficiency", "speed-up / FLOPs ratio", ".2f"), ("gflops", "GFLOPs", ".1f"),
@@ -28,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fewer rows and rounds, same columns (<= 5 min on 2 CPU cores)")
     p.add_argument("--models", default=None,
                    help=f"comma list (default: {VIDEO},deit_small_patch16_224,deit_base_patch16_224)")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--keep-ratios", default="1.0,0.7,0.5,0.3")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list from the method table: {', '.join(METHODS)}")
+    p.add_argument("--kept-ratios", "--keep-ratios", dest="kept_ratios", default="1.0,0.7,0.5,0.3",
+                   help="budgets: fractions of patch tokens reaching the last block")
     p.add_argument("--batch-sizes", default=None, help="default: 1,8 (CPU), 1,8,32 (GPU)")
     p.add_argument("--runs", type=int, default=None, help="timed rounds per cell (median)")
     p.add_argument("--decode", action="store_true", help="also the video decoding table")
@@ -38,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     models = (args.models or f"{VIDEO},deit_small_patch16_224,deit_base_patch16_224").split(",")
-    methods = args.methods.split(",")
-    ratios = [float(r) for r in args.keep_ratios.split(",")]
+    methods = parse_methods(args.methods)
+    ratios = [float(r) for r in args.kept_ratios.split(",")]
     batches = args.batch_sizes or ("1,8" if args.device == "cpu" else "1,8,32")
     batches = [int(b) for b in batches.split(",")]
     runs = args.runs or (3 if args.quick else 5)
@@ -51,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     for name in models:
         model_batches = [1] if args.quick and name == VIDEO and args.device == "cpu" else batches
         rows += [r.as_dict() for r in speed_table(
-            name, keep_ratios=ratios, batch_sizes=model_batches, methods=methods,
+            name, kept_ratios=ratios, batch_sizes=model_batches, methods=methods,
             device=args.device, dtype=args.dtype, runs=runs, progress=say)]
     for row in rows:
         row["efficiency"] = row["speedup"] / row["flops_ratio"]

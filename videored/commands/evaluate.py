@@ -1,10 +1,14 @@
 """`videored eval`: every method on one trained model, clip-1 / video-1, speed; results.json + .md.
 
     videored eval --config CFG --checkpoint model.pt --out DIR \
-        [--methods original,random,attention,temporal_difference,interpreter] [--keep-ratio R]
+        [--methods original,random,attention,temporal_difference,interpreter] \
+        [--match ratio|gmacs] [--kept-ratio R]
 
-Baselines keep the interpreter's measured mean kept ratio on the same data unless --keep-ratio
-is given (the paper compares methods at equal speed). Runs under torchrun / SLURM like `train`.
+Every name in --methods is an entry of the method table (`videored.models.methods`). Budgeted
+methods (the baselines) match the interpreter view by view: the same kept ratio (fraction of
+patches reaching the last block; --match ratio, the default) or the same GMACs (--match gmacs),
+unless a fixed --kept-ratio is given. results.json records which. Runs under torchrun / SLURM
+like `train`.
 """
 from __future__ import annotations
 
@@ -12,9 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from videored.models.selectors import METHOD_SELECTORS
-
-METHODS = tuple(METHOD_SELECTORS)
+from videored.models.methods import MATCH_MODES, METHODS, get_method, parse_methods
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,9 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "weights, the interpreter on --checkpoint (paper Table 4); default: "
                         "every method on --checkpoint")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: next to checkpoint)")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--keep-ratio", type=float, default=None,
-                   help="baselines' keep ratio (default: the interpreter's measured kept ratio)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list from the method table: {', '.join(METHODS)}")
+    p.add_argument("--match", default="ratio", choices=MATCH_MODES,
+                   help="matched comparison: baselines reach the interpreter's kept ratio "
+                        "(ratio) or its GMACs (gmacs), view by view")
+    p.add_argument("--kept-ratio", "--keep-ratio", dest="kept_ratio", type=float, default=None,
+                   help="a fixed budget instead: fraction of patch tokens reaching the last block "
+                        "for every baseline (--keep-ratio: old name, same meaning)")
     p.add_argument("--split", default="test", help="csv split / image folder split to score")
     p.add_argument("--spatial-crops", type=int, default=3, help="video-1 views (paper: 3)")
     p.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
@@ -46,10 +53,13 @@ def main(args: argparse.Namespace) -> int:
     from videored.engine.config import ConfigError
     from videored.engine.run_eval import config_for_checkpoint
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        print(f"videored eval: unknown methods {unknown}; choose from {', '.join(METHODS)}",
+    try:
+        methods = parse_methods(args.methods)
+    except ValueError as err:
+        print(f"videored eval: {err}", file=sys.stderr)
+        return 2
+    if args.kept_ratio is not None and not 0.0 <= args.kept_ratio <= 1.0:
+        print(f"videored eval: --kept-ratio must be in [0, 1], got {args.kept_ratio}",
               file=sys.stderr)
         return 2
     try:
@@ -57,16 +67,18 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"videored eval: config error: {err}", file=sys.stderr)
         return 2
-    if "interpreter" not in methods and args.keep_ratio is None and set(methods) - {"original"}:
-        print("videored eval: baselines need --keep-ratio when 'interpreter' is not evaluated",
-              file=sys.stderr)
+    budgeted = [m for m in methods if get_method(m).budgeted]
+    if "interpreter" not in methods and args.kept_ratio is None and budgeted:
+        print(f"videored eval: {', '.join(budgeted)} need --kept-ratio when 'interpreter' is not "
+              "evaluated (there is nothing to match)", file=sys.stderr)
         return 2
     from videored.engine.run_eval import run_evaluation
 
     out = args.out or Path(args.checkpoint).resolve().parent
     try:
         results = run_evaluation(cfg, checkpoint=args.checkpoint, out_dir=out, methods=methods,
-                                 keep_ratio=args.keep_ratio, split=args.split,
+                                 kept_ratio=args.kept_ratio, match=args.match,
+                                 split=args.split,
                                  spatial_crops=args.spatial_crops, batch_size=args.batch_size,
                                  num_workers=args.num_workers, speed_runs=args.speed_runs,
                                  interpretability=args.interpretability,

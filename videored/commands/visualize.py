@@ -6,8 +6,9 @@
 Writes `OUT/<stem>_<method>.png` (+ `.gif` with --gif) per input and method, and with
 `--method all` also `OUT/<stem>_all.png` (methods as rows); each path is printed when written.
 Videos with object masks stored beside them (`name.masks.npz`, the synthetic dataset) get the
-object outlined in white. Baselines keep, by default, the fraction of patches the interpreter kept
-on that input (equal speed, as the paper compares).
+object outlined in white. Methods are entries of the method table (`videored.models.methods`);
+baselines match, by default, the interpreter on that input: its kept ratio (--match ratio) or its
+GMACs (--match gmacs), as `videored eval` does; --kept-ratio R sets a fixed budget instead.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-VIEW_METHODS = ("interpreter", "attention", "temporal_difference", "random")
+from videored.models.methods import MATCH_MODES, METHODS, get_method
+
+# Every method that reduces tokens (`original` draws nothing: it keeps every patch).
+VIEW_METHODS = tuple(m.name for m in METHODS.values() if m.reduces)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,9 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--csv", type=Path, help="a dataset list (`path label` lines) of videos")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--method", default="interpreter", choices=[*VIEW_METHODS, "all"])
-    p.add_argument("--keep-ratio", type=float, default=None,
-                   help="baselines' keep ratio per selection (default: the interpreter's kept "
-                        "fraction on each input; the model's keep_ratio without an interpreter)")
+    p.add_argument("--match", default="ratio", choices=MATCH_MODES,
+                   help="baselines match the interpreter's kept ratio (ratio) or GMACs (gmacs) "
+                        "on each input")
+    p.add_argument("--kept-ratio", "--keep-ratio", dest="kept_ratio", type=float, default=None,
+                   help="a fixed budget instead: fraction of patch tokens reaching the last "
+                        "block (default: match the interpreter; the model's keep_ratio without "
+                        "an interpreter)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the interpreter's keep threshold")
     p.add_argument("--limit", type=int, default=None, help="with --csv: the first N videos")
@@ -101,34 +109,28 @@ def _inputs(args: argparse.Namespace, model, sampling_rate: int, target_fps: flo
             yield str(path), None, None, f"{type(e).__name__}: {e}"
 
 
-def _run_methods(model, x: torch.Tensor, methods: list[str], keep_ratio: float | None):
-    """Run `methods` on one input x (C, T, H, W) or (C, H, W).
+def _run_methods(model, x: torch.Tensor, methods: list[str], kept_ratio: float | None,
+                 match: str = "ratio"):
+    """Run `methods` on one input x (C, T, H, W) or (C, H, W), at one budget (`run_methods`).
 
     -> ({method: (scores (D, T, gh, gw), keep (D, T, gh, gw) bool, predicted class, its
     probability)}, {method: note for the title}); D = groups, T = 1 for images.
     """
+    from videored.models.methods import run_methods
     from videored.viz.heatmap import patch_grid
-    from videored.viz.segmentation import matched_keep_ratio
 
+    outputs = run_methods(model, x.unsqueeze(0), methods, match=match, kept_ratio=kept_ratio)
     results, notes = {}, {}
-    batch = x.unsqueeze(0)
-    out = None
-    if model.interpreters is not None:
-        out = model(batch, selector="interpreter")
-    for m in methods:
-        if m == "interpreter":
-            res = out
+    for m, res in outputs.items():
+        if get_method(m).learned:
             notes[m] = f"threshold {model.threshold:g}"
+        elif kept_ratio is not None:
+            notes[m] = f"kept ratio {kept_ratio:g} (fixed)"
+        elif model.interpreters is not None:
+            what = "kept ratio" if match == "ratio" else "GMACs"
+            notes[m] = f"the interpreter's {what} ({res.kept_ratio[0]:.3f} kept)"
         else:
-            ratio = keep_ratio
-            if ratio is None:
-                ratio = (matched_keep_ratio(float(out.kept_ratio[0]), model.groups)
-                         if out is not None else model.keep_ratio)
-                source = "interpreter's kept fraction" if out is not None else "model default"
-                notes[m] = f"keep ratio {ratio:.3f} ({source})"
-            else:
-                notes[m] = f"keep ratio {ratio:g}"
-            res = model(batch, selector=m, keep_ratio=ratio)
+            notes[m] = f"keep ratio {model.keep_ratio:.3f} per selection (model default)"
         scores = np.stack([patch_grid(s[0], model.grid) for s in res.scores])  # (D, T, gh, gw)
         keep = np.stack([patch_grid(k[0], model.grid) for k in res.keep])
         prob, label = res.logits[0].softmax(-1).max(-1)
@@ -143,8 +145,8 @@ def main(args: argparse.Namespace) -> int:
 
     overrides = {} if args.threshold is None else {"threshold": args.threshold}
     model = load_model_file(args.checkpoint, **overrides).to(args.device).eval()
-    if args.keep_ratio is not None and not 0 < args.keep_ratio <= 1:
-        raise SystemExit(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
+    if args.kept_ratio is not None and not 0 < args.kept_ratio <= 1:
+        raise SystemExit(f"--kept-ratio must be in (0, 1], got {args.kept_ratio}")
     if args.zoom < 1:
         raise SystemExit(f"--zoom must be a positive integer, got {args.zoom}")
     methods = list(VIEW_METHODS) if args.method == "all" else [args.method]
@@ -152,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
         if args.method == "interpreter":
             raise SystemExit(f"{args.checkpoint}: this model has no interpreter; choose a "
                              "baseline --method")
-        methods = [m for m in methods if m != "interpreter"]
+        methods = [m for m in methods if not get_method(m).learned]
     data_cfg = _training_data_config(args.checkpoint)
     sampling_rate = args.sampling_rate or int(data_cfg.get("sampling_rate") or 32)
     target_fps = args.target_fps or float(data_cfg.get("target_fps") or 30)
@@ -177,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
         used.add(stem)
         with torch.no_grad():
             results, notes = _run_methods(model, prepared.x.to(args.device), methods,
-                                          args.keep_ratio)
+                                          args.kept_ratio, args.match)
         frames = video_frames_uint8(prepared)  # (T, H, W, 3): the crop the model saw
         mask = None if prepared.mask is None else prepared.mask.numpy()  # (T, H, W) bool
         truth = "" if label is None else f", label {label}"
@@ -187,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
             title = (f"{m} ({notes[m]}) | {Path(name).name}: {prepared.description} | kept "
                      f"{keep[-1].mean():.2f} of the patches | predicted class {pred} "
                      f"(p={prob:.2f}){truth}")
-            threshold = model.threshold if m == "interpreter" else None
+            threshold = model.threshold if get_method(m).learned else None
             png = args.out / f"{stem}_{m}.png"
             if video_model:
                 figures.video_figure(png, frames, scores[-1], keep[-1], model.patch_size,

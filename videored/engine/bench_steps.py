@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable
 
 import torch
 
 from videored.tables import markdown_table
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from videored.timing import time_interleaved
 
 
 def build(frames: int, img: int, device: torch.device):
@@ -83,20 +78,18 @@ def make_steps(model, x, y, amp: bool) -> dict[str, Callable[[], dict]]:
             "finetune step": lambda: step("finetune")}
 
 
-def time_interleaved(fns: dict[str, Callable[[], dict]], rounds: int, warmup: int,
-                     device: torch.device) -> dict[str, dict]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
+def time_steps(fns: dict[str, Callable[[], dict]], rounds: int, warmup: int,
+               device: torch.device) -> dict[str, dict]:
+    """Median seconds per step (the shared interleaved timer) and the mean kept ratio the timed
+    steps reported."""
     kept: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(warmup + rounds):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            info = fn()
-            _sync(device)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - t0)
-                kept[name].append(info["kept"])
-    return {k: {"seconds": statistics.median(times[k]), "kept": statistics.mean(kept[k])} for k in fns}
+
+    def recording(name: str) -> Callable[[], None]:
+        return lambda: kept[name].append(fns[name]()["kept"])
+
+    seconds, _ = time_interleaved({k: recording(k) for k in fns}, warmup=warmup, runs=rounds,
+                                  device=device)
+    return {k: {"seconds": seconds[k], "kept": statistics.mean(kept[k][warmup:])} for k in fns}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(0, 400, (args.batch,), device=device)
     threshold, mean_i = calibrate(model, x)
     amp = device.type == "cuda"
-    res = time_interleaved(make_steps(model, x, y, amp), args.rounds, args.warmup, device)
+    res = time_steps(make_steps(model, x, y, amp), args.rounds, args.warmup, device)
     base = res["finetune step"]["seconds"]
     rows = [{"step": k, "ms": v["seconds"] * 1e3, "ratio": v["seconds"] / base, "kept": v["kept"]}
             for k, v in res.items()]

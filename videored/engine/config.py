@@ -26,7 +26,7 @@ class ModelConfig:
     num_frames: int = 8  # video models only; ignored for image models
     depth: Optional[int] = None  # None: the registry default (12 for ViT-B/DeiT)
     groups: int = 1  # D: interpreter groups (video: 1, images: 3)
-    threshold: float = 0.5  # token kept when I_i > threshold (supplement Table 2)
+    threshold: float = 0.5  # token kept when I_i >= threshold (supplement Table 2)
     pretrained_path: Optional[str] = None  # local .pth only; nothing downloads at run time
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other constructor argument
 

@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from videored.models.methods import MATCH_MODES, budget_kwargs
+
 from .distributed import DistInfo, all_gather_object
 
 
@@ -32,9 +34,47 @@ class ViewPrediction:
     label: int
     probs: torch.Tensor  # (num_classes,) softmax
     failed: bool
-    kept_ratio: float
+    kept_ratio: float  # fraction of patch tokens that reached the last block
     gflops: float
     path: str = ""
+    keep_ratio: float | None = None  # per-selection setting a budgeted method ran at
+
+
+@dataclass
+class ViewBudget:
+    """The budget of a budgeted method, view by view (one definition for eval and its speed).
+
+    kept_ratio: one fixed target kept ratio for every view; else `per_view` maps a dataset index
+    to the reference method's kept ratio (match "ratio") or GMACs (match "gmacs") on that view.
+    """
+    kept_ratio: float | None = None
+    per_view: dict[int, float] | None = None
+    match: str = "ratio"
+
+    def __post_init__(self) -> None:
+        if self.match not in MATCH_MODES:
+            raise ValueError(f"match must be one of {MATCH_MODES}, got {self.match!r}")
+        if (self.kept_ratio is None) == (self.per_view is None):
+            raise ValueError("a ViewBudget needs exactly one of kept_ratio and per_view")
+
+    @classmethod
+    def matching(cls, reference: list[ViewPrediction], match: str) -> "ViewBudget":
+        key = "kept_ratio" if match == "ratio" else "gflops"
+        return cls(per_view={v.index: getattr(v, key) for v in reference}, match=match)
+
+    def forward_kwargs(self, model: nn.Module, method: str, index: torch.Tensor) -> dict:
+        """model(x, **forward_kwargs(...)) runs `method` at this budget on the views `index`."""
+        if self.kept_ratio is not None:
+            return budget_kwargs(model, method, kept_ratio=self.kept_ratio)
+        target = torch.tensor([self.per_view[int(i)] for i in index], dtype=torch.float64)
+        if self.match == "ratio":
+            return budget_kwargs(model, method, kept_ratio=target)
+        return budget_kwargs(model, method, gmacs=target)
+
+    def describe(self, reference: str = "interpreter") -> dict:
+        if self.kept_ratio is not None:
+            return {"match": "fixed", "kept_ratio": self.kept_ratio}
+        return {"match": self.match, "reference": reference}
 
 
 class _Indexed(Dataset):
@@ -64,8 +104,12 @@ class _Indexed(Dataset):
 @torch.no_grad()
 def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_size: int,
                   num_workers: int = 0, amp: bool = False, progress: str | None = None,
-                  seed: int = 0, **forward_kwargs: Any) -> list[ViewPrediction]:
-    """Every view of `dataset` through `model(x, **forward_kwargs)`, gathered on all ranks.
+                  seed: int = 0, method: str = "original", budget: ViewBudget | None = None,
+                  **forward_kwargs: Any) -> list[ViewPrediction]:
+    """Every view of `dataset` through `method` of the method table, gathered on all ranks.
+
+    budget: where `method` is budgeted, its target per view (None: the model's default
+    keep_ratio). forward_kwargs go to the model as they are.
 
     Sharded with a DistributedSampler (which pads the last round with duplicates); the gathered
     list holds each dataset index exactly once, in index order. The random selector draws each
@@ -80,18 +124,26 @@ def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_s
     bar = tqdm(loader, desc=progress, disable=progress is None or not dist.is_main, leave=False)
     for batch in bar:
         x = batch["video"] if "video" in batch else batch["image"]
+        kwargs = (budget.forward_kwargs(model, method, batch["index"]) if budget is not None
+                  else budget_kwargs(model, method))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(x.to(dist.device), random_seeds=seed * 10_000_019 + batch["index"],
-                        **forward_kwargs)
+                        **kwargs, **forward_kwargs)
         probs = out.logits.float().softmax(dim=1).cpu()
         kept, gflops = out.kept_ratio.float().cpu(), out.gflops.float().cpu()
+        setting = kwargs.get("keep_ratio")
+        if isinstance(setting, torch.Tensor):
+            setting = setting.double().cpu().tolist()
+        elif setting is not None:
+            setting = [float(setting)] * len(probs)
         for b in range(len(probs)):
             rows.append(ViewPrediction(
                 index=int(batch["index"][b]), video_index=int(batch["video_index"][b]),
                 spatial_index=int(batch["spatial_index"][b]),
                 temporal_index=int(batch["temporal_index"][b]), label=int(batch["label"][b]),
                 probs=probs[b], failed=bool(batch["failed"][b]), kept_ratio=float(kept[b]),
-                gflops=float(gflops[b]), path=str(batch["path"][b])))
+                gflops=float(gflops[b]), path=str(batch["path"][b]),
+                keep_ratio=None if setting is None else setting[b]))
     unique = {row.index: row for part in all_gather_object(rows) for row in part}
     return [unique[i] for i in sorted(unique)]
 
@@ -131,6 +183,9 @@ def aggregate(views: Iterable[ViewPrediction], num_classes: int) -> dict[str, An
         "clip1_top5_err": err("clip1_top5"), "video1_top5_err": err("video1_top5"),
         "kept_ratio": _mean(v.kept_ratio for v in scored_views),
         "gflops": _mean(v.gflops for v in scored_views),
+        # the per-selection setting budgeted methods ran at (None for the others)
+        "per_selection_keep_ratio": _mean(v.keep_ratio for v in scored_views
+                                          if v.keep_ratio is not None),
         "per_class_video1_acc": [100.0 * h / t if t else None
                                  for h, t in zip(per_class_hit, per_class_total)],
         "num_videos": len(by_video), "num_scored": n, "failed_videos": failed,

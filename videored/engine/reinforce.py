@@ -28,7 +28,7 @@ def self_critical_advantage(
     tau: float,
     squared: bool = True,
 ) -> torch.Tensor:
-    """A = R(u) - R(u_hat): sampled decisions against the greedy ones, u_hat_i = [I_i > threshold].
+    """A = R(u) - R(u_hat): sampled decisions against the greedy ones, u_hat_i = [I_i >= threshold].
 
     All inputs (B,); returns (B,) float, no grad (it scales the log-likelihood, Eq. 3).
     """

@@ -1,9 +1,14 @@
 """The evaluation job behind `videored eval`: load, score every method, time them, write reports.
 
 Writes (rank 0) `results.json`: {"methods": {method: {clip1_err, video1_err, clip1_top5_err,
-video1_top5_err, clips_per_s, kept_ratio, gflops, per_class_video1_acc, ...}}, "num_videos",
-"failed_videos", ...} and `results.md`, a table laid out like paper Table 4 (video) or Table 2
-(images).
+video1_top5_err, clips_per_s, kept_ratio, gflops, per_selection_keep_ratio, budget,
+per_class_video1_acc, ...}}, "budget": {"match": "ratio" | "gmacs" | "fixed", ...},
+"num_videos", "failed_videos", ...} and `results.md`, a table laid out like paper Table 4 (video)
+or Table 2 (images).
+
+Matched comparison (the method table's budget vocabulary, `videored.models.methods`): without a
+fixed `kept_ratio`, every budgeted method matches the interpreter view by view, by kept ratio
+(match="ratio") or by GMACs (match="gmacs").
 """
 from __future__ import annotations
 
@@ -14,13 +19,13 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from videored.models import METHOD_SELECTORS
+from videored.models.methods import get_method
 from videored.tables import markdown_table
 
 from .builders import build_dataset, build_model, is_video_model, unpack_batch
 from .config import ConfigError, load_config, to_dict
 from .distributed import DistInfo, barrier, init_distributed
-from .evaluation import aggregate, predict_views
+from .evaluation import ViewBudget, aggregate, predict_views
 
 
 
@@ -56,35 +61,44 @@ def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: boo
     return model
 
 
-def measure_speed(model, dataset, methods: dict[str, dict], *, dist: DistInfo, batch_size: int,
-                  runs: int, amp: bool) -> dict[str, float]:
-    """Model clips/s per method on the first batch of real clips (decoding excluded), all methods
-    timed interleaved in one run (the dense model included) after warm-up, synchronized."""
-    from videored.bench.speed import time_interleaved
+def measure_speed(nets: dict, dataset, budgets: dict[str, Optional[ViewBudget]], *,
+                  dist: DistInfo, batch_size: int, runs: int, amp: bool) -> dict[str, float]:
+    """Model clips/s per method on the first batch of real clips (decoding excluded), each at
+    its budget on those very clips, all methods timed interleaved in one run after warm-up."""
+    from videored.timing import time_interleaved
 
-    items = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    n = min(batch_size, len(dataset))
+    items = [dataset[i] for i in range(n)]
     x = torch.stack([unpack_batch(it)[0] for it in items]).to(dist.device)  # video or image
+    index = torch.arange(n)
 
-    def call(kwargs):
+    def call(method: str):
+        net, budget = nets[method], budgets[method]
+        kwargs = budget.forward_kwargs(net, method, index) if budget is not None else (
+            {"selector": get_method(method).selector})
+
         def run():
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                return model(x, **kwargs)
+                return net(x, **kwargs)
         return run
 
-    seconds, _ = time_interleaved({m: call(kw) for m, kw in methods.items()}, warmup=1,
-                                  runs=runs, device=dist.device)
+    seconds, _ = time_interleaved({m: call(m) for m in budgets}, warmup=1, runs=runs,
+                                  device=dist.device)
     return {m: len(x) / s for m, s in seconds.items()}
 
 
 def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Path,
-                   methods: list[str], keep_ratio: Optional[float] = None, split: str = "test",
+                   methods: list[str], kept_ratio: Optional[float] = None,
+                   match: str = "ratio", split: str = "test",
                    spatial_crops: int = 3, batch_size: Optional[int] = None,
                    num_workers: Optional[int] = None, speed_runs: int = 5,
                    interpretability: bool = False,
                    dense_checkpoint: Optional[str | Path] = None) -> Optional[dict[str, Any]]:
     """Score `methods` on `split`; returns the results dict on rank 0 (None elsewhere).
 
-    dense_checkpoint: the model before token reduction. When given, `original` and the
+    kept_ratio: a fixed budget (fraction of patches reaching the last block) for every
+    budgeted method; None: they match the interpreter view by view, by `match` ("ratio" or
+    "gmacs"). dense_checkpoint: the model before token reduction. When given, `original` and the
     baselines run on its weights and `interpreter` on `checkpoint`'s, as in paper Table 4 (the
     original model, and dropping applied to it, against the IA-RED² model).
     """
@@ -101,32 +115,41 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     batch_size = batch_size or cfg.data.batch_size
     workers = cfg.data.num_workers if num_workers is None else num_workers
 
-    # The interpreter runs first: its measured kept ratio sets the baselines' ratio.
-    order = sorted(methods, key=lambda m: m != "interpreter")
+    # The interpreter runs first: its kept ratio (or GMACs) on each view is the baselines' budget.
+    learned = [m for m in methods if get_method(m).learned]
+    budgeted = [m for m in methods if get_method(m).budgeted]
+    if budgeted and kept_ratio is None and "interpreter" not in methods:
+        raise ValueError(f"{budgeted} need a kept ratio: evaluate 'interpreter' too (they match "
+                         "it) or give a fixed kept ratio")
+    order = sorted(methods, key=lambda m: not get_method(m).learned)
+    nets = {m: model if m in learned else dense for m in methods}
     results: dict[str, dict[str, Any]] = {}
-    forward: dict[str, dict] = {}
+    budgets: dict[str, Optional[ViewBudget]] = {}
+    reference_views = None
     for method in order:
-        kwargs: dict[str, Any] = {"selector": METHOD_SELECTORS[method]}
-        if method not in ("original", "interpreter"):
-            kwargs["keep_ratio"] = keep_ratio if keep_ratio is not None else results[
-                "interpreter"]["kept_ratio"]
-        forward[method] = kwargs
-        views = predict_views(model if method == "interpreter" else dense, dataset, dist=dist, batch_size=batch_size,
+        budget = None
+        if method in budgeted:
+            budget = (ViewBudget(kept_ratio=kept_ratio) if kept_ratio is not None
+                      else ViewBudget.matching(reference_views, match))
+        budgets[method] = budget
+        views = predict_views(nets[method], dataset, dist=dist, batch_size=batch_size,
                               num_workers=workers, amp=amp, progress=f"eval {method}",
-                              seed=cfg.run.seed, **kwargs)
+                              seed=cfg.run.seed, method=method, budget=budget)
+        if method == "interpreter":
+            reference_views = views
         results[method] = aggregate(views, num_classes)
-        results[method]["keep_ratio_setting"] = kwargs.get("keep_ratio")
-        results[method]["weights"] = str(checkpoint if method == "interpreter" or dense is model
+        results[method]["budget"] = None if budget is None else budget.describe()
+        results[method]["weights"] = str(checkpoint if nets[method] is model or dense is model
                                          else dense_checkpoint)
     if speed_runs > 0:
-        speeds = measure_speed(model, dataset, forward, dist=dist, batch_size=batch_size,
+        speeds = measure_speed(nets, dataset, budgets, dist=dist, batch_size=batch_size,
                                runs=speed_runs, amp=amp)
         for method, clips_per_s in speeds.items():
             results[method]["clips_per_s"] = clips_per_s
 
     interp = None
     if interpretability:
-        interp = _interpretability(cfg, model, dense, split, methods, results, keep_ratio)
+        interp = _interpretability(cfg, model, dense, split, methods, kept_ratio, match)
     barrier()
     if not dist.is_main:
         return None
@@ -134,6 +157,8 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     summary = {
         "checkpoint": str(checkpoint), "dense_checkpoint": str(dense_checkpoint or checkpoint),
         "split": split, "video": video,
+        "budget": ({"match": "fixed", "kept_ratio": kept_ratio} if kept_ratio is not None
+                   else {"match": match, "reference": "interpreter"}),
         "device": str(dist.device), "world_size": dist.world_size,
         "num_videos": first["num_videos"], "failed_videos": first["failed_videos"],
         "methods": {m: {k: v for k, v in results[m].items()
@@ -149,19 +174,13 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     return summary
 
 
-def _interpretability(cfg, model, dense, split, methods, results, keep_ratio):
-    """Kept-patch masks vs object masks; baselines at the interpreter's mean kept ratio."""
-    from videored.viz.segmentation import interpretability_table
+def _interpretability(cfg, model, dense, split, methods, kept_ratio, match):
+    """Kept-patch masks vs object masks, every method at the same budget as the rest of eval."""
+    from videored.interpretability import interpretability_table
 
     masked = build_dataset(cfg, split, return_masks=True, num_spatial_crops=1)  # centre crop
-    ratio = keep_ratio if keep_ratio is not None else results.get("interpreter", {}).get("kept_ratio")
-    table = {}
-    if "interpreter" in methods:
-        table.update(interpretability_table(model, masked, ["interpreter"], ratio))
-    others = [m for m in methods if m != "interpreter"]
-    if others:
-        table.update(interpretability_table(dense, masked, others, ratio))
-    return {m: table[m] for m in methods}
+    return interpretability_table(dense, masked, methods, kept_ratio, match=match,
+                                  reference_model=model)
 
 
 def write_reports(summary: dict[str, Any], out_dir: str | Path) -> None:

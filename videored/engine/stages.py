@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .reinforce import leave_one_out_advantage, policy_loss, reward
+from .reinforce import leave_one_out_advantage, policy_loss, reward, self_critical_advantage
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,9 @@ def interpreter_step(model: nn.Module, raw_model: nn.Module, x: torch.Tensor, y:
     if greedy is not None:
         kept_g = greedy.keep[j].float().mean(1)
         correct_g = greedy.logits.argmax(1) == y
-        r_g = reward(correct_g, kept_g, tau, squared)  # (B,)
-        advantage = r_s - r_g.repeat_interleave(K)
+        r_g = reward(correct_g, kept_g, tau, squared)  # (B,), for the logged sums
+        advantage = self_critical_advantage(correct_s, kept_s, correct_g.repeat_interleave(K),
+                                            kept_g.repeat_interleave(K), tau, squared)
         sums.update({"reward_greedy": r_g.sum(), "kept_greedy": kept_g.sum(),
                      "acc_greedy": correct_g.float().sum(), "gflops_greedy": greedy.gflops.float().sum()})
     else:

@@ -12,11 +12,14 @@ Where: the paper puts the stages in the 4th, 7th and 10th of DeiT's 12 blocks (a
 `k * L // 4`. JointST uses the same rule (its ViT-B has 12 blocks: the 4th, 7th, 10th), so image
 and video models reduce at the same depths.
 
-Budget (`evit_schedule`): keep_ratio = fraction of N patch tokens left after the last stage,
-the fused token counted as a token (it costs as one). The rows after stage s are
-round(N · keep_ratio^(s/S)) (at least 1): the same rate at every stage, as the paper's single
-keep rate κ (our keep_ratio ≈ κ^S). A stage that would not shrink the sequence keeps everything
-(no fusion), so keep_ratio 1 is the dense model.
+Budget (`evit_schedule`): keep_ratio = fraction of the N patches kept as attentive tokens
+after the last stage; the fused token rides along like cls (one more row, counted in the cost,
+not in the kept ratio). Stage s keeps k_s = round(N · keep_ratio^(s/S)) attentive rows (at
+least 1) plus the fused row: the same rate at every stage, as the paper's single keep rate κ
+(our keep_ratio ≈ κ^S; the paper's k = ceil(κ (n-1)) per stage differs by rounding). A stage
+that would not shrink the sequence (k_s + 1 >= rows) keeps everything (no fusion), so
+keep_ratio 1 is the dense model. When an earlier fused row is among the attentive ones, one
+patch fewer is kept.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def evit_blocks(depth: int) -> list[int]:
 
 
 def evit_schedule(num_patches: int, stages: int, keep_ratio: float) -> list[int]:
-    """Patch rows (fused included) after each of `stages` reorganizations."""
+    """Attentive rows k_s kept by each of `stages` reorganizations (the fused row comes on top)."""
     if not 0.0 <= keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
     return [max(round(num_patches * keep_ratio ** (s / stages)), 1) for s in range(1, stages + 1)]

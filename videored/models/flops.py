@@ -34,6 +34,12 @@ def patch_embed_macs(num_patches: int, patch_size: int, in_chans: int, dim: int)
     return num_patches * in_chans * patch_size * patch_size * dim
 
 
+def interpreter_macs(num_tokens: torch.Tensor | int, dim: int):
+    """Multi-head interpreter on num_tokens tokens: F_q (nD²), F_k on the policy token (D²), and
+    the per-head dot products (nD in all)."""
+    return num_tokens * dim * dim + dim * dim + num_tokens * dim
+
+
 def attention_selector_macs(num_tokens: torch.Tensor | int, dim: int):
     """cls query + keys of all tokens + the cls row of QKᵀ (num_tokens includes cls)."""
     return dim * dim + num_tokens * dim * dim + num_tokens * dim

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from timm.layers import trunc_normal_
 
+from .flops import interpreter_macs
+
 
 class MultiHeadInterpreter(nn.Module):
     def __init__(self, dim: int, num_heads: int, threshold: float = 0.5,
@@ -64,5 +66,4 @@ class MultiHeadInterpreter(nn.Module):
 
     def macs(self, num_tokens: int) -> int:
         """Multiply-accumulates to score `num_tokens` tokens (F_q, F_k on P, the dot products)."""
-        dim = self.query.in_features
-        return num_tokens * dim * dim + dim * dim + num_tokens * dim
+        return interpreter_macs(num_tokens, self.query.in_features)

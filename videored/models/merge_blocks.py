@@ -82,6 +82,43 @@ def _snapshot_blocks(depth: int, groups: int) -> set[int]:
     return {(j + 1) * per - 1 for j in range(groups)}
 
 
+def tome_macs(num_patches: int, schedule: list[int], dim: int, head_dim: int,
+              mlp_ratio: float) -> float:
+    """MACs of the blocks under ToMe with r per block `schedule` (cls included in every count):
+    attention at the rows entering, the bipartite similarity where r > 0, MLP at the rows left.
+    The single cost formula of ToMe: run_tome reports it, the method table predicts with it."""
+    macs, n = 0.0, num_patches
+    for r in schedule:
+        macs += flops.attention_macs(n + 1, dim)
+        if r > 0:
+            macs += flops.tome_matching_macs((n + 1) // 2, n // 2, head_dim)
+            n -= min(r, n // 2)
+        macs += flops.mlp_macs(n + 1, dim, mlp_ratio)
+    return macs
+
+
+def evit_macs(num_patches: int, depth: int, targets: dict[int, int], dim: int,
+              mlp_ratio: float) -> float:
+    """MACs of the blocks under EViT with `targets` {block: attentive rows k} (cls included):
+    attention at the rows entering, the cls attention row where a stage shrinks the sequence,
+    MLP at the rows left. run_evit reports it, the method table predicts with it."""
+    macs, n = 0.0, num_patches
+    for i in range(depth):
+        macs += flops.attention_macs(n + 1, dim)
+        if targets.get(i, n) + 1 < n:
+            macs += flops.cls_attention_macs(n + 1, dim)
+            n = targets[i] + 1  # the attentive rows and the fused one
+        macs += flops.mlp_macs(n + 1, dim, mlp_ratio)
+    return macs
+
+
+def evit_targets(num_patches: int, depth: int, keep_ratio: float,
+                 stage_blocks: list[int] | None = None) -> dict[int, int]:
+    """{block: attentive rows k kept there} of EViT's stages at `keep_ratio` (see evit.py)."""
+    stage_blocks = evit_blocks(depth) if stage_blocks is None else stage_blocks
+    return dict(zip(stage_blocks, evit_schedule(num_patches, len(stage_blocks), keep_ratio)))
+
+
 def run_tome(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
              keep_ratio: float, mlp_ratio: float, groups: int = 1,
              schedule: list[int] | None = None) -> MergeRun:
@@ -92,26 +129,23 @@ def run_tome(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
     N, D = patches.shape[1], patches.shape[2]
     schedule = tome_schedule(N, len(blocks), keep_ratio) if schedule is None else schedule
     report = _snapshot_blocks(len(blocks), groups)
-    tokens, macs = unmerged(patches), 0.0
+    tokens = unmerged(patches)
     scores, keep = [], []
     for i, (block, r) in enumerate(zip(blocks, schedule)):
-        n = tokens.x.shape[1]
         seq = torch.cat([cls, tokens.x], dim=1)
         seq, keys, _ = attention_step(block, seq, want_keys=r > 0,
                                       log_size=tokens.size.log() if tokens.merged else None)
-        macs += flops.attention_macs(n + 1, D)
         cls, tokens = _split(seq, tokens)
         if r > 0:
             match = bipartite_soft_matching(keys[:, 1:], r)
-            macs += flops.tome_matching_macs(match.num_a, match.num_b, keys.shape[-1])
             tokens = regroup(tokens, match.row_map, tokens.index.gather(1, match.keep),
                              tokens.size, normalize=True)
         seq = mlp_step(block, torch.cat([cls, tokens.x], dim=1))
-        macs += flops.mlp_macs(tokens.x.shape[1] + 1, D, mlp_ratio)
         cls, tokens = _split(seq, tokens)
         if i in report:
             scores.append(1.0 / patch_sizes(tokens))
             keep.append(positions(tokens, N))
+    macs = tome_macs(N, schedule, D, blocks[0].attn.head_dim, mlp_ratio)
     return MergeRun(cls=cls, tokens=tokens, macs=macs, scores=scores, keep=keep)
 
 
@@ -121,23 +155,20 @@ def run_evit(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
     """EViT over `blocks`, reorganizing at `stage_blocks` (default `evit_blocks(depth)`).
     Reported at each stage: scores = the stage's cls attention of the row covering each patch,
     divided by its per-sample max; keep = the attentive patch positions (the fused row marks
-    none, so keep.mean = (rows - fused rows) / N)."""
+    none, so keep.mean = attentive patches / N)."""
     N, D = patches.shape[1], patches.shape[2]
-    stage_blocks = evit_blocks(len(blocks)) if stage_blocks is None else stage_blocks
-    targets = dict(zip(stage_blocks, evit_schedule(N, len(stage_blocks), keep_ratio)))
-    tokens, macs = unmerged(patches), 0.0
+    targets = evit_targets(N, len(blocks), keep_ratio, stage_blocks)
+    tokens = unmerged(patches)
     scores, keep = [], []
     for i, block in enumerate(blocks):
         n = tokens.x.shape[1]
-        target = targets.get(i, n)
-        select = target < n  # a stage that would not shrink the sequence keeps everything
+        k = targets.get(i, n)
+        select = k + 1 < n  # a stage that would not shrink the sequence keeps everything
         seq, _, cls_attn = attention_step(block, torch.cat([cls, tokens.x], dim=1),
                                           want_cls_attn=select)
-        macs += flops.attention_macs(n + 1, D)
         cls, tokens = _split(seq, tokens)
         if select:
-            macs += flops.cls_attention_macs(n + 1, D)
-            attentive = attentive_rows(cls_attn, target - 1)
+            attentive = attentive_rows(cls_attn, k)
             row_map, kept = fusion_map(attentive)
             index = torch.cat([tokens.index.gather(1, kept),
                                tokens.index.new_full((len(kept), 1), -1)], dim=1)
@@ -151,9 +182,10 @@ def run_evit(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
             scores.append(alive.to(patches.dtype))
             keep.append(alive)
         seq = mlp_step(block, torch.cat([cls, tokens.x], dim=1))
-        macs += flops.mlp_macs(tokens.x.shape[1] + 1, D, mlp_ratio)
         cls, tokens = _split(seq, tokens)
+    macs = evit_macs(N, len(blocks), targets, D, mlp_ratio)
     return MergeRun(cls=cls, tokens=tokens, macs=macs, scores=scores, keep=keep)
 
 
-__all__ = ["MergeRun", "attention_step", "mlp_step", "run_evit", "run_tome"]
+__all__ = ["MergeRun", "attention_step", "evit_macs", "evit_targets", "mlp_step", "run_evit",
+           "run_tome", "tome_macs"]

@@ -1,5 +1,8 @@
 """Baseline token scorers and the keep decisions, as small pure tensor functions.
 
+Which method uses which scorer, its cost and its budget live in the method table
+(`videored.models.methods`); this file holds only the tensor functions.
+
 Every scorer maps the alive patch tokens of one group to a score per row (B, n); higher means
 more informative. `topk_keep` turns scores into a keep mask at a fixed ratio. Scores are
 rescaled to [0, 1] per sample (divided by the sample's max) so that heatmaps of all methods share
@@ -15,32 +18,26 @@ from timm.models.vision_transformer import Block
 
 from .tokens import TokenSet
 
-SELECTORS = ("none", "interpreter", "random", "attention", "temporal_difference", "tome", "evit")
-# Reduce inside the blocks (merge / fuse) instead of dropping before groups: merge_blocks.py.
-MERGING_SELECTORS = ("tome", "evit")
-# Method names used in tables (paper Table 4) -> the selector that implements each.
-METHOD_SELECTORS = {"original": "none", "interpreter": "interpreter", "random": "random",
-                    "attention": "attention", "temporal_difference": "temporal_difference",
-                    "tome": "tome", "evit": "evit"}
 
 
-def check_selector(name: str) -> str:
-    if name not in SELECTORS:
-        raise ValueError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
-    return name
-
-
-def num_to_keep(counts: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+def num_to_keep(counts: torch.Tensor, keep_ratio: float | torch.Tensor) -> torch.Tensor:
     """Tokens kept per sample: round(keep_ratio * alive), at least 1. counts (B,) -> (B,).
 
+    keep_ratio: one per-selection ratio, or one per sample (B,) (matched budgets). Computed in
+    float64 so the rule is the same wherever it is applied (model, cost prediction).
     keep_ratio 0 is allowed (e.g. matching an interpreter that kept nothing) and keeps 1."""
-    if not 0.0 <= keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
-    return torch.clamp(torch.round(counts.float() * keep_ratio).long(), min=1)
+    ratio = torch.as_tensor(keep_ratio, dtype=torch.float64, device=counts.device)
+    if bool(((ratio < 0) | (ratio > 1)).any()):
+        shown = keep_ratio if ratio.ndim == 0 else ratio.tolist()
+        raise ValueError(f"keep_ratio must be in [0, 1], got {shown}")
+    return torch.clamp(torch.round(counts.double() * ratio).long(), min=1)
 
 
-def topk_keep(scores: torch.Tensor, tokens: TokenSet, keep_ratio: float) -> torch.Tensor:
-    """Keep the round(keep_ratio * alive) highest-scoring real rows of each sample. -> (B, n) bool."""
+def topk_keep(scores: torch.Tensor, tokens: TokenSet,
+              keep_ratio: float | torch.Tensor) -> torch.Tensor:
+    """Keep the round(keep_ratio * alive) highest-scoring real rows of each sample. -> (B, n) bool.
+
+    keep_ratio: float, or (B,) one per sample."""
     valid = tokens.valid_mask
     k = num_to_keep(valid.sum(1), keep_ratio)  # (B,)
     order = scores.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True)
@@ -113,6 +110,5 @@ def temporal_difference_scores(tokens: TokenSet, grid: tuple[int, int, int]) -> 
 
 
 __all__ = [
-    "MERGING_SELECTORS", "METHOD_SELECTORS", "SELECTORS", "check_selector", "num_to_keep", "topk_keep", "random_scores", "attention_scores",
-    "temporal_difference_scores",
+    "num_to_keep", "topk_keep", "random_scores", "attention_scores", "temporal_difference_scores",
 ]

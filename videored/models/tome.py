@@ -11,9 +11,11 @@ gets the attention those s tokens would have had together.
 
 Budget (`tome_schedule`): keep_ratio = fraction of the N patch tokens left after the last
 block's merge. The R = N - round(keep_ratio * N) removals are spread over the blocks as evenly as
-integers allow (block l removes floor(l R / L) - floor((l-1) R / L): ToMe's constant r, rounded
-so the budget is met exactly), each capped at half the rows (bipartite matching can at most
-halve them); a cap that binds leaves more tokens than asked, never fewer.
+integers allow (block l brings the total to floor(l R / L): ToMe's constant r, rounded so the
+budget is met exactly). Bipartite matching can at most halve the rows of a block, so L blocks
+cannot go below about N / 2^L; when later blocks could not catch up under that cap, earlier
+blocks merge more (the budget is met whenever it can be), and below the floor the schedule
+halves in every block (more tokens than asked, never fewer).
 """
 from __future__ import annotations
 
@@ -27,12 +29,22 @@ def tome_schedule(num_patches: int, depth: int, keep_ratio: float) -> list[int]:
     if not 0.0 <= keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
     total = num_patches - max(round(keep_ratio * num_patches), 1)
-    schedule, n = [], num_patches
+    schedule, n, removed = [], num_patches, 0
     for layer in range(1, depth + 1):
-        r = min(layer * total // depth - (layer - 1) * total // depth, n // 2)
+        r = min(layer * total // depth - removed, n // 2)  # the even share, capped
+        while r < n // 2 and total - removed - r > _most_removable(n - r, depth - layer):
+            r += 1  # the later blocks could not reach the budget: merge more here
         schedule.append(r)
-        n -= r
+        n, removed = n - r, removed + r
     return schedule
+
+
+def _most_removable(n: int, blocks: int) -> int:
+    """Most rows `blocks` blocks can merge away from n: each at most halves (n -> ceil(n/2))."""
+    left = n
+    for _ in range(blocks):
+        left -= left // 2
+    return n - left
 
 
 @dataclass

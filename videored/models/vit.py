@@ -22,9 +22,7 @@ from timm.models.vision_transformer import Block
 from . import flops
 from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
-from .merge_blocks import run_evit, run_tome
-from .selectors import (MERGING_SELECTORS, attention_scores, check_selector, random_scores,
-                        temporal_difference_scores, topk_keep)
+from .methods import SELECTORS, SelectionInput
 from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
 
 # Every checkpoint this model loads (DeiT/ViT, TimeSformer, mmaction2) was trained with LayerNorm
@@ -41,11 +39,13 @@ class ReductionOutput:
             dropped by an earlier group; 1 for tokens a group passed on without selecting
     keep    per group, (B, N) bool: alive after that group's selection (the sample u when sampled)
     gflops  (B,) per-sample GMACs, selector cost included
-    source  tome / evit only: (B, N) long, the final token row that covers each patch (merged
-            groups; EViT's fused token covers every fused patch); None for dropping selectors
+    source  in-block reducers only (tome, evit): (B, N) long, the final token row that covers
+            each patch (ToMe's merged groups; EViT's fused token covers every fused patch);
+            None for the dropping methods
 
-    tome / evit report per stage instead of per group (see merge_blocks.run_tome / run_evit);
-    keep marks the positions their rows stand at, so kept_ratio is still rows / N.
+    The in-block reducers report per stage instead of per group (merge_blocks.run_tome /
+    run_evit); their keep marks the positions the rows stand at, so kept_ratio is rows / N
+    (EViT: its fused rows excluded).
     """
     logits: torch.Tensor
     scores: list[torch.Tensor]
@@ -68,13 +68,14 @@ class TokenReductionViT(nn.Module):
         num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the usual ViT knobs.
         drop_rate, drop_path_rate: head dropout and stochastic depth.
         groups: D, number of block groups; one selection (and one interpreter) before each.
-        selector: default selector, one of "none", "interpreter", "random", "attention",
-            "temporal_difference", "tome", "evit". Interpreter weights exist only when it is
-            "interpreter"; the others can still be chosen per call (`model(x, selector=...)`).
+        selector: default selector: a method's `selector` in the method table
+            (`videored.models.methods`: "none", "interpreter", "random", "attention",
+            "temporal_difference"). Interpreter weights exist only when it is "interpreter"; the
+            baselines can still be chosen per call (`model(x, selector=...)`).
         threshold: interpreter keeps token i iff I_i >= threshold (greedy decisions).
-        keep_ratio: fraction of alive tokens the baselines keep at each selection; for "tome"
-            and "evit" the fraction of patch tokens left after the last block (their per-block
-            r / per-stage k follow from it: tome.tome_schedule, evit.evit_schedule).
+        keep_ratio: per-selection setting of the top-k baselines: each selection keeps this
+            fraction of the alive tokens (kept_ratio ~ keep_ratio ** groups; see methods.py);
+            for the in-block reducers (tome, evit) the kept ratio itself.
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
@@ -154,7 +155,8 @@ class TokenReductionViT(nn.Module):
         sample: the last active group's interpreter samples u ~ Bernoulli(I) (training);
             earlier groups decide greedily.
         active_groups: groups with index >= this keep every token (default: all select).
-        selector / keep_ratio: per-call overrides of the constructor's defaults.
+        selector / keep_ratio: per-call overrides of the constructor's defaults; keep_ratio may
+            be a (B,) tensor, one per-selection ratio per sample (matched budgets).
         generator: CPU generator for interpreter samples and random scores (default: the global
             RNG for samples, a generator seeded with `seed` for the random selector).
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
@@ -175,7 +177,8 @@ class TokenReductionViT(nn.Module):
                          random_seeds: torch.Tensor | None = None):
         """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None).
 
-        tome / evit (training-free, or finetuned through them) ignore sample / active_groups."""
+        In-block reducers (tome, evit; training-free or finetuned through) ignore sample and
+        active_groups."""
         selector = check_selector(selector or self.selector)
         if selector == "interpreter" and self.interpreters is None:
             raise ValueError("this model was built without interpreters "
@@ -188,15 +191,11 @@ class TokenReductionViT(nn.Module):
         macs = torch.full((x.shape[0],), float(flops.patch_embed_macs(
             N, self.patch_size, self.embed.patch_embed.proj.in_channels, self.embed_dim)),
             device=x.device, dtype=torch.float64)
-        if selector in MERGING_SELECTORS:
-            if selector == "tome":
-                run = run_tome(list(self.blocks), cls, patches, keep_ratio=keep_ratio,
-                               mlp_ratio=self.mlp_ratio, groups=self.groups)
-            else:
-                run = run_evit(list(self.blocks), cls, patches, keep_ratio=keep_ratio,
-                               mlp_ratio=self.mlp_ratio)
-            features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
-            return features, run.scores, run.keep, macs + run.macs, run.tokens.source
+        method = SELECTORS[selector]
+        if method.reduce is not None:
+            features, scores, keep, cost, source = self._reduce_in_blocks(
+                method, cls, patches, keep_ratio)
+            return features, scores, keep, macs + cost, source
         all_scores, all_keep = [], []
         for j in range(self.groups):
             blocks = self.group_blocks(j)
@@ -218,6 +217,31 @@ class TokenReductionViT(nn.Module):
         return features, all_scores, all_keep, macs, None
 
     # ---- internals ----
+    def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, keep_ratio):
+        """An in-block reducer over all blocks. A (B,) keep_ratio (matched budgets, one per
+        clip) runs each distinct ratio as its own sub-batch: every clip is really reduced to its
+        own count, and the sub-batches' results are put back in batch order."""
+        ratios = keep_ratio.tolist() if isinstance(keep_ratio, torch.Tensor) else None
+        if ratios is None or len(set(ratios)) == 1:
+            run = method.reduce(self, cls, patches, ratios[0] if ratios else keep_ratio)
+            features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
+            macs = torch.full((cls.shape[0],), run.macs, dtype=torch.float64, device=cls.device)
+            return features, run.scores, run.keep, macs, run.tokens.source
+        parts, order = [], []
+        for ratio in sorted(set(ratios)):
+            rows = torch.tensor([b for b, r in enumerate(ratios) if r == ratio],
+                                device=cls.device)
+            parts.append(self._reduce_in_blocks(method, cls[rows], patches[rows], ratio))
+            order.append(rows)
+        inverse = torch.argsort(torch.cat(order))  # sub-batch rows back to batch order
+
+        def joined(i: int) -> torch.Tensor:
+            return torch.cat([p[i] for p in parts])[inverse]
+
+        stages = len(parts[0][1])
+        return (joined(0), [torch.cat([p[1][s] for p in parts])[inverse] for s in range(stages)],
+                [torch.cat([p[2][s] for p in parts])[inverse] for s in range(stages)],
+                joined(3), joined(4))
     def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
         seq = torch.cat([cls, tokens.x], dim=1)  # (B, 1 + n, D)
         mask = key_padding_mask(tokens.valid)
@@ -226,26 +250,17 @@ class TokenReductionViT(nn.Module):
         return seq[:, :1], TokenSet(x=seq[:, 1:], index=tokens.index, valid=tokens.valid)
 
     def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,
-                tokens: TokenSet, keep_ratio: float, *, sample: bool,
+                tokens: TokenSet, keep_ratio, *, sample: bool,
                 generator: torch.Generator | None, random_seeds: torch.Tensor | None):
-        """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j."""
-        n_real = tokens.counts().double()
-        zero = torch.zeros_like(n_real)
-        if selector == "interpreter":
-            interpreter = self.interpreters[j]
-            scores = interpreter(tokens.x).masked_fill(~tokens.valid_mask, 0.0)
-            keep = interpreter.decide(scores, sample, generator) & tokens.valid_mask
-            return scores, keep, interpreter.macs(n_real) + zero
-        if selector == "random":
-            scores = random_scores(tokens, generator or self._random_generator(), random_seeds)
-            cost = zero
-        elif selector == "attention":
-            scores = attention_scores(first_block, cls, tokens, key_padding_mask(tokens.valid))
-            cost = flops.attention_selector_macs(n_real + 1, self.embed_dim)
-        else:  # temporal_difference: elementwise only, free in the MAC count
-            scores = temporal_difference_scores(tokens, self.grid)
-            cost = zero
-        return scores, topk_keep(scores, tokens, keep_ratio), cost
+        """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j:
+        the method table's `select` of this selector, given explicit state."""
+        chosen = SELECTORS[selector].select(SelectionInput(
+            tokens=tokens, cls=cls, block=first_block, grid=self.grid,
+            interpreter=None if self.interpreters is None else self.interpreters[j],
+            sample=sample, generator=generator, seeded=self._random_generator(),
+            random_seeds=random_seeds), keep_ratio)
+        zero = torch.zeros(tokens.x.shape[0], dtype=torch.float64, device=tokens.x.device)
+        return chosen.scores, chosen.keep & tokens.valid_mask, chosen.macs.to(zero) + zero
 
     def _random_generator(self) -> torch.Generator:
         if self._generator is None:
@@ -256,6 +271,12 @@ class TokenReductionViT(nn.Module):
         """Restart the random selector's mask sequence (e.g. before each evaluation pass)."""
         self.seed = self.seed if seed is None else seed
         self._generator = None
+
+
+def check_selector(name: str) -> str:
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
+    return name
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from videored.models.methods import METHODS, get_method, run_methods
+
 log = logging.getLogger(__name__)
 
-METHODS = ("original", "interpreter", "attention", "temporal_difference", "random")
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,65 +67,40 @@ def keep_to_pixels(keep: torch.Tensor, grid: tuple[int, int, int], patch_size: i
     return k.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
 
 
-def matched_keep_ratio(kept_fraction: float, groups: int) -> float:
-    """Per-selection keep ratio giving a baseline the final kept fraction `kept_fraction` after
-    `groups` selections (each keeps that ratio of the alive tokens): kept ** (1 / D)."""
-    return min(1.0, max(kept_fraction, 1e-6) ** (1.0 / groups))
-
-
-@torch.no_grad()
-def method_keep(model: nn.Module, x: torch.Tensor, method: str,
-                keep_ratio: float | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Scores and keep masks, (B, N) per group, of `method` on inputs x.
-
-    keep_ratio None: each baseline keeps, input by input, the fraction the interpreter kept on
-    that input (equal speed, as the paper compares). "original" keeps every patch (scores 1).
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    B, N = x.shape[0], model.num_patches
-    if method == "original":
-        ones = torch.ones(B, N, device=x.device)
-        return [ones] * model.groups, [ones > 0] * model.groups
-    if method == "interpreter" or keep_ratio is not None:
-        out = model(x, selector=method, keep_ratio=keep_ratio)
-        return out.scores, out.keep
-    target = model(x, selector="interpreter").keep[-1].float().mean(1)  # (B,) kept fractions
-    rows = [model(x[i:i + 1], selector=method,
-                  keep_ratio=matched_keep_ratio(float(target[i]), model.groups))
-            for i in range(B)]
-    return ([torch.cat([r.scores[j] for r in rows]) for j in range(model.groups)],
-            [torch.cat([r.keep[j] for r in rows]) for j in range(model.groups)])
-
-
 @torch.no_grad()
 def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
-                           methods: Iterable[str] = METHODS, keep_ratio: float | None = None,
-                           *, batch_size: int = 4, num_workers: int = 0, group: int = -1,
+                           methods: Iterable[str] = tuple(METHODS),
+                           kept_ratio: float | None = None, *, match: str = "ratio",
+                           reference_model: nn.Module | None = None, batch_size: int = 4,
+                           num_workers: int = 0, group: int = -1,
                            device: str | torch.device | None = None,
                            progress: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Pixel accuracy, mean accuracy and mIoU of each method's kept-patch mask vs object masks.
 
     dataset items: {"video" (C, T, H, W) or "image" (C, H, W), "mask" (T, H, W) or (H, W) bool,
     optional "failed"} with H, W the model's input size (e.g. `VideoClipDataset(...,
-    return_masks=True)` or `ImageMaskFolder`). keep_ratio: the baselines' per-selection keep ratio;
-    None matches the interpreter's kept fraction input by input. group: which group's keep mask
-    (default the last, i.e. the tokens that reach the last group; matched baselines match the
-    interpreter's final kept fraction).
+    return_masks=True)` or `ImageMaskFolder`). Budget (the method table's vocabulary,
+    `videored.models.methods.run_methods`): kept_ratio, a fixed fraction of patches reaching the
+    last block for every budgeted method; None: they match the interpreter (run on
+    `reference_model`, default `model`) input by input, by `match` ("ratio" or "gmacs").
+    group: which group's keep mask (default the last, i.e. the tokens that reach the last block).
 
     Returns {method: {"miou", "pixel_acc", "mean_acc" (percent), "kept" (mean kept fraction),
     "samples", "failed"}}. Failed items (undecodable videos) are skipped and counted.
     """
-    methods = list(methods)
-    baselines = [m for m in methods if m not in ("original", "interpreter")]
-    if keep_ratio is None and baselines and getattr(model, "interpreters", None) is None:
-        raise ValueError(f"keep_ratio is needed for {baselines}: this model has no interpreter "
-                         "whose kept fraction they could match")
+    methods = [get_method(m).name for m in methods]
+    baselines = [m for m in methods if get_method(m).budgeted]
+    reference = reference_model or model
+    if kept_ratio is None and baselines and getattr(reference, "interpreters", None) is None:
+        raise ValueError(f"kept_ratio is needed for {baselines}: this model has no interpreter "
+                         "whose kept ratio they could match")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    if hasattr(model, "reset_random_selector"):
-        model.reset_random_selector()  # the same random masks on every call
+    nets = [model] if reference is model else [model, reference]
+    was_training = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+        if hasattr(net, "reset_random_selector"):
+            net.reset_random_selector()  # the same random masks on every call
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     conf = {m: torch.zeros(2, 2, dtype=torch.long) for m in methods}
     kept = {m: 0.0 for m in methods}
@@ -142,16 +118,18 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
         x, mask = x[ok].to(device), mask[ok]
         if mask.ndim == 3:  # images: (B, H, W) -> (B, 1, H, W)
             mask = mask.unsqueeze(1)
+        outputs = run_methods(model, x, methods, match=match, kept_ratio=kept_ratio,
+                              reference_model=reference)
         for m in methods:
-            _, keeps = method_keep(model, x, m, keep_ratio)
-            keep = keeps[group].cpu()
+            keep = outputs[m].keep[group].cpu()
             pixels = keep_to_pixels(keep, model.grid, model.patch_size)
             conf[m] += confusion_counts(pixels, mask)
             kept[m] += float(keep.float().mean(1).sum())
         samples += len(x)
         if progress:
             progress(f"batch {step + 1}: {samples} samples, {failed} failed")
-    model.train(was_training)
+    for net, mode in zip(nets, was_training):
+        net.train(mode)
     if failed:
         log.warning("interpretability: %d failed items skipped (%d used)", failed, samples)
     table = {}
@@ -163,5 +141,5 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
     return table
 
 
-__all__ = ["METHODS", "confusion_counts", "interpretability_table", "keep_to_pixels",
-           "matched_keep_ratio", "method_keep", "segmentation_metrics"]
+__all__ = ["confusion_counts", "interpretability_table", "keep_to_pixels",
+           "segmentation_metrics"]
