@@ -39,11 +39,19 @@ class ReductionOutput:
             dropped by an earlier group; 1 for tokens a group passed on without selecting
     keep    per group, (B, N) bool: alive after that group's selection (the sample u when sampled)
     gflops  (B,) per-sample GMACs, selector cost included
+    source  in-block reducers only (tome, evit): (B, N) long, the final token row that covers
+            each patch (ToMe's merged groups; EViT's fused token covers every fused patch);
+            None for the dropping methods
+
+    The in-block reducers report per stage instead of per group (merge_blocks.run_tome /
+    run_evit); their keep marks the positions the rows stand at, so kept_ratio is rows / N
+    (EViT: its fused rows excluded).
     """
     logits: torch.Tensor
     scores: list[torch.Tensor]
     keep: list[torch.Tensor]
     gflops: torch.Tensor
+    source: torch.Tensor | None = None
 
     @property
     def kept_ratio(self) -> torch.Tensor:
@@ -66,7 +74,8 @@ class TokenReductionViT(nn.Module):
             baselines can still be chosen per call (`model(x, selector=...)`).
         threshold: interpreter keeps token i iff I_i >= threshold (greedy decisions).
         keep_ratio: per-selection setting of the top-k baselines: each selection keeps this
-            fraction of the alive tokens (kept_ratio ~ keep_ratio ** groups; see methods.py).
+            fraction of the alive tokens (kept_ratio ~ keep_ratio ** groups; see methods.py);
+            for the in-block reducers (tome, evit) the kept ratio itself.
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
@@ -156,19 +165,23 @@ class TokenReductionViT(nn.Module):
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
             on batch composition (sharded evaluation).
         """
-        features, scores, keep, macs = self.forward_features(
+        features, scores, keep, macs, source = self.forward_features(
             x, sample=sample, active_groups=active_groups, selector=selector,
             keep_ratio=keep_ratio, generator=generator, random_seeds=random_seeds)
         logits = self.forward_head(features)
         macs = macs + self.embed_dim * self.num_classes
-        return ReductionOutput(logits=logits, scores=scores, keep=keep, gflops=(macs / 1e9).float())
+        return ReductionOutput(logits=logits, scores=scores, keep=keep,
+                               gflops=(macs / 1e9).float(), source=source)
 
     def forward_features(self, x: torch.Tensor, *, sample: bool = False,
                          active_groups: int | None = None, selector: str | None = None,
                          keep_ratio: float | None = None,
                          generator: torch.Generator | None = None,
                          random_seeds: torch.Tensor | None = None):
-        """-> (cls features (B, D), scores per group, keep per group, MACs (B,))."""
+        """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None).
+
+        In-block reducers (tome, evit; training-free or finetuned through) ignore sample and
+        active_groups."""
         selector = check_selector(selector or self.selector)
         if selector == "interpreter" and self.interpreters is None:
             raise ValueError("this model was built without interpreters "
@@ -181,6 +194,11 @@ class TokenReductionViT(nn.Module):
         macs = torch.full((x.shape[0],), float(flops.patch_embed_macs(
             N, self.patch_size, self.embed.patch_embed.proj.in_channels, self.embed_dim)),
             device=x.device, dtype=torch.float64)
+        method = SELECTORS[selector]
+        if method.reduce is not None:
+            features, scores, keep, cost, source = self._reduce_in_blocks(
+                method, cls, patches, keep_ratio)
+            return features, scores, keep, macs + cost, source
         all_scores, all_keep = [], []
         for j in range(self.groups):
             blocks = self.group_blocks(j)
@@ -199,9 +217,34 @@ class TokenReductionViT(nn.Module):
                 tokens.counts().double() + 1, self.embed_dim, self.mlp_ratio)
             cls, tokens = self._run_blocks(blocks, cls, tokens)
         features = self.norm(torch.cat([cls, tokens.x], dim=1))[:, 0]  # norm is per token
-        return features, all_scores, all_keep, macs
+        return features, all_scores, all_keep, macs, None
 
     # ---- internals ----
+    def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, keep_ratio):
+        """An in-block reducer over all blocks. A (B,) keep_ratio (matched budgets, one per
+        clip) runs each distinct ratio as its own sub-batch: every clip is really reduced to its
+        own count, and the sub-batches' results are put back in batch order."""
+        ratios = keep_ratio.tolist() if isinstance(keep_ratio, torch.Tensor) else None
+        if ratios is None or len(set(ratios)) == 1:
+            run = method.reduce(self, cls, patches, ratios[0] if ratios else keep_ratio)
+            features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
+            macs = torch.full((cls.shape[0],), run.macs, dtype=torch.float64, device=cls.device)
+            return features, run.scores, run.keep, macs, run.tokens.source
+        parts, order = [], []
+        for ratio in sorted(set(ratios)):
+            rows = torch.tensor([b for b, r in enumerate(ratios) if r == ratio],
+                                device=cls.device)
+            parts.append(self._reduce_in_blocks(method, cls[rows], patches[rows], ratio))
+            order.append(rows)
+        inverse = torch.argsort(torch.cat(order))  # sub-batch rows back to batch order
+
+        def joined(i: int) -> torch.Tensor:
+            return torch.cat([p[i] for p in parts])[inverse]
+
+        stages = len(parts[0][1])
+        return (joined(0), [torch.cat([p[1][s] for p in parts])[inverse] for s in range(stages)],
+                [torch.cat([p[2][s] for p in parts])[inverse] for s in range(stages)],
+                joined(3), joined(4))
     def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
         seq = torch.cat([cls, tokens.x], dim=1)  # (B, 1 + n, D)
         mask = key_padding_mask(tokens.valid)
