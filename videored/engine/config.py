@@ -28,6 +28,8 @@ class ModelConfig:
     groups: int = 1  # D: interpreter groups (video: 1, images: 3)
     threshold: float = 0.5  # token kept when I_i > threshold (supplement Table 2)
     pretrained_path: Optional[str] = None  # local .pth only; nothing downloads at run time
+    # recompute each block's activations in backward instead of storing them (training memory)
+    grad_checkpointing: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other constructor argument
 
 
