@@ -35,9 +35,9 @@ def test_per_clip_thresholds_keep_each_clips_ratio(name, groups):
 
 def test_variable_length_rows():
     rows = variable_length_table("deit_tiny_patch16_224", batch_size=4, keep_ratio=0.5,
-                                 modes=("pad", "bucket", "packed"), runs=1, warmup=0,
+                                 modes=("pad", "bucket", "packed", "jagged"), runs=1, warmup=0,
                                  model_kwargs=dict(img_size=128))
-    assert [r["ragged"] for r in rows] == ["pad", "bucket", "packed"]
+    assert [r["ragged"] for r in rows] == ["pad", "bucket", "packed", "jagged"]
     for r in rows:
         assert r["kept_min"] < r["kept_ratio"] < r["kept_max"]
         assert r["kept_ratio"] == pytest.approx(0.5, abs=0.06)

@@ -12,7 +12,7 @@ import torch
 from videored.engine.builders import build_model
 from videored.engine.config import load_config
 from videored.models import create_model
-from videored.models.ragged import RAGGED_MODES, bucket_plan, packed_attention
+from videored.models.ragged import RAGGED_MODES, PackedLayout, bucket_plan, packed_attention
 
 TINY = dict(img_size=64, embed_dim=48, num_heads=3, num_classes=5)
 
@@ -61,14 +61,17 @@ def test_bucket_plan_is_the_cheapest_split(counts, bucket_cost):
         assert len(plan) == len(set(counts))
 
 
-def test_packed_attention_matches_per_sample_softmax():
+@pytest.mark.parametrize("jagged", [False, True])
+def test_packed_attention_matches_per_sample_softmax(jagged):
     torch.manual_seed(0)
     model = tiny("deit_tiny_patch16_224")
     attn = model.blocks[0].attn
     lengths = torch.tensor([4, 1, 7, 3])
     offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    keys = torch.arange(7)[None, :] < lengths[:, None]  # (B, max) prefix of real rows
+    layout = PackedLayout(keys=keys, lengths=lengths, offsets=offsets, max_len=7, jagged=jagged)
     x = torch.randn(int(lengths.sum()), model.embed_dim)
-    out = packed_attention(attn, x, offsets, int(lengths.max()))
+    out = packed_attention(attn, x, layout)
     H, hd = attn.num_heads, attn.head_dim
     w, b = attn.qkv.weight, attn.qkv.bias
     for s in range(len(lengths)):  # the attention formula, one sample at a time
@@ -97,7 +100,7 @@ def test_every_mode_equals_padding_and_one_by_one(name):
             assert len(calls) > 1 and sum(calls) == len(x), calls  # really split into buckets
     counts = outs["pad"].keep[0].sum(1)
     assert len(set(counts.tolist())) > 2, "the test needs unequal kept counts"
-    for mode in ("bucket", "packed"):
+    for mode in ("bucket", "packed", "jagged"):
         for j in range(model.groups):
             assert torch.equal(outs[mode].keep[j], outs["pad"].keep[j])
         torch.testing.assert_close(outs[mode].logits, outs["pad"].logits, atol=1e-5, rtol=0)
@@ -122,7 +125,7 @@ def test_training_gradients_same_in_every_mode_with_and_without_checkpointing(na
     model.ragged = "pad"
     ref = _block_grads(model, x)
     assert ref.abs().max() > 0
-    for mode, ckpt in itertools.product(("pad", "packed"), (False, True)):
+    for mode, ckpt in itertools.product(("pad", "packed", "jagged"), (False, True)):
         model.ragged, model.grad_checkpointing = mode, ckpt
         torch.testing.assert_close(_block_grads(model, x), ref, atol=5e-5, rtol=1e-4)
     model.grad_checkpointing = False

@@ -6,13 +6,13 @@ padded batch runs every clip as long as its longest. Here the (untrained) interp
 thresholds are set per clip so that clip b of the batch keeps ratios[b] of its tokens, spread
 linearly over mean * (1 ± spread); random keeps the mean ratio in every clip. Both are timed
 interleaved (`speed.time_interleaved`), the interpreter once per ragged mode (pad / bucket /
-packed, `videored.models.ragged`).
+packed / jagged, `videored.models.ragged`).
 
 `relative_to_random` = interpreter clips/s / random clips/s. `flops_relative` = random GMACs /
 interpreter GMACs: what perfect (padding-free) execution would reach, slightly below 1 because
 attention grows with n² and the counts differ.
 
-On CUDA the packed rows run under `sdpa_kernel([FLASH_ATTENTION, EFFICIENT_ATTENTION])`: SDPA
+On CUDA the jagged rows run under `sdpa_kernel([FLASH_ATTENTION, EFFICIENT_ATTENTION])`: SDPA
 raises rather than falling back to the math kernel, so a row that exists ran a fused kernel.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _fused_sdpa_only(device: torch.device):
 
 
 def variable_length_table(model_name: str, *, batch_size: int = 8, keep_ratio: float = 0.5,
-                          spread: float = 0.5, modes: Iterable[str] = ("pad", "bucket"),
+                          spread: float = 0.5, modes: Iterable[str] = ("pad", "bucket", "packed"),
                           device: str = "cpu", dtype: str = "fp32", warmup: int = 1,
                           runs: int = 3, model_kwargs: dict | None = None,
                           progress: Callable[[str], None] | None = None) -> list[dict]:
@@ -77,7 +77,7 @@ def variable_length_table(model_name: str, *, batch_size: int = 8, keep_ratio: f
             if selector == "interpreter":
                 for interpreter, t in zip(model.interpreters, thresholds):
                     interpreter.threshold = t
-            kernels = _fused_sdpa_only(dev) if mode == "packed" else nullcontext()
+            kernels = _fused_sdpa_only(dev) if mode == "jagged" else nullcontext()
             with torch.inference_mode(), kernels, torch.autocast(
                     dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 return model(x, selector=selector,
@@ -94,7 +94,7 @@ def variable_length_table(model_name: str, *, batch_size: int = 8, keep_ratio: f
     for mode in modes:
         out = fns[mode]()
         kept = out.kept_ratio.float()
-        backends = ("flash|efficient" if dev.type == "cuda" else "cpu default") if mode == "packed" else "default"
+        backends = ("flash|efficient" if dev.type == "cuda" else "cpu default") if mode == "jagged" else "default"
         rows.append(dict(
             model=model_name, batch_size=batch_size, keep_ratio=keep_ratio, spread=spread,
             ragged=mode, device=_device_name(dev), dtype=dtype, sdpa_backends=backends,

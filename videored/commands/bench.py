@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch sizes of the variable-length rows (interpreter with unequal per-clip "
                         "counts vs random; docs/benchmarks.md); empty: skip them")
     p.add_argument("--ragged-modes", default=None,
-                   help="ragged modes of those rows (default: pad,bucket on CPU, pad,bucket,packed on CUDA)")
+                   help="ragged modes of those rows (default: pad,bucket,packed on CPU, and jagged too on CUDA)")
     p.add_argument("--json", type=Path, default=None, help="write all rows to this JSON file")
 
 
@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
                                 ("macs_fraction", "MACs fraction", ".4f")]))
     variable = []
     vl_batches = [int(b) for b in args.variable_length.split(",") if b]
-    modes = (args.ragged_modes or ("pad,bucket" if args.device == "cpu" else "pad,bucket,packed")).split(",")
+    modes = (args.ragged_modes or ("pad,bucket,packed" if args.device == "cpu" else "pad,bucket,packed,jagged")).split(",")
     for name in models if vl_batches else []:
         for batch in vl_batches:
             variable += variable_length_table(name, batch_size=batch, modes=modes, device=args.device,

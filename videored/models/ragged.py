@@ -8,10 +8,15 @@ when every sample has all m. Three ways to run the blocks (`mode`):
     bucket   sort the samples by kept count, cut them into buckets whose padding is worth less
              than another call (`bucket_plan`), run each bucket padded only to its own longest
              sample (no mask at all when its counts are equal), restore the batch order
-    packed   no padding: the real rows of all samples in one (L, D) tensor; every per-token
-             layer (norms, linears, MLP) runs on it as is, attention runs on nested jagged
-             tensors (`torch.nested`, SDPA). On CPU jagged SDPA is correct but slow (DESIGN.md);
-             on CUDA it reaches the flash / memory-efficient kernels that a boolean mask rules out.
+    packed   no padding for the per-token layers: the real rows of all samples in one (L, D)
+             tensor, on which the norms, linears and MLP (~12nD² of a block's 12nD² + 2n²D MACs)
+             run as one big matrix product; only attention goes back to a padded, masked
+             (B, H, 1 + m, hd) layout and returns to packed rows. The fastest on CPU. The
+             blocks' layers are called one by one (`packed_block`), not `Block.forward`, so
+             forward hooks registered on a block do not fire in this mode (nor in jagged).
+    jagged   packed rows, and attention on nested jagged tensors (`torch.nested`, SDPA): no
+             padding anywhere. On CPU jagged SDPA is correct but slow (DESIGN.md); on CUDA it
+             reaches the flash / memory-efficient kernels that a boolean mask rules out.
 
 Each sample's result is the same in every mode (up to float rounding) and does not depend on the
 other samples of the batch. Padding rows of the result are not meaningful (zeros for bucket and
@@ -20,7 +25,7 @@ storing them (activation checkpointing, `torch.utils.checkpoint`).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +34,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .tokens import key_padding_mask
 
-RAGGED_MODES = ("pad", "bucket", "packed")
+RAGGED_MODES = ("pad", "bucket", "packed", "jagged")
 
 
 def check_ragged(mode: str) -> str:
@@ -51,8 +56,8 @@ def run_blocks(blocks: Sequence[nn.Module], seq: torch.Tensor, valid: torch.Tens
         return _padded(blocks, seq, None, checkpoint)
     if mode == "pad":
         return _padded(blocks, seq, key_padding_mask(valid), checkpoint)
-    if mode == "packed":
-        return _packed(blocks, seq, valid, checkpoint)
+    if mode in ("packed", "jagged"):
+        return _packed(blocks, seq, valid, checkpoint, jagged=mode == "jagged")
     counts = valid.sum(1).tolist()
     plan = bucket_plan(counts, sample_cost or (lambda n: float(n)), bucket_cost)
     if len(plan) == 1:
@@ -106,46 +111,65 @@ def _padded(blocks, seq, mask, checkpoint: bool) -> torch.Tensor:
     return seq
 
 
-def _packed(blocks, seq, valid, checkpoint: bool) -> torch.Tensor:
+def _packed(blocks, seq, valid, checkpoint: bool, jagged: bool) -> torch.Tensor:
     keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, 1 + m): cls is real
     lengths = keys.sum(1)  # (B,)
-    offsets = F.pad(lengths.cumsum(0), (1, 0))  # (B + 1,): sample b is rows offsets[b]:offsets[b+1]
-    max_len = int(lengths.max())
+    layout = PackedLayout(keys=keys, lengths=lengths,
+                          offsets=F.pad(lengths.cumsum(0), (1, 0)),  # sample b: rows offsets[b]:offsets[b+1]
+                          max_len=int(lengths.max()), jagged=jagged)
     x = seq[keys]  # (L, D), sample after sample, cls first in each
     for blk in blocks:
         if checkpoint:
             # Reentrant: the non-reentrant kind's saved-tensor hooks cannot take nested tensors.
-            x = _checkpoint(packed_block, blk, x, offsets, lengths, max_len, use_reentrant=True)
+            x = _checkpoint(packed_block, blk, x, layout, use_reentrant=True)
         else:
-            x = packed_block(blk, x, offsets, lengths, max_len)
+            x = packed_block(blk, x, layout)
     out = seq.new_zeros(seq.shape)
     out[keys] = x
     return out
 
 
-def packed_block(blk: nn.Module, x: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
-                 max_len: int) -> torch.Tensor:
+class PackedLayout(NamedTuple):
+    """Where each sample's rows are in a packed (L, D) tensor."""
+    keys: torch.Tensor  # (B, 1 + m) bool: real rows of the padded layout, row-major = packed order
+    lengths: torch.Tensor  # (B,) rows per sample (cls included)
+    offsets: torch.Tensor  # (B + 1,) cumulative lengths
+    max_len: int
+    jagged: bool  # attention on nested jagged tensors (else padded + mask)
+
+
+def packed_block(blk: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """timm `Block.forward` on packed rows x (L, D): the same layers, attention per sample."""
-    y = blk.ls1(packed_attention(blk.attn, blk.norm1(x), offsets, max_len))
-    x = x + _drop_path(blk.drop_path1, y, lengths)
-    return x + _drop_path(blk.drop_path2, blk.ls2(blk.mlp(blk.norm2(x))), lengths)
+    y = blk.ls1(packed_attention(blk.attn, blk.norm1(x), layout))
+    x = x + _drop_path(blk.drop_path1, y, layout.lengths)
+    return x + _drop_path(blk.drop_path2, blk.ls2(blk.mlp(blk.norm2(x))), layout.lengths)
 
 
-def packed_attention(attn: nn.Module, x: torch.Tensor, offsets: torch.Tensor,
-                     max_len: int) -> torch.Tensor:
+def packed_attention(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """timm `Attention.forward` on packed rows x (L, D), each sample attending only to itself."""
     L = x.shape[0]
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     q, k, v = attn.qkv(x).view(L, 3, attn.num_heads, attn.head_dim).unbind(1)  # (L, H, hd) each
     q, k = attn.q_norm(q), attn.k_norm(k)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    if layout.jagged:
+        def nested(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, j, hd), j jagged
+            return torch.nested.nested_tensor_from_jagged(
+                t.contiguous(), layout.offsets, min_seqlen=1, max_seqlen=layout.max_len).transpose(1, 2)
 
-    def nested(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, j, hd), j jagged
-        return torch.nested.nested_tensor_from_jagged(
-            t.contiguous(), offsets, min_seqlen=1, max_seqlen=max_len).transpose(1, 2)
+        out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v), dropout_p=dropout)
+        out = out.transpose(1, 2).values()  # (L, H, hd): back to packed rows
+    else:
+        B, M = layout.keys.shape
 
-    out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v),
-                                         dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    out = out.transpose(1, 2).values().reshape(L, attn.attn_dim)  # back to packed rows
+        def padded(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, 1 + m, hd)
+            return t.new_zeros(B, M, *t.shape[1:]).index_put((layout.keys,), t).transpose(1, 2)
+
+        mask = layout.keys[:, None, None, :]  # (B, 1, 1, 1 + m): real keys only
+        out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask,
+                                             dropout_p=dropout)
+        out = out.transpose(1, 2)[layout.keys]  # (L, H, hd)
+    out = out.reshape(L, attn.attn_dim)
     out = attn.norm(out)
     if gate is not None:
         out = out * gate

@@ -31,8 +31,8 @@ from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, sca
 # eps 1e-6; timm's Block default changed between releases, so it is never left to the default.
 block_norm = partial(nn.LayerNorm, eps=1e-6)
 # One more bucket (another call through the blocks) is worth it when it saves more padding than
-# this many tokens' worth of block MACs (kernel launches, smaller matrix products); tuned with
-# `videored bench` (docs/benchmarks.md, variable-length rows).
+# this many tokens' worth of block MACs (kernel launches, smaller matrix products). 64 was the
+# best of 0/16/64/128/256/512 for DeiT-S and DeiT-B at batch 8 (docs/benchmarks.md).
 BUCKET_COST_TOKENS = 64
 
 
@@ -75,8 +75,11 @@ class TokenReductionViT(nn.Module):
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
         ragged: how blocks run when samples keep different token counts: "bucket" (default:
-            sorted into buckets of similar counts), "pad" (one padded, masked call) or "packed"
-            (nested jagged tensors, no padding: the CUDA path). See `ragged.py`.
+            sorted into buckets of similar counts), "packed" (the per-token layers on one
+            packed tensor, attention padded per sample; fastest on CPU, but it calls the
+            blocks' layers directly, so forward hooks on a block do not fire), "pad" (one
+            padded, masked call) or "jagged" (packed, and nested jagged SDPA: the CUDA
+            candidate). See `ragged.py`.
         grad_checkpointing: recompute each block's activations in backward (saves memory in
             training; forward-only calls are unaffected). Also `set_grad_checkpointing()`.
     """
