@@ -29,6 +29,8 @@ class ModelConfig:
     threshold: float = 0.5  # token kept when I_i >= threshold (supplement Table 2)
     pretrained_path: Optional[str] = None  # local file only; nothing downloads at run time
     time_embed_resize: str = "linear"  # linear | nearest (TimeSformer's loader) on a frame-count change
+    # recompute each block's activations in backward instead of storing them (training memory)
+    grad_checkpointing: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other constructor argument
 
 

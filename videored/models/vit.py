@@ -23,11 +23,16 @@ from . import flops
 from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
 from .methods import SELECTORS, SelectionInput
+from .ragged import check_ragged, run_blocks
 from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
 
 # Every checkpoint this model loads (DeiT/ViT, TimeSformer, mmaction2) was trained with LayerNorm
 # eps 1e-6; timm's Block default changed between releases, so it is never left to the default.
 block_norm = partial(nn.LayerNorm, eps=1e-6)
+# One more bucket (another call through the blocks) is worth it when it saves more padding than
+# this many tokens' worth of block MACs (kernel launches, smaller matrix products). 64 was the
+# best of 0/16/64/128/256/512 for DeiT-S and DeiT-B at batch 8 (docs/benchmarks.md).
+BUCKET_COST_TOKENS = 64
 
 
 @dataclass
@@ -79,6 +84,14 @@ class TokenReductionViT(nn.Module):
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
+        ragged: how blocks run when samples keep different token counts: "bucket" (default:
+            sorted into buckets of similar counts), "packed" (the per-token layers on one
+            packed tensor, attention padded per sample; fastest on CPU, but it calls the
+            blocks' layers directly, so forward hooks on a block do not fire), "pad" (one
+            padded, masked call) or "jagged" (packed, and nested jagged SDPA: the CUDA
+            candidate). See `ragged.py`.
+        grad_checkpointing: recompute each block's activations in backward (saves memory in
+            training; forward-only calls are unaffected). Also `set_grad_checkpointing()`.
     """
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
@@ -88,7 +101,8 @@ class TokenReductionViT(nn.Module):
                  groups: int = 1, selector: str = "none", threshold: float = 0.5,
                  keep_ratio: float = 0.5, seed: int = 0,
                  interpreter_heads: int | None = None,
-                 interpreter_init_keep: float = 0.5) -> None:
+                 interpreter_init_keep: float = 0.5, ragged: str = "bucket",
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         if groups < 1 or depth % groups:
             raise ValueError(f"depth {depth} must split into groups={groups} equal groups")
@@ -96,6 +110,8 @@ class TokenReductionViT(nn.Module):
         self.groups, self.keep_ratio, self.seed = groups, keep_ratio, seed
         self.embed_dim, self.mlp_ratio, self.patch_size = embed_dim, mlp_ratio, patch_size
         self.num_classes = num_classes
+        self.ragged, self.grad_checkpointing = check_ragged(ragged), grad_checkpointing
+        self.bucket_cost_tokens = BUCKET_COST_TOKENS
         self.embed = SpaceTimeEmbedding(img_size=img_size, patch_size=patch_size,
                                         in_chans=in_chans, embed_dim=embed_dim,
                                         num_frames=num_frames)
@@ -141,6 +157,10 @@ class TokenReductionViT(nn.Module):
     def embedding_parameters(self) -> Iterator[nn.Parameter]:
         """Patch embedding, position/temporal embeddings and cls token: frozen in IA-RED²."""
         return self.embed.parameters()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's interface: activation checkpointing per block while gradients are enabled."""
+        self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
         return {"embed.pos_embed", "embed.cls_token", "embed.time_embed"} | {
@@ -247,9 +267,11 @@ class TokenReductionViT(nn.Module):
                 joined(3), joined(4))
     def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
         seq = torch.cat([cls, tokens.x], dim=1)  # (B, 1 + n, D)
-        mask = key_padding_mask(tokens.valid)
-        for blk in blocks:
-            seq = blk(seq, attn_mask=mask)
+        dim, ratio = self.embed_dim, self.mlp_ratio
+        seq = run_blocks(blocks, seq, tokens.valid, mode=self.ragged,
+                         checkpoint=self.grad_checkpointing and torch.is_grad_enabled(),
+                         sample_cost=lambda n: flops.block_macs(n + 1, dim, ratio),
+                         bucket_cost=flops.block_macs(self.bucket_cost_tokens, dim, ratio))
         return seq[:, :1], TokenSet(x=seq[:, 1:], index=tokens.index, valid=tokens.valid)
 
     def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,
