@@ -91,17 +91,21 @@ def test_eval_cli_matched_keep_ratio_and_reports(tmp_path):
     res = json.loads((tmp_path / "one" / "results.json").read_text())
     assert res["num_videos"] == 7 and res["failed_videos"] == []
     methods = res["methods"]
-    assert set(methods) == {"original", "interpreter", "random", "attention", "temporal_difference"}
+    assert set(methods) == {"original", "interpreter", "random", "attention", "temporal_difference",
+                            "tome", "evit"}
     interp_ratio = methods["interpreter"]["kept_ratio"]
     assert 0.05 < interp_ratio < 0.95
     n = 2 * 2 * 2  # patch tokens: 2 frames of a 2x2 grid
     assert res["budget"] == {"match": "ratio", "reference": "interpreter"}
-    for m in ("random", "attention", "temporal_difference"):
+    for m in ("random", "attention", "temporal_difference", "tome", "evit"):
         assert methods[m]["budget"] == {"match": "ratio", "reference": "interpreter"}
-        # D = 1: the per-selection setting is the interpreter's kept ratio, clip by clip, and
-        # keeps the same token count (at least 1 where the interpreter kept none)
+        # D = 1 (and the in-block reducers' setting is the kept ratio itself): the setting is
+        # the interpreter's kept ratio, clip by clip, and keeps the same token count (at least 1
+        # where the interpreter kept none; EViT one fewer where its first stage's fused token
+        # is kept as attentive at the second)
         assert methods[m]["per_selection_keep_ratio"] == pytest.approx(interp_ratio)
-        assert methods[m]["kept_ratio"] == pytest.approx(interp_ratio, abs=1 / n)
+        assert methods[m]["kept_ratio"] == pytest.approx(interp_ratio,
+                                                         abs=(2 if m == "evit" else 1) / n)
     assert methods["original"]["kept_ratio"] == 1.0
     assert all(methods[m]["clips_per_s"] > 0 for m in methods)
     md = (tmp_path / "one" / "results.md").read_text()

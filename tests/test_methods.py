@@ -34,6 +34,12 @@ def _image_model():  # D = 3 groups of one block, 8 x 8 = 64 patch tokens
                                 num_classes=3, selector="interpreter")).eval()
 
 
+def _floor(model, x, method):
+    """The smallest budget a method reaches on x: ToMe at most halves the rows per block, so a
+    shallow model cannot go below N / 2^depth (the fixtures have 2-3 blocks; ViT-B has 12)."""
+    return model(x, **budget_kwargs(model, method, kept_ratio=0.0))
+
+
 def _clips(model, n=6):
     T, gh, _ = model.grid
     size = gh * model.patch_size
@@ -44,9 +50,10 @@ def _clips(model, n=6):
 
 def test_table_entries_are_complete_and_named_once():
     assert list(METHODS) == ["original", "interpreter", "random", "attention",
-                             "temporal_difference"]
+                             "temporal_difference", "tome", "evit"]
     assert [m.name for m in METHODS.values() if m.learned] == ["interpreter"]
-    assert BASELINES == ["random", "attention", "temporal_difference"]
+    assert BASELINES == ["random", "attention", "temporal_difference", "tome", "evit"]
+    assert [m.name for m in METHODS.values() if m.reduce is not None] == ["tome", "evit"]
     assert METHODS["original"].select is None and not METHODS["original"].budgeted
     assert parse_methods(" random,attention ") == ["random", "attention"]
     with pytest.raises(ValueError, match="unknown methods \\['magic'\\]"):
@@ -72,8 +79,10 @@ def test_matched_ratio_within_one_token_per_clip(build):
     assert len(set(ref.tolist())) > 2, "the test needs unequal kept counts per clip"
     for m in BASELINES:
         kept = out[m].keep[-1].sum(1).float()
-        assert (kept - ref).abs().mean() <= 1.0, (m, kept.tolist(), ref.tolist())
-        assert out[m].kept_ratio.mean() == pytest.approx(float(ref.mean()) / N, abs=1 / N)
+        with torch.no_grad():  # where the reference is below what the method can reach
+            target = torch.maximum(ref, _floor(model, x, m).keep[-1].sum(1).float())
+        assert (kept - target).abs().mean() <= 1.0, (m, kept.tolist(), target.tolist())
+        assert out[m].kept_ratio.mean() == pytest.approx(float(target.mean()) / N, abs=1 / N)
     if model.groups == 3:  # the old eval bug: the final ratio used per selection (3 times)
         wrong = model(x, selector="random", keep_ratio=out["interpreter"].kept_ratio.double())
         assert (wrong.keep[-1].sum(1).float() - ref).abs().mean() > 5
@@ -87,7 +96,9 @@ def test_matched_gmacs_within_two_percent_per_clip(build):
         out = run_methods(model, x, ["interpreter", *BASELINES], match="gmacs")
     ref = out["interpreter"].gflops.double()
     for m in BASELINES:
-        rel = (out[m].gflops.double() - ref).abs() / ref
+        with torch.no_grad():
+            target = torch.maximum(ref, _floor(model, x, m).gflops.double())
+        rel = (out[m].gflops.double() - target).abs() / target
         assert rel.max() <= 0.02, (m, rel.tolist())
 
 
@@ -175,7 +186,9 @@ run: {{device: cpu, progress: false}}
     assert eval_fixed == pytest.approx({**viz_fixed, "original": 1.0,
                                         "interpreter": interp}, abs=1e-6)
     assert bench_fixed == pytest.approx(viz_fixed, abs=1e-6)
-    assert all(v == pytest.approx(0.3, abs=1 / 64) for v in bench_fixed.values())
+    # EViT keeps one patch fewer where an earlier stage's fused token is among the attentive
+    for m, v in bench_fixed.items():
+        assert v == pytest.approx(0.3, abs=(2 if m == "evit" else 1) / 64), (m, v)
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["methods"]["random"]["budget"] == {"match": "fixed", "kept_ratio": 0.3}
     assert "Budget: every baseline at kept ratio 0.3 (fixed)." in (

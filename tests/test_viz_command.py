@@ -11,7 +11,8 @@ from videored.viz import figures
 from videored.viz.heatmap import mask_outline, patch_grid, render_overlays
 from videored.viz.inputs import prepare_input, video_frames_uint8
 
-METHODS = ("interpreter", "random", "attention", "temporal_difference")
+METHODS = ("interpreter", "random", "attention", "temporal_difference", "tome", "evit")
+MERGING = ("tome", "evit")  # also write <stem>_<method>_groups.png
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_video_all_methods_writes_the_expected_files(files, tmp_path, capsys):
                 "--method", "all", "--gif") == 0
     printed = capsys.readouterr().out.split()
     expected = [out / f"synth_{m}.{ext}" for m in METHODS for ext in ("png", "gif")]
-    expected.append(out / "synth_all.png")
+    expected += [out / f"synth_{m}_groups.png" for m in MERGING] + [out / "synth_all.png"]
     assert sorted(printed) == sorted(map(str, expected))
     assert all(p.is_file() for p in expected)
     with Image.open(out / "synth_interpreter.gif") as gif:
@@ -158,11 +159,12 @@ def test_baselines_default_to_the_interpreters_kept_fraction(files):
     model.interpreters[0].threshold = 0.5  # a mixed keep pattern on this random model
     x = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30).x
     with torch.no_grad():
-        matched, notes = _run_methods(model, x, list(METHODS), None)
-        fixed, _ = _run_methods(model, x, ["random"], 0.25)
+        matched, notes, _ = _run_methods(model, x, list(METHODS), None)
+        fixed, _, _ = _run_methods(model, x, ["random"], 0.25)
     kept = matched["interpreter"][1].mean()
     for m in METHODS[1:]:
-        assert matched[m][1].mean() == pytest.approx(kept)
+        # one block of ToMe at most halves the 16 patches: it cannot keep fewer than 8
+        assert matched[m][1].mean() == pytest.approx(max(kept, 0.5) if m == "tome" else kept)
         assert "the interpreter's kept ratio" in notes[m]
     assert fixed["random"][1].mean() == pytest.approx(0.25)  # 4 of 16 patches
 
@@ -188,13 +190,40 @@ def test_bad_inputs_give_clear_errors(files, tmp_path, capsys):
     assert _run("--checkpoint", tmp_path / "baseline.pt", "-p", files / "synth.mp4",
                 "-o", tmp_path, "--method", "all") == 0  # baselines only
     names = sorted(p.name for p in tmp_path.glob("synth_*.png"))
-    assert names == ["synth_all.png", "synth_attention.png", "synth_random.png",
-                     "synth_temporal_difference.png"]
+    assert names == ["synth_all.png", "synth_attention.png", "synth_evit.png",
+                     "synth_evit_groups.png", "synth_random.png", "synth_temporal_difference.png",
+                     "synth_tome.png", "synth_tome_groups.png"]
     from videored.commands.visualize import _run_methods
     from videored.models import load_model_file
     model = load_model_file(tmp_path / "baseline.pt").eval()
     x = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30).x
     with torch.no_grad():
-        results, notes = _run_methods(model, x, ["random"], None)
+        results, notes, _ = _run_methods(model, x, ["random"], None)
     assert notes["random"] == "keep ratio 0.500 per selection (model default)"  # nothing to match
     assert results["random"][1].mean() == pytest.approx(0.5)
+
+
+def test_tome_groups_figure_paints_the_merged_groups(files, tmp_path, capsys):
+    """`--method tome` draws the final tokens' patch groups from the source tracking."""
+    from videored.commands.visualize import _run_methods
+    from videored.models import load_model_file
+    from videored.viz.heatmap import group_edges, group_mean_colours, paint
+    from videored.viz.inputs import video_frames_uint8
+
+    out = tmp_path / "out"
+    assert _run("--checkpoint", files / "video.pt", "-p", files / "synth.mp4", "-o", out,
+                "--method", "tome", "--kept-ratio", "0.5") == 0
+    model = load_model_file(files / "video.pt").eval()
+    prepared = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30)
+    with torch.no_grad():
+        _, _, groups = _run_methods(model, prepared.x, ["tome"], 0.5)
+    grid = groups["tome"]  # (T, gh, gw): 16 patches merged into 8 tokens
+    assert grid.shape == (4, 2, 2) and len(np.unique(grid)) == 8
+    png = _png(out / "synth_tome_groups.png")
+    extra = png.shape[0] - figures.GAP - 2 * (32 + figures.GAP)
+    lay = figures.grid_layout(2, 4, (32, 32), title_lines=extra // figures.LINE_PX)
+    frames = video_frames_uint8(prepared)
+    flat = paint(group_mean_colours(frames, grid, 16), group_edges(grid, 16), (0, 0, 0))
+    for t in range(4):
+        top, left = lay.offsets[1][t]
+        np.testing.assert_array_equal(png[top + 16:top + 32, left:left + 32], flat[t][16:])

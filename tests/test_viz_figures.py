@@ -138,3 +138,32 @@ def test_gif_has_one_frame_per_sampled_frame(tmp_path):
     _, greyed, _ = render_overlays(frames, scores, keep, 16)
     # right half = frame 3 with dropped patches greyed
     np.testing.assert_array_equal(rgb[TEXT_PX:, 32 + figures.GAP:], greyed[3][TEXT_PX:])
+
+
+def test_merged_groups_by_hand_and_figure(tmp_path):
+    """ToMe's picture: each group painted in its mean colour, outlines where groups meet."""
+    from videored.viz.heatmap import group_edges, group_mean_colours
+
+    frames = np.zeros((2, 2, 2, 3), np.uint8)  # 2 frames of 2 x 2 patches, patch_size 1
+    frames[0, :, :, 0] = [[10, 20], [30, 41]]
+    frames[1, :, :, 0] = [[50, 60], [70, 80]]
+    groups = np.array([[[0, 0], [1, 2]], [[2, 2], [3, 3]]])  # group 2 spans both frames
+    painted = group_mean_colours(frames, groups, 1)[..., 0]
+    # group 0: (10 + 20) / 2 = 15; 1: 30; 2: (41 + 50 + 60) / 3 = 50.33 -> 50; 3: 75
+    np.testing.assert_array_equal(painted, [[[15, 15], [30, 50]], [[50, 50], [75, 75]]])
+    edges = group_edges(groups, 1)
+    np.testing.assert_array_equal(edges[0], [[True, True], [True, True]])
+    np.testing.assert_array_equal(edges[1], [[True, True], [True, True]])
+    # patch_size 2, group 1 = the bottom-right patch: the pixels on both sides of its border
+    edges = group_edges(np.array([[[0, 0], [0, 1]]]), 2)[0]
+    np.testing.assert_array_equal(edges, [[0, 0, 0, 0], [0, 0, 1, 1], [0, 1, 1, 1], [0, 1, 1, 0]])
+
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    grid = rng.integers(0, 3, (2, 2, 2))
+    layout = figures.groups_figure(tmp_path / "g.png", video, grid, 16)
+    png = _read_png(tmp_path / "g.png")
+    e = group_edges(grid, 16)
+    for t in range(2):
+        _assert_panel(png, layout, 0, t, paint(video, e)[t])
+        _assert_panel(png, layout, 1, t, paint(group_mean_colours(video, grid, 16), e, (0, 0, 0))[t])

@@ -66,7 +66,7 @@ def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: I
         configs: dict[str, tuple[str, float]] = {"original|1.0": ("original", 1.0)}
         for method in methods:
             for ratio in kept_ratios:
-                if get_method(method).select is not None and ratio < 1.0:
+                if get_method(method).reduces and ratio < 1.0:
                     configs[f"{method}|{ratio}"] = (method, ratio)
         thresholds = {}
         if any(get_method(m).learned for m in methods):

@@ -9,6 +9,7 @@ import torch
 
 from videored.bench.speed import dense_vs_timm, interpreter_cost, speed_table
 from videored.models.methods import METHODS, parse_methods
+from videored.bench.variable_length import variable_length_table
 from videored.tables import markdown_table
 
 SPEED_COLUMNS = [
@@ -17,6 +18,13 @@ SPEED_COLUMNS = [
     ("speedup", "speed-up", ".2f"), ("flops_ratio", "FLOPs ratio", ".2f"),
     ("efficiency", "speed-up / FLOPs ratio", ".2f"), ("gflops", "GFLOPs", ".1f"),
     ("kept_ratio", "kept", ".2f"), ("peak_mem_mb", "peak MB", ".0f"),
+]
+VARIABLE_COLUMNS = [
+    ("model", "model", "s"), ("batch_size", "batch", "d"), ("keep_ratio", "mean keep", ".1f"),
+    ("kept_min", "kept min", ".2f"), ("kept_max", "kept max", ".2f"), ("ragged", "ragged", "s"),
+    ("sdpa_backends", "SDPA", "s"), ("clips_per_s", "clips/s", ".2f"),
+    ("random_clips_per_s", "random clips/s", ".2f"), ("relative_to_random", "relative to random", ".2f"),
+    ("flops_relative", "FLOPs relative", ".2f"),
 ]
 VIDEO = "timesformer_jointst_base_patch16_224"
 
@@ -36,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", default=None, help="default: 1,8 (CPU), 1,8,32 (GPU)")
     p.add_argument("--runs", type=int, default=None, help="timed rounds per cell (median)")
     p.add_argument("--decode", action="store_true", help="also the video decoding table")
+    p.add_argument("--variable-length", default="8",
+                   help="batch sizes of the variable-length rows (interpreter with unequal per-clip "
+                        "counts vs random; docs/benchmarks.md); empty: skip them")
+    p.add_argument("--ragged-modes", default=None,
+                   help="ragged modes of those rows (default: pad,bucket,packed on CPU, and jagged too on CUDA)")
     p.add_argument("--json", type=Path, default=None, help="write all rows to this JSON file")
 
 
@@ -74,6 +87,16 @@ def main(args: argparse.Namespace) -> int:
                                 ("dense_s", "dense s", ".3f"),
                                 ("time_fraction", "time fraction", ".4f"),
                                 ("macs_fraction", "MACs fraction", ".4f")]))
+    variable = []
+    vl_batches = [int(b) for b in args.variable_length.split(",") if b]
+    modes = (args.ragged_modes or ("pad,bucket,packed" if args.device == "cpu" else "pad,bucket,packed,jagged")).split(",")
+    for name in models if vl_batches else []:
+        for batch in vl_batches:
+            variable += variable_length_table(name, batch_size=batch, modes=modes, device=args.device,
+                                              dtype=args.dtype, runs=runs, progress=say)
+    if variable:
+        print("\n## Variable-length batches: interpreter (unequal counts) vs random (equal)\n")
+        print(markdown_table(variable, VARIABLE_COLUMNS))
     decode = []
     if args.decode:
         from videored.data.decode_bench import run_decode_benchmark
@@ -84,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(speed=rows, dense_vs_timm=checks,
-                                             interpreter_cost=cost, decode=decode), indent=2))
+                                             interpreter_cost=cost, variable_length=variable,
+                                             decode=decode), indent=2))
         say(f"wrote {args.json}")
     return 0

@@ -97,7 +97,10 @@ def main(args: argparse.Namespace) -> int:
     tmp = model_file.with_name("model.pt.tmp")
     shutil.copyfile(iared2_dir / "model.pt", tmp)
     os.replace(tmp, model_file)
-    print("[quickstart] 3/4 evaluation: 5 methods, clip-1 / video-1, interpretability", flush=True)
+    from videored.models.methods import METHODS
+
+    print(f"[quickstart] 3/4 evaluation: {len(METHODS)} methods, clip-1 / video-1, "
+          "interpretability", flush=True)
     run_local_job(["eval", "--checkpoint", str(model_file), "--out", str(out),
                    "--dense-checkpoint", str(dense_dir / "model.pt"),
                    "--interpretability", f"data.root={data}", "data.num_workers=1"], logs,

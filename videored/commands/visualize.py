@@ -27,7 +27,7 @@ import torch
 from videored.models.methods import EXPLANATIONS, MATCH_MODES, METHODS, get_method
 
 # Every method that reduces tokens (`original` draws nothing: it keeps every patch).
-VIEW_METHODS = tuple(m.name for m in METHODS.values() if m.select is not None)
+VIEW_METHODS = tuple(m.name for m in METHODS.values() if m.reduces)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,8 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--csv", type=Path, help="a dataset list (`path label` lines) of videos")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--method", default="interpreter", choices=[*VIEW_METHODS, *EXPLANATIONS, "all"],
-                   help="a token scorer, an explanation of the dense model (rollout, gradcam, "
-                        "chefer: explanation-only), or all token scorers")
+                   help="a method of the table, an explanation of the dense model (rollout, "
+                        "gradcam, chefer: explanation-only), or all (every token-reduction "
+                        "method)")
     p.add_argument("--match", default="ratio", choices=MATCH_MODES,
                    help="baselines match the interpreter's kept ratio (ratio) or GMACs (gmacs) "
                         "on each input")
@@ -132,14 +133,16 @@ def _run_methods(model, x: torch.Tensor, methods: list[str], kept_ratio: float |
     (`run_with_explanations`: the method table's `run_methods`, explanations at the same ratio).
 
     -> ({method: (scores (D, T, gh, gw), keep (D, T, gh, gw) bool, predicted class, its
-    probability)}, {method: note for the title}); D = groups, T = 1 for images.
+    probability)}, {method: note for the title}, {method: merged groups (T, gh, gw) int, for
+    the in-block reducers (ToMe, EViT): the final token each patch went into}); D = groups
+    (the reducers' stages), T = 1 for images.
     """
     from videored.viz.explanations import run_with_explanations
     from videored.viz.heatmap import patch_grid
 
     outputs = run_with_explanations(model, x.unsqueeze(0), methods, match=match,
                                     kept_ratio=kept_ratio)
-    results, notes = {}, {}
+    results, notes, groups = {}, {}, {}
     for m, res in outputs.items():
         if _learned(m):
             notes[m] = f"threshold {model.threshold:g}"
@@ -150,13 +153,17 @@ def _run_methods(model, x: torch.Tensor, methods: list[str], kept_ratio: float |
         elif model.interpreters is not None:
             what = "kept ratio" if match == "ratio" else "GMACs"
             notes[m] = f"the interpreter's {what} ({res.kept_ratio[0]:.3f} kept)"
+        elif get_method(m).reduce is not None:  # in-block reducers take the kept ratio itself
+            notes[m] = f"kept ratio {model.keep_ratio:.3f} (model default)"
         else:
             notes[m] = f"keep ratio {model.keep_ratio:.3f} per selection (model default)"
         scores = np.stack([patch_grid(s[0], model.grid) for s in res.scores])  # (D, T, gh, gw)
         keep = np.stack([patch_grid(k[0], model.grid) for k in res.keep])
         prob, label = res.logits[0].softmax(-1).max(-1)
         results[m] = (scores, keep, int(label), float(prob))
-    return results, notes
+        if res.source is not None:
+            groups[m] = patch_grid(res.source[0], model.grid)
+    return results, notes, groups
 
 
 def main(args: argparse.Namespace) -> int:
@@ -203,8 +210,8 @@ def main(args: argparse.Namespace) -> int:
         stem = stem if stem not in used else f"{stem}_{len(used)}"
         used.add(stem)
         with torch.no_grad():
-            results, notes = _run_methods(model, prepared.x.to(args.device), methods,
-                                          args.kept_ratio, args.match)
+            results, notes, groups = _run_methods(model, prepared.x.to(args.device), methods,
+                                                  args.kept_ratio, args.match)
         frames = video_frames_uint8(prepared)  # (T, H, W, 3): the crop the model saw
         mask = None if prepared.mask is None else prepared.mask.numpy()  # (T, H, W) bool
         truth = "" if label is None else f", label {label}"
@@ -225,6 +232,15 @@ def main(args: argparse.Namespace) -> int:
                                             model.patch_size, title=title, smooth=args.smooth,
                                             threshold=threshold, zoom=args.zoom)
             wrote(png)
+            if m in groups:  # merged groups: outlines + each group in its mean colour
+                png = args.out / f"{stem}_{m}_groups.png"
+                tokens = len(np.unique(groups[m]))
+                figures.groups_figure(png, frames, groups[m], model.patch_size, zoom=args.zoom,
+                                      object_mask=mask if video_model else None,
+                                      title=f"{m} ({notes[m]}) | {Path(name).name}: the "
+                                            f"{tokens} tokens of the last block and the "
+                                            f"patches each covers{truth}")
+                wrote(png)
             if args.gif and video_model:
                 wrote(figures.video_gif(args.out / f"{stem}_{m}.gif", frames, scores[-1],
                                         keep[-1], model.patch_size, smooth=args.smooth,

@@ -5,6 +5,10 @@ Two numbers per video kind and backend: `decode` (open the file + decode the cli
 One process with one torch thread = what each DataLoader worker delivers; multiply by the
 number of workers (up to the core count) for a loader's throughput.
 
+`--csv LIST` times the user's own videos instead (a `path label` list, Kinetics-400 sampling:
+8 x 32 frames at 30 fps, jitter 256-320, 224 crops) and adds, per backend, the cores (= workers)
+one GPU needs to feed a model running at the given clips/s (`cores_per_gpu`).
+
 Run: `python -m videored.data.decode_bench` (or `videored data bench`); results in docs/data.md.
 """
 from __future__ import annotations
@@ -54,6 +58,23 @@ def make_benchmark_videos(workdir: str | os.PathLike) -> dict[str, dict]:
     }
 
 
+# Kinetics-400 training clips (the paper's setting): 8 frames 32 apart at 30 fps, 224 crops
+K400_SAMPLING = dict(num_frames=8, sampling_rate=32, target_fps=30, crop_size=224, train_jitter_scales=(256, 320))
+# clips/s of one GPU in the paper (Table 4, V100): the dense JointST <= 24, IA-RED2 >= 81
+PAPER_GPU_CLIPS_PER_S = (24.0, 81.0)
+
+
+def user_video_kinds(csv: str | os.PathLike, sampling: dict | None = None) -> dict[str, dict]:
+    """The benchmark input for a user's own `path label` list (every listed video is used)."""
+    n = sum(1 for line in Path(csv).read_text().splitlines() if line.strip())
+    return {f"{Path(csv).name} ({n} videos)": {"csv": Path(csv), "sampling": dict(sampling or K400_SAMPLING)}}
+
+
+def cores_per_gpu(item_clips_per_s: float, model_clips_per_s: float) -> float:
+    """Workers (one core each) needed so the loader keeps up with the model: model / per-worker rate."""
+    return model_clips_per_s / item_clips_per_s
+
+
 def _time_decode(paths: Sequence[str], backend: str, sampling: dict, clips: int) -> float:
     """Seconds per clip for open + decode of a random train clip."""
     start_t = time.perf_counter()
@@ -77,6 +98,8 @@ def run_decode_benchmark(
     backends: Sequence[str] = ("decord", "pyav"),
     clips: int = 20,
     rounds: int = 3,
+    csv: str | os.PathLike | None = None,
+    model_clips_per_s: Sequence[float] = PAPER_GPU_CLIPS_PER_S,
 ) -> list[dict]:
     """Time both backends on the benchmark videos (made in `workdir`, or a temp dir).
 
@@ -84,6 +107,8 @@ def run_decode_benchmark(
     round is kept (as `timeit` does): on a shared machine, other load only ever slows a round down.
     Returns one row per (video kind, backend): {"video", "backend", "decode_clips_per_s",
     "item_clips_per_s", "ms_per_clip_decode", "ms_per_clip_item", "frames_per_clip", "threads"}.
+    With `csv` (the user's list) the rows are for those videos, plus "cores_per_gpu" {model
+    clips/s: cores} at each of `model_clips_per_s`.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one DataLoader worker = one thread
@@ -92,7 +117,7 @@ def run_decode_benchmark(
         tmp = tempfile.TemporaryDirectory(prefix="videored_bench_")
         workdir = tmp.name
     try:
-        kinds = make_benchmark_videos(workdir)
+        kinds = user_video_kinds(csv) if csv is not None else make_benchmark_videos(workdir)
         rows = []
         for kind, spec in kinds.items():
             datasets = {b: VideoClipDataset(spec["csv"], mode="train", backend=b, **spec["sampling"]) for b in backends}
@@ -117,6 +142,8 @@ def run_decode_benchmark(
                         "threads": 1,
                     }
                 )
+                if csv is not None:
+                    rows[-1]["cores_per_gpu"] = {f"{m:g}": round(cores_per_gpu(1 / t_item, m), 2) for m in model_clips_per_s}
         return rows
     finally:
         torch.set_num_threads(threads)
@@ -130,10 +157,15 @@ def format_table(rows: list[dict]) -> str:
         "| video | backend | decode clips/s | ms/clip | full item clips/s | ms/item |",
         "|---|---|---:|---:|---:|---:|",
     ]
+    gpu = rows[0].get("cores_per_gpu", {}) if rows else {}
+    if gpu:
+        lines[0] += "".join(f" cores per GPU at {m} clips/s |" for m in gpu)
+        lines[1] += "---:|" * len(gpu)
     for r in rows:
         lines.append(
             f"| {r['video']} | {r['backend']} | {r['decode_clips_per_s']} | {r['ms_per_clip_decode']} | "
             f"{r['item_clips_per_s']} | {r['ms_per_clip_item']} |"
+            + "".join(f" {c} |" for c in r.get("cores_per_gpu", {}).values())
         )
     return "\n".join(lines)
 

@@ -34,8 +34,12 @@ def build_model(cfg: DictConfig, selector: str = "interpreter") -> nn.Module:
     if m.depth is not None:
         kwargs["depth"] = m.depth
     kwargs.update(OmegaConf.to_container(m.kwargs, resolve=True))
-    return create_model(m.name, pretrained_path=m.pretrained_path,
-                        time_embed_resize=m.time_embed_resize, **kwargs)
+    model = create_model(m.name, pretrained_path=m.pretrained_path,
+                         time_embed_resize=m.time_embed_resize, **kwargs)
+    # a training-time switch, not part of the architecture: set after construction so that it
+    # does not travel into saved model files (model_config)
+    model.set_grad_checkpointing(m.grad_checkpointing)
+    return model
 
 
 class TensorFileDataset(Dataset):

@@ -29,6 +29,8 @@ class ModelConfig:
     threshold: float = 0.5  # token kept when I_i >= threshold (supplement Table 2)
     pretrained_path: Optional[str] = None  # local file only; nothing downloads at run time
     time_embed_resize: str = "linear"  # linear | nearest (TimeSformer's loader) on a frame-count change
+    # recompute each block's activations in backward instead of storing them (training memory)
+    grad_checkpointing: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other constructor argument
 
 
@@ -85,6 +87,14 @@ class ScheduleConfig:
     finetune_epochs: int = 1
     supervised_epochs: int = 0
     max_steps_per_epoch: Optional[int] = None  # cap (smoke runs); None: the whole epoch
+    # `supervised` stages train through this reduction instead of densely (EViT's finetune
+    # recipe): "evit", or None (dense). keep_ratio: its final kept fraction (models/evit.py);
+    # keep_warmup_epochs [start, end]: keep everything until epoch `start` of the stage, then the
+    # per-stage keep rate falls from 1 to its target along a cosine until `end` (EViT Sec. 4;
+    # its code: [10, 100] of 300 epochs); [0, 0]: the target from the first step.
+    reduction: Optional[str] = None
+    keep_ratio: float = 1.0
+    keep_warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
 @dataclass
@@ -191,6 +201,19 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     groups = cfg.schedule.groups
     if groups is not None and any(not 0 <= g < cfg.model.groups for g in groups):
         raise ConfigError(f"key 'schedule.groups': {list(groups)} outside 0..{cfg.model.groups - 1}")
+    if cfg.schedule.reduction not in (None, "evit"):
+        raise ConfigError(f"key 'schedule.reduction': use evit or null, not "
+                          f"{cfg.schedule.reduction!r} (tome is used training-free)")
+    if not 0.0 < cfg.schedule.keep_ratio <= 1.0:
+        raise ConfigError(f"key 'schedule.keep_ratio': must be in (0, 1], got "
+                          f"{cfg.schedule.keep_ratio}")
+    warm = list(cfg.schedule.keep_warmup_epochs)
+    if len(warm) != 2 or not 0 <= warm[0] <= warm[1]:
+        raise ConfigError(f"key 'schedule.keep_warmup_epochs': [start, end] with 0 <= start <= "
+                          f"end, got {warm}")
+    if cfg.schedule.reduction is not None and any(k != "supervised" for k in cfg.schedule.stages):
+        raise ConfigError("key 'schedule.reduction': only with schedule.stages: [supervised] "
+                          "(the interpreter stages have their own token selection)")
     if cfg.data.batch_size < 1:
         raise ConfigError("key 'data.batch_size': must be >= 1")
     if cfg.reinforce.baseline not in ("self_critical", "leave_one_out"):

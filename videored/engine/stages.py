@@ -150,9 +150,11 @@ def interpreter_step(model: nn.Module, raw_model: nn.Module, x: torch.Tensor, y:
     return StepResult(loss=loss, sums=sums, count=B)
 
 
-def classification_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: Stage) -> StepResult:
-    """Cross-entropy on the tokens that really reach the blocks (finetune) or on all (supervised)."""
-    out = model(x, active_groups=stage.active_groups)
+def classification_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: Stage,
+                        **forward: object) -> StepResult:
+    """Cross-entropy on the tokens that really reach the blocks (finetune) or on all (supervised;
+    `forward` = selector / keep_ratio when it trains through a reduction, e.g. EViT)."""
+    out = model(x, active_groups=stage.active_groups, **forward)
     loss = F.cross_entropy(out.logits.float(), y)
     B = y.shape[0]
     sums = {

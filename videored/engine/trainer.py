@@ -22,6 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from videored.models.evit import evit_blocks, warmup_keep_ratio
+
 from . import checkpoint as ckpt
 from .builders import build_optimizer, build_scheduler, stage_lr, unpack_batch
 from .config import save_config, to_dict
@@ -211,7 +213,8 @@ class Trainer:
                                "train": train_means}
         if self.val_set is not None:
             row["val"] = validate(self.model, self.val_set, stage.active_groups, self.dist,
-                                  self.batch, self.cfg.data.num_workers, self.amp)
+                                  self.batch, self.cfg.data.num_workers, self.amp,
+                                  **self._reduction(stage, warmed_up=True))
             self.log.log({"kind": "val", "stage": stage.name, **row["val"]}, self.pos.global_step)
             set_train_mode(self.model, stage)
         self.summary.append(row)
@@ -270,7 +273,7 @@ class Trainer:
                 result = interpreter_step(net, self.model, x, y, stage.group, r.tau, r.squared, r.baseline,
                                           r.samples)
             else:
-                result = classification_step(net, x, y, stage)
+                result = classification_step(net, x, y, stage, **self._reduction(stage))
         optimizer.zero_grad(set_to_none=True)
         if any_rank(not bool(torch.isfinite(result.loss)), self.dist.device):
             self._count_nonfinite("loss")
@@ -285,6 +288,19 @@ class Trainer:
         optimizer.step()
         result.sums["grad_norm"] = norm.detach().float() * result.count
         return result
+
+    def _reduction(self, stage: Stage, warmed_up: bool = False) -> dict:
+        """selector / keep_ratio of a supervised stage that trains through EViT ({} if dense):
+        the keep ratio of this step on the warm-up (schedule.keep_warmup_epochs)."""
+        s = self.cfg.schedule
+        if stage.kind != "supervised" or s.reduction is None:
+            return {}
+        start, end = s.keep_warmup_epochs
+        epoch = self.pos.epoch + self.pos.step / self.steps_per_epoch  # within this stage
+        progress = 1.0 if warmed_up or end <= start else (epoch - start) / (end - start)
+        stages = len(evit_blocks(len(self.model.blocks)))
+        return {"selector": s.reduction,
+                "keep_ratio": warmup_keep_ratio(progress, s.keep_ratio, stages)}
 
     def _count_nonfinite(self, what: str) -> None:
         self.nonfinite += 1

@@ -15,8 +15,10 @@ from .distributed import DistInfo, all_reduce_sum
 
 @torch.no_grad()
 def validate(model: nn.Module, dataset: Dataset, active_groups: int, dist: DistInfo,
-             batch_size: int, num_workers: int = 0, amp: bool = False) -> dict[str, float]:
-    """{"acc", "kept", "gflops", "samples", "failed"} of greedy inference with `active_groups`."""
+             batch_size: int, num_workers: int = 0, amp: bool = False,
+             **forward: object) -> dict[str, float]:
+    """{"acc", "kept", "gflops", "samples", "failed"} of greedy inference with `active_groups`
+    (and `forward` = selector / keep_ratio of a reduction trained through)."""
     was_training = model.training
     model.eval()
     shard = list(range(dist.rank, len(dataset), dist.world_size))
@@ -28,7 +30,7 @@ def validate(model: nn.Module, dataset: Dataset, active_groups: int, dist: DistI
         ok = ~batch["failed"].bool() if isinstance(batch, dict) and "failed" in batch else torch.ones_like(y, dtype=torch.bool)
         x, y, ok = x.to(dist.device), y.to(dist.device), ok.to(dist.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            out = model(x, active_groups=active_groups)
+            out = model(x, active_groups=active_groups, **forward)
         correct = (out.logits.argmax(1) == y) & ok
         sums += torch.stack([correct.sum().double(), (out.kept_ratio * ok).sum().double(),
                              (out.gflops * ok).sum().double(), ok.sum().double(), (~ok).sum().double()])

@@ -2,7 +2,7 @@
 
 A newcomer finds here how each method is scored, selected, costed and compared:
 
-    METHODS[name] -> Method(selector, learned, select, scoring_macs, budget mapping)
+    METHODS[name] -> Method(selector, learned, select or reduce, scoring_macs, budget mapping)
 
 Evaluation (`engine.run_eval`), the benchmark (`bench.speed`), the visualizer
 (`commands.visualize`), the interpretability metric (`videored.interpretability`) and every CLI
@@ -14,7 +14,9 @@ Budget vocabulary (the only one, used in results too):
                  `ReductionOutput.kept_ratio`). A budget is a target kept_ratio or a target GMACs.
   keep_ratio     the *per-selection* setting of the top-k baselines: each of the D selections
                  keeps round(keep_ratio * alive) tokens, so kept_ratio ~ keep_ratio ** D. Only
-                 `Method.setting_for` converts one into the other (`topk_setting`).
+                 `Method.setting_for` converts one into the other. The in-block reducers (ToMe,
+                 EViT) take the kept_ratio itself and spread it over their blocks / stages
+                 (tome.tome_schedule, evit.evit_schedule).
   match          how a comparison is matched to a reference method (the learned interpreter):
                  "ratio": each baseline reaches the reference's kept_ratio, clip by clip;
                  "gmacs": each baseline reaches the reference's GMACs, clip by clip.
@@ -36,9 +38,11 @@ import torch
 from timm.models.vision_transformer import Block
 
 from . import flops
+from .merge_blocks import MergeRun, evit_macs, evit_targets, run_evit, run_tome, tome_macs
 from .selectors import (attention_scores, num_to_keep, random_scores, temporal_difference_scores,
                         topk_keep)
 from .tokens import TokenSet, key_padding_mask
+from .tome import tome_schedule
 
 MATCH_MODES = ("ratio", "gmacs")
 
@@ -122,6 +126,9 @@ class Method:
                  (`keep_ratio` of `model(x, ...)`); default: the top-k rule kept_ratio ** (1/D)
     gmacs_at     cost of a setting: (model, method, setting (B,)) -> (B,) GMACs without a
                  forward; used to match a GMACs budget (default: the top-k count chain)
+    reduce       an in-block reducer instead of `select` (ToMe, EViT: they merge / fuse between
+                 a block's attention and MLP): (model, cls, patches, kept_ratio) -> MergeRun
+    reduce_macs  its cost formula: (model, kept_ratio) -> MACs of the blocks (no forward)
     """
     name: str
     selector: str
@@ -131,11 +138,19 @@ class Method:
     scoring_macs: Callable[[torch.Tensor, int], torch.Tensor] = _no_macs
     setting_for: Callable[[float | torch.Tensor, int], float | torch.Tensor] = topk_setting
     gmacs_at: Callable[..., torch.Tensor] = topk_gmacs
+    reduce: Callable[..., MergeRun] | None = None
+    reduce_macs: Callable[[object, float], float] | None = None
+
+    @property
+    def reduces(self) -> bool:
+        """True for every method but the dense model: it selects or merges tokens."""
+        return self.select is not None or self.reduce is not None
 
     @property
     def budgeted(self) -> bool:
-        """True when a budget sets its keep ratio (top-k baselines); False: original, learned."""
-        return self.select is not None and not self.learned
+        """True when a budget sets its keep ratio (top-k baselines, in-block reducers); False:
+        original, learned."""
+        return self.reduces and not self.learned
 
 
 # ---- the scorers behind one signature ----
@@ -174,6 +189,49 @@ def _temporal_difference(inp: SelectionInput) -> torch.Tensor:
     return temporal_difference_scores(inp.tokens, inp.grid)
 
 
+# ---- the in-block reducers (merge_blocks.py), kept_ratio -> their schedules ----
+
+def _kept_ratio_itself(kept_ratio: float | torch.Tensor, groups: int) -> float | torch.Tensor:
+    """Budget mapping of the in-block reducers: they take the final kept ratio itself and
+    spread it over their blocks / stages (tome_schedule, evit_targets)."""
+    if isinstance(kept_ratio, torch.Tensor):
+        return kept_ratio.double().clamp(1e-6, 1.0)
+    return min(1.0, max(float(kept_ratio), 1e-6))
+
+
+def reducer_gmacs(model, method: "Method", kept_ratio: torch.Tensor) -> torch.Tensor:
+    """(B,) GMACs of an in-block reducer at kept_ratio (B,): patch embed + its own block cost
+    formula (`reduce_macs`, one value per distinct ratio) + head; no forward."""
+    N, dim = model.num_patches, model.embed_dim
+    head = flops.patch_embed_macs(N, model.patch_size, model.embed.patch_embed.proj.in_channels, dim)
+    ratios = kept_ratio.cpu().tolist()
+    costs = {r: method.reduce_macs(model, r) for r in set(ratios)}
+    macs = torch.tensor([head + costs[r] for r in ratios], dtype=torch.float64)
+    return ((macs + dim * model.num_classes) / 1e9).float()
+
+
+def _tome(model, cls: torch.Tensor, patches: torch.Tensor, kept_ratio: float) -> MergeRun:
+    return run_tome(list(model.blocks), cls, patches, keep_ratio=kept_ratio,
+                    mlp_ratio=model.mlp_ratio, groups=model.groups)
+
+
+def _tome_macs(model, kept_ratio: float) -> float:
+    schedule = tome_schedule(model.num_patches, len(model.blocks), kept_ratio)
+    return tome_macs(model.num_patches, schedule, model.embed_dim,
+                     model.blocks[0].attn.head_dim, model.mlp_ratio)
+
+
+def _evit(model, cls: torch.Tensor, patches: torch.Tensor, kept_ratio: float) -> MergeRun:
+    return run_evit(list(model.blocks), cls, patches, keep_ratio=kept_ratio,
+                    mlp_ratio=model.mlp_ratio)
+
+
+def _evit_macs(model, kept_ratio: float) -> float:
+    targets = evit_targets(model.num_patches, len(model.blocks), kept_ratio)
+    return evit_macs(model.num_patches, len(model.blocks), targets, model.embed_dim,
+                     model.mlp_ratio)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("original", "none", learned=False,
            summary="dense model: every token reaches every block"),
@@ -190,6 +248,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("temporal_difference", "temporal_difference", learned=False,
            summary="L2 distance to the same patch in the previous frame, top keep_ratio",
            select=_topk(_temporal_difference, "temporal_difference")),
+    Method("tome", "tome", learned=False,
+           summary="ToMe: in every block, merge the r most similar token pairs (bipartite "
+                   "matching of attention keys, proportional attention), training-free",
+           reduce=_tome, reduce_macs=_tome_macs, setting_for=_kept_ratio_itself,
+           gmacs_at=reducer_gmacs),
+    Method("evit", "evit", learned=False,
+           summary="EViT: at blocks 4, 7, 10 keep the top tokens by cls attention, fuse the rest "
+                   "into one token weighted by that attention",
+           reduce=_evit, reduce_macs=_evit_macs, setting_for=_kept_ratio_itself,
+           gmacs_at=reducer_gmacs),
 )}
 SELECTORS = {m.selector: m for m in METHODS.values()}  # model-side name -> method
 

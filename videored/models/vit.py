@@ -23,11 +23,16 @@ from . import flops
 from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
 from .methods import SELECTORS, SelectionInput
+from .ragged import check_ragged, run_blocks
 from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
 
 # Every checkpoint this model loads (DeiT/ViT, TimeSformer, mmaction2) was trained with LayerNorm
 # eps 1e-6; timm's Block default changed between releases, so it is never left to the default.
 block_norm = partial(nn.LayerNorm, eps=1e-6)
+# One more bucket (another call through the blocks) is worth it when it saves more padding than
+# this many tokens' worth of block MACs (kernel launches, smaller matrix products). 64 was the
+# best of 0/16/64/128/256/512 for DeiT-S and DeiT-B at batch 8 (docs/benchmarks.md).
+BUCKET_COST_TOKENS = 64
 
 
 @dataclass
@@ -39,11 +44,19 @@ class ReductionOutput:
             dropped by an earlier group; 1 for tokens a group passed on without selecting
     keep    per group, (B, N) bool: alive after that group's selection (the sample u when sampled)
     gflops  (B,) per-sample GMACs, selector cost included
+    source  in-block reducers only (tome, evit): (B, N) long, the final token row that covers
+            each patch (ToMe's merged groups; EViT's fused token covers every fused patch);
+            None for the dropping methods
+
+    The in-block reducers report per stage instead of per group (merge_blocks.run_tome /
+    run_evit); their keep marks the positions the rows stand at, so kept_ratio is rows / N
+    (EViT: its fused rows excluded).
     """
     logits: torch.Tensor
     scores: list[torch.Tensor]
     keep: list[torch.Tensor]
     gflops: torch.Tensor
+    source: torch.Tensor | None = None
 
     @property
     def kept_ratio(self) -> torch.Tensor:
@@ -66,10 +79,19 @@ class TokenReductionViT(nn.Module):
             baselines can still be chosen per call (`model(x, selector=...)`).
         threshold: interpreter keeps token i iff I_i >= threshold (greedy decisions).
         keep_ratio: per-selection setting of the top-k baselines: each selection keeps this
-            fraction of the alive tokens (kept_ratio ~ keep_ratio ** groups; see methods.py).
+            fraction of the alive tokens (kept_ratio ~ keep_ratio ** groups; see methods.py);
+            for the in-block reducers (tome, evit) the kept ratio itself.
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
+        ragged: how blocks run when samples keep different token counts: "bucket" (default:
+            sorted into buckets of similar counts), "packed" (the per-token layers on one
+            packed tensor, attention padded per sample; fastest on CPU, but it calls the
+            blocks' layers directly, so forward hooks on a block do not fire), "pad" (one
+            padded, masked call) or "jagged" (packed, and nested jagged SDPA: the CUDA
+            candidate). See `ragged.py`.
+        grad_checkpointing: recompute each block's activations in backward (saves memory in
+            training; forward-only calls are unaffected). Also `set_grad_checkpointing()`.
     """
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
@@ -79,7 +101,8 @@ class TokenReductionViT(nn.Module):
                  groups: int = 1, selector: str = "none", threshold: float = 0.5,
                  keep_ratio: float = 0.5, seed: int = 0,
                  interpreter_heads: int | None = None,
-                 interpreter_init_keep: float = 0.5) -> None:
+                 interpreter_init_keep: float = 0.5, ragged: str = "bucket",
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         if groups < 1 or depth % groups:
             raise ValueError(f"depth {depth} must split into groups={groups} equal groups")
@@ -87,6 +110,8 @@ class TokenReductionViT(nn.Module):
         self.groups, self.keep_ratio, self.seed = groups, keep_ratio, seed
         self.embed_dim, self.mlp_ratio, self.patch_size = embed_dim, mlp_ratio, patch_size
         self.num_classes = num_classes
+        self.ragged, self.grad_checkpointing = check_ragged(ragged), grad_checkpointing
+        self.bucket_cost_tokens = BUCKET_COST_TOKENS
         self.embed = SpaceTimeEmbedding(img_size=img_size, patch_size=patch_size,
                                         in_chans=in_chans, embed_dim=embed_dim,
                                         num_frames=num_frames)
@@ -133,6 +158,10 @@ class TokenReductionViT(nn.Module):
         """Patch embedding, position/temporal embeddings and cls token: frozen in IA-RED²."""
         return self.embed.parameters()
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's interface: activation checkpointing per block while gradients are enabled."""
+        self.grad_checkpointing = enable
+
     def no_weight_decay(self) -> set[str]:
         return {"embed.pos_embed", "embed.cls_token", "embed.time_embed"} | {
             f"interpreters.{j}.policy_token" for j in range(self.groups)}
@@ -156,19 +185,23 @@ class TokenReductionViT(nn.Module):
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
             on batch composition (sharded evaluation).
         """
-        features, scores, keep, macs = self.forward_features(
+        features, scores, keep, macs, source = self.forward_features(
             x, sample=sample, active_groups=active_groups, selector=selector,
             keep_ratio=keep_ratio, generator=generator, random_seeds=random_seeds)
         logits = self.forward_head(features)
         macs = macs + self.embed_dim * self.num_classes
-        return ReductionOutput(logits=logits, scores=scores, keep=keep, gflops=(macs / 1e9).float())
+        return ReductionOutput(logits=logits, scores=scores, keep=keep,
+                               gflops=(macs / 1e9).float(), source=source)
 
     def forward_features(self, x: torch.Tensor, *, sample: bool = False,
                          active_groups: int | None = None, selector: str | None = None,
                          keep_ratio: float | None = None,
                          generator: torch.Generator | None = None,
                          random_seeds: torch.Tensor | None = None):
-        """-> (cls features (B, D), scores per group, keep per group, MACs (B,))."""
+        """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None).
+
+        In-block reducers (tome, evit; training-free or finetuned through) ignore sample and
+        active_groups."""
         selector = check_selector(selector or self.selector)
         if selector == "interpreter" and self.interpreters is None:
             raise ValueError("this model was built without interpreters "
@@ -181,6 +214,11 @@ class TokenReductionViT(nn.Module):
         macs = torch.full((x.shape[0],), float(flops.patch_embed_macs(
             N, self.patch_size, self.embed.patch_embed.proj.in_channels, self.embed_dim)),
             device=x.device, dtype=torch.float64)
+        method = SELECTORS[selector]
+        if method.reduce is not None:
+            features, scores, keep, cost, source = self._reduce_in_blocks(
+                method, cls, patches, keep_ratio)
+            return features, scores, keep, macs + cost, source
         all_scores, all_keep = [], []
         for j in range(self.groups):
             blocks = self.group_blocks(j)
@@ -199,14 +237,41 @@ class TokenReductionViT(nn.Module):
                 tokens.counts().double() + 1, self.embed_dim, self.mlp_ratio)
             cls, tokens = self._run_blocks(blocks, cls, tokens)
         features = self.norm(torch.cat([cls, tokens.x], dim=1))[:, 0]  # norm is per token
-        return features, all_scores, all_keep, macs
+        return features, all_scores, all_keep, macs, None
 
     # ---- internals ----
+    def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, keep_ratio):
+        """An in-block reducer over all blocks. A (B,) keep_ratio (matched budgets, one per
+        clip) runs each distinct ratio as its own sub-batch: every clip is really reduced to its
+        own count, and the sub-batches' results are put back in batch order."""
+        ratios = keep_ratio.tolist() if isinstance(keep_ratio, torch.Tensor) else None
+        if ratios is None or len(set(ratios)) == 1:
+            run = method.reduce(self, cls, patches, ratios[0] if ratios else keep_ratio)
+            features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
+            macs = torch.full((cls.shape[0],), run.macs, dtype=torch.float64, device=cls.device)
+            return features, run.scores, run.keep, macs, run.tokens.source
+        parts, order = [], []
+        for ratio in sorted(set(ratios)):
+            rows = torch.tensor([b for b, r in enumerate(ratios) if r == ratio],
+                                device=cls.device)
+            parts.append(self._reduce_in_blocks(method, cls[rows], patches[rows], ratio))
+            order.append(rows)
+        inverse = torch.argsort(torch.cat(order))  # sub-batch rows back to batch order
+
+        def joined(i: int) -> torch.Tensor:
+            return torch.cat([p[i] for p in parts])[inverse]
+
+        stages = len(parts[0][1])
+        return (joined(0), [torch.cat([p[1][s] for p in parts])[inverse] for s in range(stages)],
+                [torch.cat([p[2][s] for p in parts])[inverse] for s in range(stages)],
+                joined(3), joined(4))
     def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
         seq = torch.cat([cls, tokens.x], dim=1)  # (B, 1 + n, D)
-        mask = key_padding_mask(tokens.valid)
-        for blk in blocks:
-            seq = blk(seq, attn_mask=mask)
+        dim, ratio = self.embed_dim, self.mlp_ratio
+        seq = run_blocks(blocks, seq, tokens.valid, mode=self.ragged,
+                         checkpoint=self.grad_checkpointing and torch.is_grad_enabled(),
+                         sample_cost=lambda n: flops.block_macs(n + 1, dim, ratio),
+                         bucket_cost=flops.block_macs(self.bucket_cost_tokens, dim, ratio))
         return seq[:, :1], TokenSet(x=seq[:, 1:], index=tokens.index, valid=tokens.valid)
 
     def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,

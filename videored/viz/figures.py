@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .heatmap import kept_ratio_per_frame, mask_outline, paint, render_overlays
+from .heatmap import (group_edges, group_mean_colours, kept_ratio_per_frame, mask_outline, paint,
+                      render_overlays)
 
 GAP = 4  # px between panels
 FONT = 8  # pt
@@ -188,6 +189,24 @@ def methods_figure(path: str | Path, frames: np.ndarray, results: dict[str, tupl
                        zoom=zoom)
 
 
+def groups_figure(path: str | Path, frames: np.ndarray, group_grid: np.ndarray,
+                  patch_size: int, *, title: str = "", object_mask: np.ndarray | None = None,
+                  zoom: int = 1) -> Layout:
+    """Merged groups (ToMe, EViT's fused token): row 1 = the frames with the group outlines in
+    white, row 2 = every group painted in its mean colour; the number of groups (tokens) of each
+    frame in its corner. frames (T, H, W, 3) uint8, group_grid (T, gh, gw) int.
+    """
+    edges = group_edges(group_grid, patch_size)
+    outlined = paint(frames, edges)
+    flat = paint(group_mean_colours(frames, group_grid, patch_size), edges, (0, 0, 0))
+    if object_mask is not None:
+        outlined = paint(outlined, mask_outline(object_mask), (255, 255, 0))
+    tokens = [len(np.unique(np.asarray(g))) for g in group_grid]
+    corner = [[f"{n} groups" for n in tokens], [f"t={t}" for t in range(len(frames))]]
+    return save_panels(path, [list(outlined), list(flat)], title=title, corner_texts=corner,
+                       zoom=zoom)
+
+
 def video_gif(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
               keep_grid: np.ndarray, patch_size: int, *, smooth: bool = False,
               frame_ms: int = 400, object_mask: np.ndarray | None = None,
@@ -221,5 +240,6 @@ def video_gif(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
     return path
 
 
-__all__ = ["Layout", "grid_layout", "image_groups_figure", "methods_figure", "save_panels",
+__all__ = ["Layout", "grid_layout", "groups_figure", "image_groups_figure", "methods_figure",
+           "save_panels",
            "video_figure", "video_gif"]

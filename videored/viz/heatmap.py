@@ -132,6 +132,38 @@ def paint(frames, where, colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
     return out
 
 
+def group_mean_colours(frames, group_grid, patch_size: int) -> np.ndarray:
+    """Paint every pixel with the mean colour of its merged group (ToMe's visualization).
+
+    frames (T, H, W, 3) uint8; group_grid (T, gh, gw) int: the token each patch was merged into
+    (`ReductionOutput.source` through `patch_grid`). A group may span frames (JointST merges
+    across time): its mean is over all its pixels in every frame. -> (T, H, W, 3) uint8.
+    """
+    frames = _numpy(frames)
+    ids = upsample_patches(group_grid, patch_size).astype(np.int64)  # (T, H, W)
+    if ids.shape != frames.shape[:-1]:
+        raise ValueError(f"groups {ids.shape} do not match frames {frames.shape[:-1]}")
+    flat = ids.reshape(-1)
+    counts = np.bincount(flat)
+    sums = np.stack([np.bincount(flat, weights=frames[..., c].reshape(-1).astype(np.float64),
+                                 minlength=len(counts)) for c in range(3)], axis=1)  # (G, 3)
+    means = np.rint(sums / np.maximum(counts, 1)[:, None]).astype(np.uint8)
+    return means[ids]
+
+
+def group_edges(group_grid, patch_size: int) -> np.ndarray:
+    """(T, gh, gw) int groups -> (T, H, W) bool: the pixels on a patch side whose neighbour
+    patch (same frame) is in another group, i.e. the outlines of the merged regions."""
+    g = _numpy(group_grid)
+    px = upsample_patches(g, patch_size).astype(np.int64)  # (T, H, W)
+    edge = np.zeros(px.shape, dtype=bool)
+    edge[:, 1:, :] |= px[:, 1:, :] != px[:, :-1, :]
+    edge[:, :-1, :] |= px[:, 1:, :] != px[:, :-1, :]
+    edge[:, :, 1:] |= px[:, :, 1:] != px[:, :, :-1]
+    edge[:, :, :-1] |= px[:, :, 1:] != px[:, :, :-1]
+    return edge
+
+
 def render_overlays(frames, scores_grid, keep_grid, patch_size: int, *, smooth: bool = False,
                     alpha: float = 0.5, cmap: str = "jet") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The three pictures of a clip: (heatmap overlay, dropped-greyed, heatmap-on-kept), each
@@ -144,6 +176,7 @@ def render_overlays(frames, scores_grid, keep_grid, patch_size: int, *, smooth: 
 
 
 __all__ = [
-    "UPSAMPLE_MODES", "colorize", "colormap_lut", "grey_out", "kept_ratio_per_frame",
+    "UPSAMPLE_MODES", "colorize", "colormap_lut", "grey_out", "group_edges",
+    "group_mean_colours", "kept_ratio_per_frame",
     "mask_outline", "overlay_heatmap", "paint", "patch_grid", "render_overlays", "to_uint8_frames", "upsample_patches",
 ]

@@ -1,0 +1,106 @@
+"""Variable-length batches: the interpreter keeping a different count per clip vs random.
+
+A trained interpreter keeps a different number of tokens in each clip; random keeps the same
+number in every clip. At the same mean kept ratio the two cost about the same FLOPs, but a
+padded batch runs every clip as long as its longest. Here the (untrained) interpreter's
+thresholds are set per clip so that clip b of the batch keeps ratios[b] of its tokens, spread
+linearly over mean * (1 ± spread); random keeps the mean ratio in every clip. Both are timed
+interleaved (`speed.time_interleaved`), the interpreter once per ragged mode (pad / bucket /
+packed / jagged, `videored.models.ragged`).
+
+`relative_to_random` = interpreter clips/s / random clips/s. `flops_relative` = random GMACs /
+interpreter GMACs: what perfect (padding-free) execution would reach, slightly below 1 because
+attention grows with n² and the counts differ.
+
+On CUDA the jagged rows run under `sdpa_kernel([FLASH_ATTENTION, EFFICIENT_ATTENTION])`: SDPA
+raises rather than falling back to the math kernel, so a row that exists ran a fused kernel.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Iterable
+
+import torch
+
+from videored.bench.speed import _device_name, _example_input
+from videored.models import create_model
+from videored.models.methods import budget_kwargs, topk_setting
+from videored.timing import time_interleaved
+
+
+def clip_ratios(mean: float, batch_size: int, spread: float) -> list[float]:
+    """batch_size kept ratios spread evenly over mean * (1 - spread) .. mean * (1 + spread)."""
+    if batch_size == 1:
+        return [mean]
+    return [min(1.0, mean * (1 + spread * (2 * b / (batch_size - 1) - 1))) for b in range(batch_size)]
+
+
+def per_clip_thresholds(model, x: torch.Tensor, ratios: list[float]) -> list[torch.Tensor]:
+    """(B, 1) thresholds per group so that clip b keeps ratios[b] of its patches in the end."""
+    thresholds: list[torch.Tensor] = []
+    for j in range(model.groups):
+        for interpreter, t in zip(model.interpreters, thresholds):
+            interpreter.threshold = t
+        with torch.inference_mode():
+            out = model(x, active_groups=j + 1)
+        alive = out.keep[j - 1] if j > 0 else torch.ones_like(out.keep[0])
+        t = [torch.quantile(out.scores[j][b][alive[b]].float(),
+                            1.0 - topk_setting(r, model.groups)) for b, r in enumerate(ratios)]
+        thresholds.append(torch.stack(t).view(-1, 1).to(x.device))
+    return thresholds
+
+
+def _fused_sdpa_only(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+
+
+def variable_length_table(model_name: str, *, batch_size: int = 8, keep_ratio: float = 0.5,
+                          spread: float = 0.5, modes: Iterable[str] = ("pad", "bucket", "packed"),
+                          device: str = "cpu", dtype: str = "fp32", warmup: int = 1,
+                          runs: int = 3, model_kwargs: dict | None = None,
+                          progress: Callable[[str], None] | None = None) -> list[dict]:
+    """One row per ragged mode: interpreter (unequal counts) against random (equal counts)."""
+    dev = torch.device(device)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    model = create_model(model_name, selector="interpreter", **(model_kwargs or {})).to(dev).eval()
+    x = _example_input(model, batch_size, dev)
+    ratios = clip_ratios(keep_ratio, batch_size, spread)
+    thresholds = per_clip_thresholds(model, x, ratios)
+    modes = list(modes)
+
+    def call(selector: str, mode: str) -> Callable[[], object]:
+        def fn():
+            model.ragged = mode
+            if selector == "interpreter":
+                for interpreter, t in zip(model.interpreters, thresholds):
+                    interpreter.threshold = t
+            kernels = _fused_sdpa_only(dev) if mode == "jagged" else nullcontext()
+            with torch.inference_mode(), kernels, torch.autocast(
+                    dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                return model(x, **budget_kwargs(model, selector, kept_ratio=keep_ratio))
+        return fn
+
+    fns = {"random": call("random", "bucket")} | {m: call("interpreter", m) for m in modes}
+    if progress:
+        progress(f"{model_name} batch {batch_size}, variable length: {len(fns)} configs x {runs} rounds")
+    seconds, _ = time_interleaved(fns, warmup=warmup, runs=runs, device=dev)
+    random_out = fns["random"]()
+    random_gflops = float(random_out.gflops.float().mean())
+    rows = []
+    for mode in modes:
+        out = fns[mode]()
+        kept = out.kept_ratio.float()
+        backends = ("flash|efficient" if dev.type == "cuda" else "cpu default") if mode == "jagged" else "default"
+        rows.append(dict(
+            model=model_name, batch_size=batch_size, keep_ratio=keep_ratio, spread=spread,
+            ragged=mode, device=_device_name(dev), dtype=dtype, sdpa_backends=backends,
+            clips_per_s=batch_size / seconds[mode], random_clips_per_s=batch_size / seconds["random"],
+            relative_to_random=seconds["random"] / seconds[mode],
+            flops_relative=random_gflops / float(out.gflops.float().mean()),
+            kept_ratio=float(kept.mean()), kept_min=float(kept.min()), kept_max=float(kept.max()),
+            random_kept_ratio=float(random_out.kept_ratio.float().mean())))
+    return rows

@@ -1,0 +1,187 @@
+"""Running a group's blocks over a batch whose samples keep different numbers of tokens.
+
+The sequence entering a group is `seq` (B, 1 + m, D): the cls token, then each sample's alive
+tokens compacted to the front (`tokens.gather_kept`); `valid` (B, m) marks the real rows, None
+when every sample has all m. Three ways to run the blocks (`mode`):
+
+    pad      one call over the whole batch, padded rows masked out as keys (a boolean mask)
+    bucket   sort the samples by kept count, cut them into buckets whose padding is worth less
+             than another call (`bucket_plan`), run each bucket padded only to its own longest
+             sample (no mask at all when its counts are equal), restore the batch order
+    packed   no padding for the per-token layers: the real rows of all samples in one (L, D)
+             tensor, on which the norms, linears and MLP (~12nD² of a block's 12nD² + 2n²D MACs)
+             run as one big matrix product; only attention goes back to a padded, masked
+             (B, H, 1 + m, hd) layout and returns to packed rows. The fastest on CPU. The
+             blocks' layers are called one by one (`packed_block`), not `Block.forward`, so
+             forward hooks registered on a block do not fire in this mode (nor in jagged).
+    jagged   packed rows, and attention on nested jagged tensors (`torch.nested`, SDPA): no
+             padding anywhere. On CPU jagged SDPA is correct but slow (DESIGN.md); on CUDA it
+             reaches the flash / memory-efficient kernels that a boolean mask rules out.
+
+Each sample's result is the same in every mode (up to float rounding) and does not depend on the
+other samples of the batch. Padding rows of the result are not meaningful (zeros for bucket and
+packed). `checkpoint=True` recomputes each block's activations in the backward pass instead of
+storing them (activation checkpointing, `torch.utils.checkpoint`).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from .tokens import key_padding_mask
+
+RAGGED_MODES = ("pad", "bucket", "packed", "jagged")
+
+
+def check_ragged(mode: str) -> str:
+    if mode not in RAGGED_MODES:
+        raise ValueError(f"unknown ragged batching mode {mode!r}; choose one of {', '.join(RAGGED_MODES)}")
+    return mode
+
+
+def run_blocks(blocks: Sequence[nn.Module], seq: torch.Tensor, valid: torch.Tensor | None, *,
+               mode: str = "bucket", checkpoint: bool = False,
+               sample_cost: Callable[[int], float] | None = None,
+               bucket_cost: float = 0.0) -> torch.Tensor:
+    """seq (B, 1 + m, D), valid (B, m) bool or None -> (B, 1 + m, D).
+
+    sample_cost(n): cost of one sample of n alive tokens through the blocks (e.g. block MACs);
+    bucket_cost: the fixed cost of one more call, in the same unit (bucket mode only).
+    """
+    if valid is None:
+        return _padded(blocks, seq, None, checkpoint)
+    if mode == "pad":
+        return _padded(blocks, seq, key_padding_mask(valid), checkpoint)
+    if mode in ("packed", "jagged"):
+        return _packed(blocks, seq, valid, checkpoint, jagged=mode == "jagged")
+    counts = valid.sum(1).tolist()
+    plan = bucket_plan(counts, sample_cost or (lambda n: float(n)), bucket_cost)
+    if len(plan) == 1:
+        return _padded(blocks, seq, key_padding_mask(valid), checkpoint)
+    m = seq.shape[1] - 1
+    parts, order = [], []
+    for members in plan:
+        idx = torch.tensor(members, device=seq.device)
+        top = max(counts[i] for i in members)
+        sub_valid = valid[idx, :top]
+        mask = None if min(counts[i] for i in members) == top else key_padding_mask(sub_valid)
+        out = _padded(blocks, seq[idx, :1 + top], mask, checkpoint)  # (b, 1 + top, D)
+        parts.append(F.pad(out, (0, 0, 0, m - top)))
+        order += members
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(parts)[inverse.to(seq.device)]
+
+
+def bucket_plan(counts: Sequence[int], sample_cost: Callable[[int], float],
+                bucket_cost: float) -> list[list[int]]:
+    """Split samples into buckets of consecutive kept counts at the least total cost.
+
+    A bucket of b samples whose longest has n tokens costs b * sample_cost(n) + bucket_cost
+    (padding makes every member as costly as the longest). Exact dynamic programme over the
+    samples sorted by count, O(B²). Returns lists of sample indices, buckets in ascending count.
+    """
+    order = sorted(range(len(counts)), key=lambda i: counts[i])
+    c = [counts[i] for i in order]
+    best = [0.0] + [float("inf")] * len(c)  # best[j]: cheapest split of the j shortest samples
+    cut = [0] * (len(c) + 1)
+    for j in range(1, len(c) + 1):
+        per_sample = sample_cost(c[j - 1])  # the longest of samples i..j-1 (sorted)
+        for i in range(j):
+            cost = best[i] + (j - i) * per_sample + bucket_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    plan, j = [], len(c)
+    while j > 0:
+        plan.append(order[cut[j]:j])
+        j = cut[j]
+    return plan[::-1]
+
+
+def _padded(blocks, seq, mask, checkpoint: bool) -> torch.Tensor:
+    for blk in blocks:
+        if checkpoint:
+            seq = _checkpoint(blk, seq, attn_mask=mask, use_reentrant=False)
+        else:
+            seq = blk(seq, attn_mask=mask)
+    return seq
+
+
+def _packed(blocks, seq, valid, checkpoint: bool, jagged: bool) -> torch.Tensor:
+    keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, 1 + m): cls is real
+    lengths = keys.sum(1)  # (B,)
+    layout = PackedLayout(keys=keys, lengths=lengths,
+                          offsets=F.pad(lengths.cumsum(0), (1, 0)),  # sample b: rows offsets[b]:offsets[b+1]
+                          max_len=int(lengths.max()), jagged=jagged)
+    x = seq[keys]  # (L, D), sample after sample, cls first in each
+    for blk in blocks:
+        if checkpoint:
+            # Reentrant: the non-reentrant kind's saved-tensor hooks cannot take nested tensors.
+            x = _checkpoint(packed_block, blk, x, layout, use_reentrant=True)
+        else:
+            x = packed_block(blk, x, layout)
+    out = seq.new_zeros(seq.shape)
+    out[keys] = x
+    return out
+
+
+class PackedLayout(NamedTuple):
+    """Where each sample's rows are in a packed (L, D) tensor."""
+    keys: torch.Tensor  # (B, 1 + m) bool: real rows of the padded layout, row-major = packed order
+    lengths: torch.Tensor  # (B,) rows per sample (cls included)
+    offsets: torch.Tensor  # (B + 1,) cumulative lengths
+    max_len: int
+    jagged: bool  # attention on nested jagged tensors (else padded + mask)
+
+
+def packed_block(blk: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """timm `Block.forward` on packed rows x (L, D): the same layers, attention per sample."""
+    y = blk.ls1(packed_attention(blk.attn, blk.norm1(x), layout))
+    x = x + _drop_path(blk.drop_path1, y, layout.lengths)
+    return x + _drop_path(blk.drop_path2, blk.ls2(blk.mlp(blk.norm2(x))), layout.lengths)
+
+
+def packed_attention(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """timm `Attention.forward` on packed rows x (L, D), each sample attending only to itself."""
+    L = x.shape[0]
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    q, k, v = attn.qkv(x).view(L, 3, attn.num_heads, attn.head_dim).unbind(1)  # (L, H, hd) each
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    if layout.jagged:
+        def nested(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, j, hd), j jagged
+            return torch.nested.nested_tensor_from_jagged(
+                t.contiguous(), layout.offsets, min_seqlen=1, max_seqlen=layout.max_len).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v), dropout_p=dropout)
+        out = out.transpose(1, 2).values()  # (L, H, hd): back to packed rows
+    else:
+        B, M = layout.keys.shape
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, 1 + m, hd)
+            return t.new_zeros(B, M, *t.shape[1:]).index_put((layout.keys,), t).transpose(1, 2)
+
+        mask = layout.keys[:, None, None, :]  # (B, 1, 1, 1 + m): real keys only
+        out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask,
+                                             dropout_p=dropout)
+        out = out.transpose(1, 2)[layout.keys]  # (L, H, hd)
+    out = out.reshape(L, attn.attn_dim)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out))
+
+
+def _drop_path(module: nn.Module, y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """timm `DropPath` (one Bernoulli per sample) on packed rows: the sample's draw on each row."""
+    p = float(getattr(module, "drop_prob", 0.0))
+    if not (module.training and p > 0.0):
+        return y
+    keep = y.new_empty(lengths.shape[0]).bernoulli_(1.0 - p)  # (B,), as timm draws (B, 1, 1)
+    if getattr(module, "scale_by_keep", True):
+        keep = keep / (1.0 - p)
+    return y * keep.repeat_interleave(lengths, output_size=y.shape[0]).unsqueeze(-1)
