@@ -108,6 +108,11 @@ class RunConfig:
 class DebugConfig:
     # Hard-exit (os._exit, no cleanup) after this many optimizer steps: simulates a killed job.
     kill_after_steps: Optional[int] = None
+    # Preemption tests (videored.engine.fault_injection): sleep pause_write_s seconds at this
+    # point (start | middle | end) of the run's first `pause_write_file` write (checkpoint | model).
+    pause_write_at: Optional[str] = None
+    pause_write_file: str = "checkpoint"
+    pause_write_s: float = 5.0
 
 
 @dataclass
@@ -179,6 +184,11 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     if cfg.reinforce.baseline not in ("self_critical", "leave_one_out"):
         raise ConfigError(f"key 'reinforce.baseline': use self_critical or leave_one_out, "
                           f"not {cfg.reinforce.baseline!r}")
+    if cfg.debug.pause_write_at not in (None, "start", "middle", "end"):
+        raise ConfigError(f"key 'debug.pause_write_at': use start, middle or end, not {cfg.debug.pause_write_at!r}")
+    if cfg.debug.pause_write_file not in ("checkpoint", "model"):
+        raise ConfigError(f"key 'debug.pause_write_file': use checkpoint or model, "
+                          f"not {cfg.debug.pause_write_file!r}")
     if cfg.reinforce.samples < 1:
         raise ConfigError(f"key 'reinforce.samples': must be >= 1, got {cfg.reinforce.samples}")
     if (cfg.reinforce.baseline == "leave_one_out" and cfg.data.batch_size < 2

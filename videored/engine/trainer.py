@@ -22,10 +22,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from videored.atomic_io import atomic_write_text
+
 from . import checkpoint as ckpt
 from .builders import build_optimizer, build_scheduler, stage_lr, unpack_batch
 from .config import save_config, to_dict
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier
+from .fault_injection import write_pause_hook
 from .metrics_log import MetricsLogger
 from .sampler import ResumableSampler
 from .stages import (Stage, StepResult, classification_step, interpreter_step, plan_stages,
@@ -160,7 +163,8 @@ class Trainer:
                 "batch_size": self.batch,
                 "config": to_dict(self.cfg),
             }
-            ckpt.atomic_save(state, self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step))
+            ckpt.atomic_save(state, self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step),
+                             hook=write_pause_hook(self.cfg.debug, self.out, "checkpoint"))
             ckpt.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
         barrier()
 
@@ -313,13 +317,14 @@ class Trainer:
                   "nonfinite_steps": self.nonfinite, "world_size": self.dist.world_size}
         if self.dist.is_main:
             extra = {"config": to_dict(self.cfg), "summary": self.summary}
+            hook = write_pause_hook(self.cfg.debug, self.out, "model")
             if hasattr(self.model, "model_config"):  # rebuildable by videored.models.load_model_file
                 from videored.models import save_model_file
 
-                save_model_file(self.model, self.out / "model.pt", **extra)
+                save_model_file(self.model, self.out / "model.pt", write_hook=hook, **extra)
             else:
-                ckpt.atomic_save({"model": self.model.state_dict(), **extra}, self.out / "model.pt")
-            (self.out / "summary.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+                ckpt.atomic_save({"model": self.model.state_dict(), **extra}, self.out / "model.pt", hook=hook)
+            atomic_write_text(json.dumps(result, indent=2), self.out / "summary.json")
         barrier()
         return result
 

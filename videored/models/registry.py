@@ -8,13 +8,13 @@ silently change `timm.create_model` for every other user in the process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from timm.models import register_model
 
-from videored.atomic_io import atomic_save
+from videored.atomic_io import WriteHook, atomic_save
 
 from .pretrained import load_pretrained
 from .vit import TokenReductionViT
@@ -73,9 +73,12 @@ for _name in ARCHITECTURES:
     globals()[_timm_name] = register_model(_timm_entrypoint(_name, _timm_name))
 
 
-def save_model_file(model: TokenReductionViT, path: str | Path, **extra: Any) -> None:
-    """Write weights + how to rebuild them (`model.pt`), atomically (temp file + rename)."""
-    atomic_save({"model": model.state_dict(), "model_config": model.model_config, **extra}, path)
+def save_model_file(model: TokenReductionViT, path: str | Path, write_hook: Optional[WriteHook] = None,
+                    **extra: Any) -> None:
+    """Write weights + how to rebuild them (`model.pt`), atomically (temp file + rename, signals
+    held until the rename); write_hook: see `videored.atomic_io.atomic_save`."""
+    atomic_save({"model": model.state_dict(), "model_config": model.model_config, **extra}, path,
+                hook=write_hook)
 
 
 def load_model_file(path: str | Path, **overrides: Any) -> TokenReductionViT:
