@@ -4,6 +4,7 @@ import re
 import numpy as np
 import pytest
 
+from _video_faults import write_corrupted_video
 from videored.data import VideoDecodeError, open_video, write_video
 
 
@@ -133,19 +134,12 @@ def test_rotated_lossy_video_identical_across_backends(tmp_path):
 
 def test_decode_errors_keep_the_ffmpeg_message_and_the_frame(tmp_path):
     """Packets 12.. of 24 overwritten (container intact). "at frame N" means frames 0..N-1 came out
-    before the decoder failed; its frame delay puts N a little before 12. Both backends agree."""
-    import av
-
+    before the decoder failed; its frame delay puts N a little before 12. Both backends name the
+    same frame (decord's read-ahead thread gives up at a varying frame, so PyAV locates it)."""
     frames = _random_frames(t=24, h=96, w=160)
     good = tmp_path / "good.mp4"
     write_video(good, frames, fps=30, faststart=True)
-    with av.open(str(good)) as c:  # byte ranges of the packets, in file order
-        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
-    data = bytearray(good.read_bytes())
-    for pos, size in packets[12:]:
-        data[pos:pos + size] = b"\xff" * size
-    broken = tmp_path / "broken.mp4"
-    broken.write_bytes(bytes(data))
+    broken = write_corrupted_video(tmp_path / "broken.mp4", frames, first_bad_packet=12)
     at = {}
     for backend in ("decord", "pyav"):
         with pytest.raises(VideoDecodeError) as err:

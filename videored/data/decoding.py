@@ -78,23 +78,17 @@ class DecordVideo:
         return done
 
     def _located_error(self, idx: list[int], error: BaseException) -> VideoDecodeError:
-        """decord's batch error does not say which frame broke: read the wanted frames one at a
-        time with a fresh reader (sequential reads continue without seeking) until one fails."""
-        import decord
-
-        where, good = "", -1  # good: the last wanted frame that decoded
+        """decord's batch error does not say which frame broke, and its decoder thread reads
+        ahead, so where it gives up varies from run to run. PyAV decodes the same file frame by
+        frame: the first frame it cannot decode is the place (none named if PyAV reads it)."""
+        where = ""
         try:
-            reader = decord.VideoReader(self.path, num_threads=1)
-            for i in sorted(set(idx)):
-                try:
-                    reader.get_batch([i]).asnumpy()
-                except Exception as e:
-                    error = e
-                    where = f" at frame {i}" if i == good + 1 else f" between frames {good + 1} and {i}"
-                    where += f" of {self.num_frames}"
-                    break
-                good = i
-        except Exception:  # reopening failed too: report the original error without a frame
+            with PyAVVideo(self.path) as video:
+                video.get_frames(idx)
+        except VideoDecodeError as located:
+            m = re.match(r"decode failed (at frame \d+ of \d+)", located.reason)
+            where = f" {m.group(1)}" if m else ""
+        except Exception:  # PyAV failing some other way: report decord's error without a frame
             pass
         return VideoDecodeError(self.path, f"decode failed{where}: {readable_error(error)}")
 

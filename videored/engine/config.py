@@ -45,6 +45,11 @@ class DataConfig:
     num_spatial_crops: int = 1  # val/test views per video during training-time validation
     num_temporal_views: int = 1
     backend: str = "decord"  # decord | pyav
+    # train: stop when more than this fraction of an epoch's items needed a substitute for a bad
+    # video (None: never); substitutions are counted in summary.json and metrics.jsonl either way
+    max_bad_fraction: Optional[float] = 0.05
+    loader_timeout: float = 600.0  # s without a batch from the workers (a hung decoder): error; 0: wait forever
+    multiprocessing_context: Optional[str] = None  # DataLoader workers: fork | spawn | forkserver; None: platform default
 
 
 @dataclass
@@ -172,6 +177,13 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
             raise ConfigError(f"key 'optim.{key}': unknown optimizer {value!r}")
     if cfg.data.kind not in ("video", "image", "tensor_file"):
         raise ConfigError(f"key 'data.kind': unknown data kind {cfg.data.kind!r}")
+    if cfg.data.multiprocessing_context not in (None, "fork", "spawn", "forkserver"):
+        raise ConfigError(f"key 'data.multiprocessing_context': use fork, spawn or forkserver, "
+                          f"not {cfg.data.multiprocessing_context!r}")
+    if cfg.data.max_bad_fraction is not None and not 0 <= cfg.data.max_bad_fraction <= 1:
+        raise ConfigError(f"key 'data.max_bad_fraction': a fraction in [0, 1] or null, got {cfg.data.max_bad_fraction}")
+    if cfg.data.loader_timeout < 0:
+        raise ConfigError(f"key 'data.loader_timeout': seconds >= 0, got {cfg.data.loader_timeout}")
     if cfg.run.precision not in ("bf16", "fp32"):
         raise ConfigError(f"key 'run.precision': use bf16 or fp32, not {cfg.run.precision!r}")
     if cfg.run.device not in ("auto", "cpu", "cuda"):
