@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from typing import Sequence
 
 import numpy as np
@@ -173,10 +174,15 @@ class VideoClipDataset(Dataset):
         candidate = index
         for _ in range(self.max_substitutes + 1):
             if candidate not in self._bad:
+                rng = random.getstate()  # the clip start is drawn from Python's `random`
                 try:
                     frames, masks = self._decode(candidate, train=True)
                 except Exception as e:  # any decode/mask failure is a property of the file
                     self._note_bad(candidate, e)
+                    # a failed attempt draws nothing: a video found bad now and one already known
+                    # bad (skipped) leave the same RNG state, so a resumed run (empty cache)
+                    # replays the uninterrupted one exactly
+                    random.setstate(rng)
                 else:
                     self.skipped += candidate != index
                     video, mask = self._train_transform(frames, masks)

@@ -52,9 +52,11 @@ class SubstitutionTally:
     def check_window(self, where: str, device: torch.device) -> int:
         """Mid-epoch: stop as soon as the epoch can no longer stay under the limit (substituted
         items already exceed limit x the epoch's items). Returns the epoch's substituted count."""
-        substituted, _ = self.global_counts(device)
+        substituted, loaded = self.global_counts(device)
         if self.max_fraction is not None and substituted > self.max_fraction * self.epoch_items:
-            self._fail(where, substituted, self.epoch_items, self._gathered_bad())
+            self._fail(f"{where}: {substituted} of the {loaded} training items loaded so far were served by "
+                       f"a substitute, more than data.max_bad_fraction={self.max_fraction} allows in an "
+                       f"epoch of {self.epoch_items} items", self._gathered_bad())
         return substituted
 
     def end_epoch(self, stage: str, epoch: int, device: torch.device) -> dict:
@@ -69,8 +71,9 @@ class SubstitutionTally:
     def check_epoch(self, row: dict) -> None:
         """Raise TooManyBadVideosError when the epoch's bad fraction passed the limit."""
         if self.max_fraction is not None and row["items"] and row["substituted"] / row["items"] > self.max_fraction:
-            self._fail(f"stage {row['stage']} epoch {row['epoch']}", row["substituted"], row["items"],
-                       row["bad_videos"])
+            self._fail(f"stage {row['stage']} epoch {row['epoch']}: {row['substituted']} of {row['items']} "
+                       f"training items ({100 * row['substituted'] / row['items']:.1f} %) were served by a "
+                       f"substitute, more than data.max_bad_fraction={self.max_fraction}", row["bad_videos"])
 
     def summary(self) -> dict:
         bad: dict[str, str] = {}
@@ -95,11 +98,9 @@ class SubstitutionTally:
                 merged.setdefault(path, reason)
         return dict(sorted(merged.items()))
 
-    def _fail(self, where: str, substituted: int, items: int, bad: dict[str, str]) -> None:
+    def _fail(self, what: str, bad: dict[str, str]) -> None:
         listed = "; ".join(f"{p}: {r}" for p, r in list(bad.items())[:10])
         more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
         raise TooManyBadVideosError(
-            f"{where}: {substituted} of {items} training items ({100 * substituted / max(items, 1):.1f} %) "
-            f"were served by a substitute, more than data.max_bad_fraction={self.max_fraction}. "
-            f"Bad videos: {listed}{more}. Run `videored data scan` on the list and remove them, "
-            "or raise data.max_bad_fraction")
+            f"{what}. Bad videos: {listed}{more}. Run `videored data scan` on the list and remove "
+            "them, or raise data.max_bad_fraction")
