@@ -115,6 +115,9 @@ def test_eval_marks_failed_never_substitutes(bad_kinds):
         if item["failed"]:
             assert torch.count_nonzero(item["video"]) == 0 and item["video"].shape == (3, 4, 32, 32)
             failed[item["video_index"]] = item["label"]
+            assert item["error"] and ".cc:" not in item["error"]  # why, for the eval's failure list
+        else:
+            assert item["error"] == ""
     # zero, truncated, text, missing keep their labels; the two malformed lines have label -1
     assert failed == {1: 1, 2: 1, 3: 1, 4: 1, 6: -1, 7: -1}
 

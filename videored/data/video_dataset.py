@@ -29,7 +29,8 @@ class VideoClipDataset(Dataset):
 
     Item (a dict): `video` (3, T, H, W) float normalized, `label` int, `video_index`,
     `spatial_index`, `temporal_index` (both -1 in train: random), `failed` bool, `path` str, in
-    train `bad_path` and `bad_reason` (str, see Bad input), and
+    train `bad_path` and `bad_reason` (str, see Bad input), in val/test `error` (why the item
+    failed, "" when it did not), and
     with `return_masks=True` also `mask` (T, H, W) bool: the object mask of the same frames with
     the same resize/crop/flip (nearest neighbour), for the interpretability metric.
 
@@ -164,9 +165,10 @@ class VideoClipDataset(Dataset):
             frames, masks = self._decode_eval(video_index, temporal_index)
         except Exception as e:  # never substitute in val/test: the evaluation counts failures
             self._note_bad(video_index, e)
-            return {**item, **self._failed_tensors(), "failed": True}
+            return {**item, **self._failed_tensors(), "failed": True, "error": self._bad[video_index]}
         video, mask = self._eval_transform(frames, masks, spatial_index)
-        return {**item, "video": video, "failed": False, **({"mask": mask} if self.return_masks else {})}
+        return {**item, "video": video, "failed": False, "error": "",
+                **({"mask": mask} if self.return_masks else {})}
 
     # ----- train -----
 
