@@ -75,8 +75,9 @@ def test_train_substitutes_bad_videos_and_counts(bad_kinds, caplog):
         assert not item["failed"] and item["video"].shape == (3, 4, 32, 32)
         if i in bad:
             assert item["video_index"] not in bad and item["video_index"] != i  # another, good video
+            assert item["bad_path"] == ds.paths[i] and item["bad_reason"]
         else:
-            assert item["video_index"] == i
+            assert item["video_index"] == i and item["bad_path"] == item["bad_reason"] == ""
         # the video is the one named in the item: solid 200 / 100, or the 2-frame one
         value = {0: 200, 5: None, 6: 100}[item["video_index"]]
         if value is not None:
@@ -114,6 +115,9 @@ def test_eval_marks_failed_never_substitutes(bad_kinds):
         if item["failed"]:
             assert torch.count_nonzero(item["video"]) == 0 and item["video"].shape == (3, 4, 32, 32)
             failed[item["video_index"]] = item["label"]
+            assert item["error"] and ".cc:" not in item["error"]  # why, for the eval's failure list
+        else:
+            assert item["error"] == ""
     # zero, truncated, text, missing keep their labels; the two malformed lines have label -1
     assert failed == {1: 1, 2: 1, 3: 1, 4: 1, 6: -1, 7: -1}
 
@@ -153,12 +157,23 @@ def test_decord_width_bug_falls_back_to_pyav(tmp_path):
     assert strict[0]["failed"]
 
 
-def test_skipped_counter_shared_with_dataloader_workers(bad_kinds):
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
+def test_items_report_their_substitution_under_every_worker_start_method(bad_kinds, context):
+    """The count travels in the batches, so it is exact however the workers were started (a
+    fork-context shared counter made spawn/forkserver workers crash at start)."""
     ds = VideoClipDataset(bad_kinds, mode="train", **KW)
-    loader = torch.utils.data.DataLoader(ds, batch_size=7, num_workers=2)
+    workers = 2 if context == "fork" else 1  # a spawned worker costs seconds (it imports torch)
+    loader = torch.utils.data.DataLoader(ds, batch_size=7, num_workers=workers, multiprocessing_context=context)
     batches = list(loader)
     assert sum(len(b["label"]) for b in batches) == 7 and not any(b["failed"].any() for b in batches)
-    assert ds.skipped == 4  # counted in the workers, visible here
+    reported = {p: r for b in batches for p, r in zip(b["bad_path"], b["bad_reason"]) if p}
+    folder = bad_kinds.parent.resolve()
+    assert sorted(reported) == sorted(str(folder / n) for n in ("zero.mp4", "trunc.mp4", "text.mp4", "missing.mp4"))
+    assert reported[str(folder / "zero.mp4")] == "empty file (0 bytes)"
+    assert reported[str(folder / "missing.mp4")] == "missing file"
+    served = [int(i) for b in batches for i, p in zip(b["video_index"], b["bad_path"]) if p]
+    assert len(served) == 4 and not set(served) & {1, 2, 3, 4}  # each replaced by a good video
+    assert ds.skipped == 0  # the workers' own counts stay in the workers
 
 
 def test_dataset_pickles_and_deep_copies(bad_kinds):

@@ -176,6 +176,8 @@ run: {{device: cpu, progress: false}}
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["num_videos"] == 4
     assert len(res["failed_videos"]) == 1 and res["failed_videos"][0].endswith(broken.name)
+    reason = res["failure_reasons"][res["failed_videos"][0]]  # the decoder's words, not C++ locations
+    assert reason and ".cc:" not in reason and "failure_reasons" not in res["methods"]["original"], reason
     assert res["methods"]["original"]["num_scored"] == 3
     assert "1 failed to decode" in (tmp_path / "o" / "results.md").read_text()
 

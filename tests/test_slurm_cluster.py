@@ -5,6 +5,8 @@ process, with plain `videored train`:
   - 2-task gloo DDP (batch 2 per task) == one process with batch 4 (DDP averages gradients);
   - a job preempted with `scancel --signal=USR2` requeues, resumes from its newest checkpoint
     and ends with bit-identical weights to an uninterrupted run (1 task, and 2 gloo tasks);
+  - the same when USR2 arrives inside a checkpoint write (start, middle, end) or the model.pt write:
+    the signal is held until the file is renamed, and the job resumes from that very file;
   - a 3-point sweep array: the summary lists all three with each run's own numbers.
 """
 from __future__ import annotations
@@ -238,3 +240,52 @@ def test_waiting_ends_for_a_cancelled_job_that_leaves_no_result(tmp_path, cluste
     job = SlurmJob(tmp_path / "job" / "submitit", jid)
     assert wait_for_jobs([job], slurm=True, poll_s=0.2, grace_s=1.0) == 1
     assert not job.paths.result_pickle.exists()
+
+
+@pytest.mark.parametrize("phase, file", [("start", "checkpoint"), ("middle", "checkpoint"),
+                                         ("end", "checkpoint"), ("middle", "model")])
+def test_preemption_during_a_checkpoint_write_requeues_and_resumes_exactly(tmp_path, cluster_cpus, job_name,
+                                                                           phase, file):
+    """USR2 while the job sits inside `atomic_save` (paused there by debug.pause_write_*): the
+    write completes, then submitit checkpoints and requeues; the requeued job resumes from the very
+    file the signal interrupted and ends with the uninterrupted run's weights and summary."""
+    from videored.engine.fault_injection import MARKER
+
+    cfg = write_run_files(tmp_path, samples=32)  # 8 steps/epoch, 24 steps; checkpoints every 2
+    pause = [f"debug.pause_write_at={phase}", f"debug.pause_write_file={file}", "debug.pause_write_s=8"]
+    job_dir = tmp_path / "job"
+    out = launch("train", "--cluster", "slurm", "--job-name", job_name, "--cpus-per-task", "1",
+                 "--timeout", "60", "--signal-delay", "30", "--job-dir", str(job_dir), "--config", str(cfg),
+                 *pause)
+    (jid,) = job_ids(out)
+    marker = _wait_for(lambda: (job_dir / MARKER).exists() and (job_dir / MARKER), "the paused write")
+    assert marker.read_text().startswith(f"{file} {phase} ")
+    subprocess.run(["scancel", "--signal=USR2", jid], check=True, timeout=30)
+    folder = job_dir / "submitit"
+    result = JobPaths(folder, job_id=jid, task_id=0).result_pickle
+    _wait_for(result.exists, "the requeued job to end", every=0.5)
+    log = JobPaths(folder, job_id=jid, task_id=0).stdout.read_text()
+    err = JobPaths(folder, job_id=jid, task_id=0).stderr.read_text()
+    assert task_outcome(folder, jid, 0) == ("success", 0), err[-3000:]
+
+    written = "model.pt" if file == "model" else ckpt_name_at_step(2)
+    assert re.search(rf"SIGUSR2 arrived while writing \S+/{re.escape(written)}; delivered", err), err[-3000:]
+    assert "this job is preempted" in log and f"Requeued job {jid}" in log, log
+    assert "unexpected pos" not in err
+    m = re.search(r"resuming from (\S+\.pt) at", log)
+    assert m, f"the requeued run did not resume from a checkpoint:\n{log}"
+    if file == "checkpoint":  # from the file whose write the signal hit
+        assert Path(m.group(1)).name == written
+
+    reference_run(cfg, tmp_path / "ref")
+    w_got, w_ref = load_weights(job_dir), load_weights(tmp_path / "ref")
+    assert w_got.keys() == w_ref.keys()
+    for k in w_ref:
+        assert torch.equal(w_got[k], w_ref[k]), f"{k}: max |diff| {(w_got[k] - w_ref[k]).abs().max()}"
+    assert json.loads((job_dir / "summary.json").read_text()) == json.loads((tmp_path / "ref" / "summary.json").read_text())
+
+
+def ckpt_name_at_step(step: int) -> str:
+    from videored.engine.checkpoint import checkpoint_name
+
+    return checkpoint_name(0, 0, step)

@@ -24,13 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="add a last class of videos without the object (CLASSES + 1 labels): without it "
                         "the classifier's default answer makes one class's object redundant")
 
-    p = sub.add_parser("scan", help="decode every video of a list in worker processes; JSON report of bad ones")
-    p.add_argument("--csv", required=True, help="`path label` list")
-    p.add_argument("--out", required=True, help="JSON report: {checked, bad: [{path, line, reason}]}")
-    p.add_argument("--backend", choices=("decord", "pyav"), default="decord")
+    p = sub.add_parser("scan", help="decode every video of a list in worker processes; JSON report of bad "
+                                    "and too-short ones")
+    p.add_argument("--csv", default=None, help="`path label` list (default with --config: <data.root>/train.csv)")
+    p.add_argument("--config", default=None,
+                   help="training config: videos shorter than one clip of its sampling (model.num_frames x "
+                        "data.sampling_rate at data.target_fps) are reported as too short; its data.backend "
+                        "is the default backend")
+    p.add_argument("--out", required=True, help="JSON report: {checked, bad: [{path, line, reason}], too_short: [...]}")
+    p.add_argument("--backend", choices=("decord", "pyav"), default=None, help="default: the config's, else decord")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per video before it counts as a hang")
-    p.add_argument("--min-frames", type=int, default=1, help="report videos with fewer frames as bad")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds per video before its worker is killed and the video counts as a hang")
+    p.add_argument("--min-frames", type=int, default=1, help="report videos with fewer frames as too short")
     p.add_argument("--sample-frames", type=int, default=None, help="decode only N evenly spaced frames (faster)")
 
     k400 = sub.add_parser("k400", aliases=["kinetics400"], help="Kinetics-400 preparation (see datasets/README.md)")
@@ -79,19 +85,38 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from videored.data.scan import scan_video_list
+    from videored.data.scan import ClipSpec, scan_video_list
 
-    report = scan_video_list(args.csv, args.backend, args.workers, args.timeout, args.min_frames, args.sample_frames, progress=True)
+    clip, csv, backend = None, args.csv, args.backend
+    if args.config:
+        from videored.engine.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as err:
+            print(f"videored data scan: config error: {err}", file=sys.stderr)
+            return 2
+        clip = ClipSpec(cfg.model.num_frames, cfg.data.sampling_rate, cfg.data.target_fps)
+        csv = csv or str(Path(cfg.data.root) / "train.csv")
+        backend = backend or cfg.data.backend
+    if csv is None:
+        print("videored data scan: give --csv, or --config to scan its data.root/train.csv", file=sys.stderr)
+        return 2
+    report = scan_video_list(csv, backend or "decord", args.workers, args.timeout, args.min_frames,
+                             args.sample_frames, progress=True, clip=clip)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp, out)
-    for bad in report["bad"][:20]:
-        print(f"{args.csv}:{bad['line']}: {bad['path']}: {bad['reason']}", file=sys.stderr)
-    if len(report["bad"]) > 20:
-        print(f"... {len(report['bad']) - 20} more in {out}", file=sys.stderr)
-    print(f"checked {report['checked']}, bad {len(report['bad'])} -> {out}")
+    for key, label in (("bad", "bad"), ("too_short", "too short")):
+        for row in report[key][:20]:
+            print(f"{csv}:{row['line']}: {label}: {row['path']}: {row['reason']}", file=sys.stderr)
+        if len(report[key]) > 20:
+            print(f"... {len(report[key]) - 20} more {label} in {out}", file=sys.stderr)
+    needs = f" (one clip: {clip.describe()})" if clip else ""
+    print(f"checked {report['checked']}, bad {len(report['bad'])}, too short {len(report['too_short'])}"
+          f"{needs} -> {out}")
     return 1 if report["bad"] else 0
 
 

@@ -37,8 +37,19 @@ def main(args: argparse.Namespace) -> int:
             val = row.get("val")
             extra = f"  val acc {val['acc']:.3f} kept {val['kept']:.3f}" if val else ""
             print(f"{row['stage']:>14}: train loss {row['train'].get('loss', float('nan')):.4f}{extra}")
+        print(substitution_line(summary["substitutions"]))
         print(f"run directory: {out}")
     return 0
+
+
+def substitution_line(subs: dict) -> str:
+    """The end-of-run line on bad training videos (summary.json "substitutions" has them all)."""
+    bad = list(subs["bad_videos"])
+    line = f"substituted items (bad videos): {subs['substituted']} of {subs['items']} training items"
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        line += f"; {len(bad)} bad videos: {shown} (reasons in summary.json, per epoch in metrics.jsonl)"
+    return line
 
 
 def _is_rank0() -> bool:

@@ -1,7 +1,9 @@
 """Decoding frames by index with decord (default) or PyAV, behind one small interface.
 
-Both backends number frames 0..num_frames-1 in presentation order and convert to RGB24 with
-libswscale, so the same indices give the same frames (tests check this bit for bit).
+Both backends number frames 0..num_frames-1 in presentation order, convert to RGB24 with
+libswscale and turn the picture upright by the container's display-matrix rotation (phone videos:
+decord does it itself, PyAV reports `frame.rotation` and `_upright` applies it), so the same
+indices give the same frames (tests check this bit for bit, rotated files included).
 
 decord: `num_threads=1` (the DataLoader's workers give the parallelism; decord's own threads
 oversubscribe the cores). The decord bridge is never set: frames leave decord through `.asnumpy()`,
@@ -12,6 +14,7 @@ a 10 s Kinetics clip is ~300 frames, see docs/data.md for the cost).
 from __future__ import annotations
 
 import os
+import re
 from fractions import Fraction
 from typing import Sequence
 
@@ -52,7 +55,7 @@ class DecordVideo:
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
         except Exception as e:  # decord raises RuntimeError / DECORDError with C++ text
-            raise VideoDecodeError(path, f"cannot open: {_short(e)}") from e
+            raise VideoDecodeError(path, f"cannot open: {readable_error(e)}") from e
         if self.num_frames <= 0:
             raise VideoDecodeError(path, "no video frames")
 
@@ -62,7 +65,7 @@ class DecordVideo:
         try:
             frames = self._reader.get_batch(idx).asnumpy()  # (T, H, W, 3) uint8
         except Exception as e:
-            raise VideoDecodeError(self.path, f"decode failed: {_short(e)}") from e
+            raise self._located_error(idx, e) from e
         if frames.shape[0] != len(idx):
             raise VideoDecodeError(self.path, f"decoded {frames.shape[0]} of {len(idx)} frames")
         return frames
@@ -73,6 +76,21 @@ class DecordVideo:
         for start in range(0, self.num_frames, chunk):
             done += self.get_frames(range(start, min(start + chunk, self.num_frames))).shape[0]
         return done
+
+    def _located_error(self, idx: list[int], error: BaseException) -> VideoDecodeError:
+        """decord's batch error does not say which frame broke, and its decoder thread reads
+        ahead, so where it gives up varies from run to run. PyAV decodes the same file frame by
+        frame: the first frame it cannot decode is the place (none named if PyAV reads it)."""
+        where = ""
+        try:
+            with PyAVVideo(self.path) as video:
+                video.get_frames(idx)
+        except VideoDecodeError as located:
+            m = re.match(r"decode failed (at frame \d+ of \d+)", located.reason)
+            where = f" {m.group(1)}" if m else ""
+        except Exception:  # PyAV failing some other way: report decord's error without a frame
+            pass
+        return VideoDecodeError(self.path, f"decode failed{where}: {readable_error(error)}")
 
     def close(self) -> None:
         self._reader = None
@@ -95,7 +113,7 @@ class PyAVVideo:
         try:
             self._container = av.open(path)
         except Exception as e:
-            raise VideoDecodeError(path, f"cannot open: {_short(e)}") from e
+            raise VideoDecodeError(path, f"cannot open: {readable_error(e)}") from e
         try:
             if not self._container.streams.video:
                 raise VideoDecodeError(path, "no video stream")
@@ -128,14 +146,17 @@ class PyAVVideo:
         found: dict[int, np.ndarray] = {}
         self._container.seek(0)
         stream = self._container.streams.video[0]
+        done = 0  # frames decoded so far = the index of the frame being decoded
         try:
-            for i, frame in enumerate(self._container.decode(stream)):
-                if i in wanted:
-                    found[i] = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
-                if i >= last:
+            for frame in self._container.decode(stream):
+                if done in wanted:
+                    found[done] = _upright(frame)  # (H, W, 3) uint8
+                done += 1
+                if done > last:
                     break
         except Exception as e:
-            raise VideoDecodeError(self.path, f"decode failed after {len(found)} frames: {_short(e)}") from e
+            raise VideoDecodeError(
+                self.path, f"decode failed at frame {done} of {self.num_frames}: {readable_error(e)}") from e
         missing = sorted(wanted - found.keys())
         if missing:
             raise VideoDecodeError(
@@ -151,7 +172,8 @@ class PyAVVideo:
             for _ in self._container.decode(self._container.streams.video[0]):
                 done += 1
         except Exception as e:
-            raise VideoDecodeError(self.path, f"decode failed after {done} frames: {_short(e)}") from e
+            raise VideoDecodeError(
+                self.path, f"decode failed at frame {done} of {self.num_frames}: {readable_error(e)}") from e
         return done
 
     def close(self) -> None:
@@ -190,6 +212,45 @@ def _validate(path: str, indices: Sequence[int], num_frames: int) -> list[int]:
     return idx
 
 
-def _short(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+def _upright(frame) -> np.ndarray:
+    """A PyAV frame as (H, W, 3) uint8 RGB, turned by its display-matrix rotation the way decord
+    (and ffmpeg's autorotate) shows it. `frame.rotation` is the counter-clockwise angle in degrees
+    (PyAV >= 13; older versions lack it and return rotated videos as stored)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
+
+
+# decord's C++ errors: "[04:02:57] /src/video/ffmpeg/threaded_decoder.cc:218: Check failed:
+# avcodec_send_packet(dec_ctx_.get(), pkt.get()) >= 0 (-1094995529 vs. 0) Thread worker: ...",
+# possibly nested and followed by a stack trace.
+_CPP_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+?\.(?:cc|cpp|h):\d+: ")
+_CHECK_FAILED = re.compile(r"Check failed: (\w+)\(.*?\) >= 0 \((-\d+) vs\. 0\)\s*(.*)")
+
+
+def readable_error(e: BaseException, limit: int = 300) -> str:
+    """The part of a decoder error a person can act on: FFmpeg's own message (PyAV's `strerror`,
+    or decord's AVERROR code translated through PyAV) and the call that failed, without
+    decord's timestamps, source locations and stack traces."""
+    strerror, call = getattr(e, "strerror", None), getattr(e, "filename", None)
+    if strerror:  # av.error.FFmpegError: "Invalid data found when processing input", "avcodec_send_packet()"
+        text = f"{strerror} ({str(call).rstrip('()')})" if call else str(strerror)
+    else:
+        text = _CPP_PREFIX.sub("", " ".join(str(e).split()))
+        text = text.split(" Stack trace:")[0].strip()
+        m = _CHECK_FAILED.search(text)
+        if m:
+            func, code, rest = m.groups()
+            text = f"{_averror_text(int(code))} ({func}{'; ' + rest if rest else ''})"
+        text = text or type(e).__name__
     return text[:limit]
+
+
+def _averror_text(code: int) -> str:
+    try:
+        import av
+
+        av.error.err_check(code)
+    except Exception as err:  # err_check raises the FFmpegError that names the code
+        return getattr(err, "strerror", None) or f"FFmpeg error {code}"
+    return f"FFmpeg error {code}"

@@ -22,11 +22,15 @@ def write_video(
     lossless: bool = False,
     crf: int = 18,
     faststart: bool = False,
+    rotation: int = 0,
 ) -> None:
     """Encode `frames` (T, H, W, 3) uint8 RGB to an H.264 mp4 at `path`.
 
     yuv420p needs even H and W (x264 rejects odd sizes); lossless rgb24 takes any size.
     `faststart` moves the index (moov atom) to the front of the file, as web videos have it.
+    `rotation`: degrees counter-clockwise stored in the display matrix, as phones do (the frames
+    are stored as given; players and decoders show them turned by it). Needs a PyAV with
+    `VideoStream.set_display_rotation` (18.1 has it).
     """
     import av
 
@@ -47,6 +51,8 @@ def write_video(
             stream.pix_fmt = "yuv420p"
             stream.options = x264_options(crf)
         stream.width, stream.height = w, h
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.thread_count = 1  # deterministic output, no oversubscription
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

@@ -55,7 +55,8 @@ def build_imagenet_transform(is_train: bool, input_size: int = 224, eval_crop_ra
 class ImageFolderDataset(datasets.ImageFolder):
     """torchvision's ImageFolder returning dicts like `VideoClipDataset`.
 
-    Item: `image` (3, S, S) float, `label`, `index`, `failed`, `path`. A file that cannot be read
+    Item: `image` (3, S, S) float, `label`, `index`, `failed`, `path` (train: also `bad_path`,
+    `bad_reason`: the image asked for when a substitute served it, else ""). A file that cannot be read
     is logged once; in train it is counted in `skipped` and replaced by the next image (at most
     `max_substitutes` tries); in eval it gives `failed=True` and an all-zero image.
     """
@@ -66,7 +67,7 @@ class ImageFolderDataset(datasets.ImageFolder):
         self.input_size = input_size
         self.max_substitutes = max_substitutes
         self.skipped = 0  # per process (DataLoader workers keep their own count)
-        self._bad: set[int] = set()
+        self._bad: dict[int, str] = {}  # index -> reason
 
     @property
     def num_classes(self) -> int:
@@ -78,10 +79,15 @@ class ImageFolderDataset(datasets.ImageFolder):
             path, label = self.samples[candidate]
             try:
                 image = self.transform(self.loader(path))
-                return {"image": image, "label": label, "index": candidate, "failed": False, "path": path}
+                item = {"image": image, "label": label, "index": candidate, "failed": False, "path": path}
+                if self.is_train:  # like VideoClipDataset: the trainer counts substitutions from these
+                    bad = candidate != index
+                    item.update(bad_path=self.samples[index][0] if bad else "",
+                                bad_reason=self._bad.get(index, "?") if bad else "")
+                return item
             except Exception as e:  # unreadable/corrupt image file
                 if candidate not in self._bad:
-                    self._bad.add(candidate)
+                    self._bad[candidate] = f"{type(e).__name__}: {e}"
                     log.warning("bad image %s: %s: %s", path, type(e).__name__, e)
             if not self.is_train:
                 zeros = torch.zeros(3, self.input_size, self.input_size)

@@ -1,9 +1,12 @@
 """Integrity scan of a video list: decode every listed video in worker processes with a timeout.
 
 Each video is checked in a separate worker process, so a decoder that hangs (decord can) or
-crashes costs one timeout and one restarted worker, never the whole scan. Result:
-`{"checked": n, "bad": [{"path", "line", "reason"}, ...]}` with malformed csv lines reported by
-line number (their `path` is the raw line text).
+crashes costs one per-video timeout and one restarted worker, never the whole scan. Result:
+`{"checked": n, "bad": [{"path", "line", "reason"}, ...], "too_short": [...]}`: `bad` holds
+what cannot be used (decode errors, malformed csv lines by line number, their `path` the raw line
+text); `too_short` the videos shorter than one clip of the given sampling (`ClipSpec`, e.g. from
+a training config), which the loader samples with clamped indices. A file that is both is in
+both lists, and its `bad` reason names both, the decode error first.
 """
 from __future__ import annotations
 
@@ -13,39 +16,79 @@ import os
 import sys
 import time
 from collections import deque
-from typing import Iterable
+from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
 from videored.data.csv_list import classes_file_for, iter_video_list, read_classes
 from videored.data.decoding import VideoDecodeError, open_video
+from videored.data.sampling import clip_span
 
 
-def check_video(path: str, backend: str = "decord", min_frames: int = 1, sample_frames: int | None = None) -> str | None:
-    """None when `path` opens and decodes, else the reason it is bad.
+class ClipSpec(NamedTuple):
+    """The clip sampling a video must hold once: `num_frames` frames every `sampling_rate`
+    frames at `target_fps` (a training config's model.num_frames, data.sampling_rate/target_fps)."""
+    num_frames: int
+    sampling_rate: int
+    target_fps: float
+
+    def describe(self) -> str:
+        return f"{self.num_frames} x {self.sampling_rate} frames at {self.target_fps:g} fps"
+
+
+class Problems(NamedTuple):
+    decode: Optional[str] = None  # why the video cannot be (fully) decoded
+    too_short: Optional[str] = None  # why it is shorter than one clip
+
+    def reason(self) -> Optional[str]:
+        """Both reasons, the decode error first; None when the video is fine."""
+        parts = [self.decode] + ([f"too short: {self.too_short}"] if self.too_short else [])
+        return "; ".join(p for p in parts if p) or None
+
+
+def check_video(path: str, backend: str = "decord", min_frames: int = 1, sample_frames: int | None = None,
+                clip: ClipSpec | None = None) -> str | None:
+    """None when `path` opens and decodes (and holds `min_frames` and one `clip`), else why not."""
+    return check_video_problems(path, backend, min_frames, sample_frames, clip).reason()
+
+
+def check_video_problems(path: str, backend: str = "decord", min_frames: int = 1,
+                         sample_frames: int | None = None, clip: ClipSpec | None = None) -> Problems:
+    """Decode errors and shortness of one video, separately.
 
     Decodes every frame (in chunks, nothing kept), or only `sample_frames` evenly spaced frames
     (first and last included) when given: faster, but misses damage between the samples.
+    Length comes from the container's frame count, so a broken file can be both.
     """
+    decode, short = None, None
     try:
         with open_video(path, backend) as video:
             n = video.num_frames
             if n < min_frames:
-                return f"only {n} frames (< {min_frames})"
-            if sample_frames:
-                video.get_frames(np.unique(np.linspace(0, n - 1, sample_frames).round().astype(int)))
-            else:
-                decoded = video.decode_all()
-                if decoded < n:
-                    return f"stream ends after {decoded} of {n} frames"
+                short = f"only {n} frames (< {min_frames})"
+            elif clip is not None:
+                span = clip_span(clip.num_frames, clip.sampling_rate, clip.target_fps, video.fps)
+                if n < span:
+                    short = (f"{n} frames at {video.fps:g} fps, one clip ({clip.describe()}) "
+                             f"needs {span:g}")
+            try:
+                if sample_frames:
+                    video.get_frames(np.unique(np.linspace(0, n - 1, sample_frames).round().astype(int)))
+                else:
+                    decoded = video.decode_all()
+                    if decoded < n:
+                        decode = f"stream ends after {decoded} of {n} frames"
+            except VideoDecodeError as e:
+                decode = e.reason
     except VideoDecodeError as e:
-        return e.reason
+        decode = e.reason
     except Exception as e:  # anything else a broken file can raise inside the decoders
-        return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-    return None
+        decode = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return Problems(decode, short)
 
 
-def _worker_main(conn, backend: str, min_frames: int, sample_frames: int | None, quiet: bool) -> None:
+def _worker_main(conn, backend: str, min_frames: int, sample_frames: int | None, clip: ClipSpec | None,
+                 quiet: bool) -> None:
     if quiet:  # FFmpeg/decord print C-level errors to fd 2; the reasons are returned instead
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
@@ -54,7 +97,7 @@ def _worker_main(conn, backend: str, min_frames: int, sample_frames: int | None,
         if task is None:
             return
         line, path = task
-        conn.send((line, path, check_video(path, backend, min_frames, sample_frames)))
+        conn.send((line, path, check_video_problems(path, backend, min_frames, sample_frames, clip)))
 
 
 class _Worker:
@@ -94,13 +137,14 @@ def check_videos(
     sample_frames: int | None = None,
     quiet: bool = True,
     progress: bool = False,
-) -> dict[tuple[int, str], str | None]:
+    clip: ClipSpec | None = None,
+) -> dict[tuple[int, str], Problems]:
     """Check `(line, path)` tasks in `workers` processes; a task running past `timeout` seconds
-    has its worker killed and is reported bad. Returns {(line, path): reason or None}."""
+    (a per-video limit) has its worker killed and is reported bad. Returns {(line, path): Problems}."""
     pending = deque(tasks)
     total = len(pending)
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    args = (backend, min_frames, sample_frames, quiet)
+    args = (backend, min_frames, sample_frames, clip, quiet)
     results: dict[tuple[int, str], str | None] = {}
     pool = [_Worker(ctx, args) for _ in range(max(1, min(workers, total)))] if total else []
     bar = None
@@ -119,7 +163,7 @@ def check_videos(
             for i, w in enumerate(pool):
                 if w.task is None:
                     continue
-                reason: str | None
+                reason: str
                 if w.conn in ready:
                     try:
                         line, path, reason = w.conn.recv()
@@ -135,7 +179,7 @@ def check_videos(
                     reason = f"timeout: no result after {timeout:g} s (decoder hang)"
                 else:
                     continue
-                results[w.task] = reason
+                results[w.task] = Problems(decode=reason)
                 if bar is not None:
                     bar.update(1)
                 w.stop(kill=True)
@@ -156,8 +200,10 @@ def scan_video_list(
     min_frames: int = 1,
     sample_frames: int | None = None,
     progress: bool = False,
+    clip: ClipSpec | None = None,
 ) -> dict:
-    """Scan every line of `csv_path`; returns `{"checked": n, "bad": [...]}` (sorted by line)."""
+    """Scan every line of `csv_path`; returns `{"checked": n, "bad": [...], "too_short": [...]}`
+    (each sorted by line; see the module notes)."""
     classes_file = classes_file_for(csv_path)
     num_classes = len(read_classes(classes_file)) if classes_file else None
     bad: list[dict] = []
@@ -168,7 +214,10 @@ def scan_video_list(
         else:
             tasks.append((row.line, row.path))
     checked = len(tasks) + len(bad)  # bad holds the malformed lines so far
-    results = check_videos(tasks, backend, workers, timeout, min_frames, sample_frames, progress=progress)
-    bad += [{"path": path, "line": line, "reason": reason} for (line, path), reason in results.items() if reason]
-    bad.sort(key=lambda b: b["line"])
-    return {"checked": checked, "bad": bad}
+    results = check_videos(tasks, backend, workers, timeout, min_frames, sample_frames, progress=progress,
+                           clip=clip)
+    bad += [{"path": path, "line": line, "reason": p.reason()} for (line, path), p in results.items() if p.decode]
+    short = [{"path": path, "line": line, "reason": p.too_short} for (line, path), p in results.items()
+             if p.too_short]
+    return {"checked": checked, "bad": sorted(bad, key=lambda b: b["line"]),
+            "too_short": sorted(short, key=lambda b: b["line"])}

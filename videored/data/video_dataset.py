@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import random
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +30,9 @@ class VideoClipDataset(Dataset):
     """Clips of `num_frames` RGB frames from the videos listed in `csv_path`.
 
     Item (a dict): `video` (3, T, H, W) float normalized, `label` int, `video_index`,
-    `spatial_index`, `temporal_index` (both -1 in train: random), `failed` bool, `path` str, and
+    `spatial_index`, `temporal_index` (both -1 in train: random), `failed` bool, `path` str, in
+    train `bad_path` and `bad_reason` (str, see Bad input), in val/test `error` (why the item
+    failed, "" when it did not), and
     with `return_masks=True` also `mask` (T, H, W) bool: the object mask of the same frames with
     the same resize/crop/flip (nearest neighbour), for the interpretability metric.
 
@@ -60,10 +62,13 @@ class VideoClipDataset(Dataset):
     Decoding: `backend` ("decord", num_threads=1, or "pyav"); with decord, a video decord fails
     on is retried with PyAV (`pyav_fallback`) before it counts as bad.
 
-    Bad input. Train: a video that cannot be decoded is logged once (path + reason), counted in
-    `skipped` (items served by a substitute) and replaced by another random video (at most `max_substitutes` tries, then an
-    error); malformed csv lines are logged with their line number, counted in `malformed` and left
-    out. Val/test never substitute: a bad video (or a malformed line, label -1) gives an item with
+    Bad input. Train: a video that cannot be decoded is logged once (path + reason) and replaced
+    by another random video (at most `max_substitutes` tries, then an error). The item says so
+    itself: `bad_path` / `bad_reason` name the video asked for and why it was replaced ("" when
+    it was not), so the trainer counts substitutions from the batches, whatever process or
+    DataLoader start method (fork, spawn, forkserver) loaded them; `skipped` counts them in this
+    process only. Malformed csv lines are logged with their line number, counted in `malformed`
+    and left out. Val/test never substitute: a bad video (or a malformed line, label -1) gives an item with
     `failed=True` and an all-zero video so the evaluation counts it instead of silently shrinking.
     """
 
@@ -138,34 +143,17 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"{csv_path}: no usable videos ({len(self.malformed)} malformed lines)")
         self.num_classes = known_classes if known_classes is not None else max(self.labels) + 1
 
-        # Counter shared with DataLoader workers (inherited / passed at spawn), so the main
-        # process sees how many bad videos the workers replaced.
-        self._skipped = multiprocessing.Value("i", 0)
+        self.skipped = 0  # train items served by a substitute, in this process only
         self._bad: dict[int, str] = {}  # per process: video index -> reason (logged once)
         self._fallbacks: set[int] = set()  # per process: videos decord failed on and PyAV read
         self._cache: tuple | None = None  # val/test: last decoded clip, reused by its other crops
 
     def __getstate__(self) -> dict:
-        state = {**self.__dict__, "_cache": None}
-        if multiprocessing.context.get_spawning_popen() is None:
-            # plain pickle / deepcopy (not a worker start): a shared counter cannot travel, its value can
-            state["_skipped"] = self._skipped.value
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        if isinstance(state["_skipped"], int):
-            state["_skipped"] = multiprocessing.Value("i", state["_skipped"])
-        self.__dict__.update(state)
+        return {**self.__dict__, "_cache": None}
 
     @property
     def num_videos(self) -> int:
         return len(self.paths)
-
-    @property
-    def skipped(self) -> int:
-        """Train: number of items served by a substitute because their video was bad (all
-        DataLoader workers together)."""
-        return self._skipped.value
 
     def __len__(self) -> int:
         return self.num_videos * self.num_temporal_views * self.num_spatial_crops
@@ -190,9 +178,10 @@ class VideoClipDataset(Dataset):
             frames, masks = self._decode_eval(video_index, temporal_index)
         except Exception as e:  # never substitute in val/test: the evaluation counts failures
             self._note_bad(video_index, e)
-            return {**item, **self._failed_tensors(), "failed": True}
+            return {**item, **self._failed_tensors(), "failed": True, "error": self._bad[video_index]}
         video, mask = self._eval_transform(frames, masks, spatial_index)
-        return {**item, "video": video, "failed": False, **({"mask": mask} if self.return_masks else {})}
+        return {**item, "video": video, "failed": False, "error": "",
+                **({"mask": mask} if self.return_masks else {})}
 
     # ----- train -----
 
@@ -200,14 +189,17 @@ class VideoClipDataset(Dataset):
         candidate = index
         for _ in range(self.max_substitutes + 1):
             if candidate not in self._bad:
+                rng = random.getstate()  # the clip start is drawn from Python's `random`
                 try:
                     frames, masks = self._decode(candidate, train=True)
                 except Exception as e:  # any decode/mask failure is a property of the file
                     self._note_bad(candidate, e)
+                    # a failed attempt draws nothing: a video found bad now and one already known
+                    # bad (skipped) leave the same RNG state, so a resumed run (empty cache)
+                    # replays the uninterrupted one exactly
+                    random.setstate(rng)
                 else:
-                    if candidate != index:
-                        with self._skipped.get_lock():
-                            self._skipped.value += 1
+                    self.skipped += candidate != index
                     video, mask = self._train_transform(frames, masks)
                     item = {
                         "video": video,
@@ -217,6 +209,7 @@ class VideoClipDataset(Dataset):
                         "temporal_index": -1,
                         "failed": False,
                         "path": self.paths[candidate],
+                        **self._substitution_fields(index, candidate),
                     }
                     if self.return_masks:
                         item["mask"] = mask
@@ -226,6 +219,12 @@ class VideoClipDataset(Dataset):
             f"{self.csv_path}: {self.max_substitutes + 1} bad videos in a row while loading item {index}; "
             f"last: {self.paths[candidate]}: {self._bad.get(candidate, '?')}"
         )
+
+    def _substitution_fields(self, index: int, served: int) -> dict:
+        """What a train item tells the trainer about its substitution ("" when there was none)."""
+        if served == index:
+            return {"bad_path": "", "bad_reason": ""}
+        return {"bad_path": self.paths[index], "bad_reason": self._bad.get(index, "?")}
 
     def _train_transform(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         video = T.to_float_cthw(frames)  # (3, T, H, W) in [0, 1]

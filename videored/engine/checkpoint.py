@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import re
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,6 +36,7 @@ class TrainingState:
     rank_states  per rank {"rng": rng_state(), "meter": running epoch sums}
     nonfinite    skipped non-finite steps so far;  summary  finished stages' rows
     world_size / batch_size  of the run that saved it;  config  the resolved experiment config
+    substitutions  per finished epoch, the bad videos replaced by substitutes (absent before: [])
     """
     model: dict
     optimizer: Optional[dict]
@@ -49,6 +50,7 @@ class TrainingState:
     world_size: int
     batch_size: int
     config: dict
+    substitutions: list = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The dict written to disk (shallow: tensors are not copied)."""
@@ -57,10 +59,11 @@ class TrainingState:
 
     @classmethod
     def from_dict(cls, state: dict, source: str = "checkpoint") -> "TrainingState":
-        missing = [f.name for f in fields(cls) if f.name not in state]
+        optional = {"substitutions"}  # added later; older checkpoints resume with none recorded
+        missing = [f.name for f in fields(cls) if f.name not in state and f.name not in optional]
         if missing:
             raise ValueError(f"{source}: not a resumable training checkpoint (missing {missing})")
-        return cls(**{f.name: state[f.name] for f in fields(cls)})
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
 
 def checkpoint_name(stage: int, epoch: int, step: int) -> str:

@@ -55,6 +55,11 @@ class DataConfig:
     # loaded (videored.normalization). Set both to override.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    # train: stop when more than this fraction of an epoch's items needed a substitute for a bad
+    # video (None: never); substitutions are counted in summary.json and metrics.jsonl either way
+    max_bad_fraction: Optional[float] = 0.05
+    loader_timeout: float = 600.0  # s without a batch from the workers (a hung decoder): error; 0: wait forever
+    multiprocessing_context: Optional[str] = None  # DataLoader workers: fork | spawn | forkserver; None: platform default
 
 
 @dataclass
@@ -126,6 +131,11 @@ class RunConfig:
 class DebugConfig:
     # Hard-exit (os._exit, no cleanup) after this many optimizer steps: simulates a killed job.
     kill_after_steps: Optional[int] = None
+    # Preemption tests (videored.engine.fault_injection): sleep pause_write_s seconds at this
+    # point (start | middle | end) of the run's first `pause_write_file` write (checkpoint | model).
+    pause_write_at: Optional[str] = None
+    pause_write_file: str = "checkpoint"
+    pause_write_s: float = 5.0
 
 
 @dataclass
@@ -194,6 +204,13 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     if (cfg.data.mean is None) != (cfg.data.std is None):
         raise ConfigError("keys 'data.mean' / 'data.std': set both or neither (null: the "
                           "weights' own normalization)")
+    if cfg.data.multiprocessing_context not in (None, "fork", "spawn", "forkserver"):
+        raise ConfigError(f"key 'data.multiprocessing_context': use fork, spawn or forkserver, "
+                          f"not {cfg.data.multiprocessing_context!r}")
+    if cfg.data.max_bad_fraction is not None and not 0 <= cfg.data.max_bad_fraction <= 1:
+        raise ConfigError(f"key 'data.max_bad_fraction': a fraction in [0, 1] or null, got {cfg.data.max_bad_fraction}")
+    if cfg.data.loader_timeout < 0:
+        raise ConfigError(f"key 'data.loader_timeout': seconds >= 0, got {cfg.data.loader_timeout}")
     if cfg.run.precision not in ("bf16", "fp32"):
         raise ConfigError(f"key 'run.precision': use bf16 or fp32, not {cfg.run.precision!r}")
     if cfg.run.device not in ("auto", "cpu", "cuda"):
@@ -219,6 +236,11 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     if cfg.reinforce.baseline not in ("self_critical", "leave_one_out"):
         raise ConfigError(f"key 'reinforce.baseline': use self_critical or leave_one_out, "
                           f"not {cfg.reinforce.baseline!r}")
+    if cfg.debug.pause_write_at not in (None, "start", "middle", "end"):
+        raise ConfigError(f"key 'debug.pause_write_at': use start, middle or end, not {cfg.debug.pause_write_at!r}")
+    if cfg.debug.pause_write_file not in ("checkpoint", "model"):
+        raise ConfigError(f"key 'debug.pause_write_file': use checkpoint or model, "
+                          f"not {cfg.debug.pause_write_file!r}")
     if cfg.reinforce.samples < 1:
         raise ConfigError(f"key 'reinforce.samples': must be >= 1, got {cfg.reinforce.samples}")
     if (cfg.reinforce.baseline == "leave_one_out" and cfg.data.batch_size < 2

@@ -38,6 +38,7 @@ class ViewPrediction:
     gflops: float
     path: str = ""
     keep_ratio: float | None = None  # per-selection setting a budgeted method ran at
+    error: str = ""  # why decoding failed (failed views), as the dataset reports it
 
 
 @dataclass
@@ -97,6 +98,7 @@ class _Indexed(Dataset):
         item.setdefault("temporal_index", 0)
         item.setdefault("failed", False)
         item.setdefault("path", "")
+        item.setdefault("error", "")
         item.pop("mask", None)
         return item
 
@@ -143,6 +145,7 @@ def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_s
                 temporal_index=int(batch["temporal_index"][b]), label=int(batch["label"][b]),
                 probs=probs[b], failed=bool(batch["failed"][b]), kept_ratio=float(kept[b]),
                 gflops=float(gflops[b]), path=str(batch["path"][b]),
+                error=str(batch["error"][b]),
                 keep_ratio=None if setting is None else setting[b]))
     unique = {row.index: row for part in all_gather_object(rows) for row in part}
     return [unique[i] for i in sorted(unique)]
@@ -158,6 +161,7 @@ def aggregate(views: Iterable[ViewPrediction], num_classes: int) -> dict[str, An
     for view in views:
         by_video[view.video_index].append(view)
     failed = sorted({v.path or str(v.video_index) for vs in by_video.values() for v in vs if v.failed})
+    reasons = {v.path or str(v.video_index): v.error for vs in by_video.values() for v in vs if v.failed}
     scored = {vid: vs for vid, vs in by_video.items() if not any(v.failed for v in vs)}
     hits = defaultdict(int)
     per_class_total, per_class_hit = [0] * num_classes, [0] * num_classes
@@ -189,6 +193,7 @@ def aggregate(views: Iterable[ViewPrediction], num_classes: int) -> dict[str, An
         "per_class_video1_acc": [100.0 * h / t if t else None
                                  for h, t in zip(per_class_hit, per_class_total)],
         "num_videos": len(by_video), "num_scored": n, "failed_videos": failed,
+        "failure_reasons": {path: reasons[path] for path in failed},
     }
 
 

@@ -163,8 +163,9 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
                    else {"match": match, "reference": "interpreter"}),
         "device": str(dist.device), "world_size": dist.world_size,
         "num_videos": first["num_videos"], "failed_videos": first["failed_videos"],
+        "failure_reasons": first["failure_reasons"],  # path -> the decoder's message and frame
         "methods": {m: {k: v for k, v in results[m].items()
-                        if k not in ("num_videos", "failed_videos")} for m in methods},
+                        if k not in ("num_videos", "failed_videos", "failure_reasons")} for m in methods},
         "config": to_dict(cfg),
     }
     if interp is not None:

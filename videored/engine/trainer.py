@@ -23,13 +23,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from videored.models.evit import evit_blocks, warmup_keep_ratio
+from videored.atomic_io import atomic_write_text
 
 from . import checkpoint as ckpt
 from .builders import build_optimizer, build_scheduler, stage_lr, unpack_batch
 from .config import save_config, to_dict
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier
+from .fault_injection import write_pause_hook
 from .metrics_log import MetricsLogger
 from .sampler import ResumableSampler
+from .substitutions import SubstitutionTally
 from .stages import (Stage, StepResult, classification_step, interpreter_step, plan_stages,
                      set_train_mode, trainable_parameters)
 from .validation import validate
@@ -97,16 +100,21 @@ class Trainer:
         self.sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
                                         shuffle=True, seed=cfg.run.seed, drop_last=True)
         self.loader_gen = torch.Generator()
+        workers = cfg.data.num_workers
         self.loader = DataLoader(train_set, batch_size=self.batch, sampler=self.sampler,
-                                 num_workers=cfg.data.num_workers, drop_last=True,
+                                 num_workers=workers, drop_last=True,
                                  pin_memory=dist.device.type == "cuda", generator=self.loader_gen,
-                                 persistent_workers=False)
+                                 persistent_workers=False,
+                                 timeout=cfg.data.loader_timeout if workers else 0,
+                                 multiprocessing_context=cfg.data.multiprocessing_context if workers else None)
         full = self.sampler.num_samples // self.batch
         cap = cfg.schedule.max_steps_per_epoch
         self.steps_per_epoch = min(full, cap) if cap else full
         if self.steps_per_epoch < 1:
             raise ValueError(f"training set of {len(train_set)} samples gives no full batch of "
                              f"{self.batch} per process x {dist.world_size} processes")
+        self.subs = SubstitutionTally(cfg.data.max_bad_fraction,
+                                      self.steps_per_epoch * self.batch * dist.world_size)
         self.log = MetricsLogger(self.out, enabled=dist.is_main)
         self._resume_state: Optional[ckpt.TrainingState] = None
 
@@ -127,6 +135,7 @@ class Trainer:
         self.pos = Position(**saved.position)
         self.nonfinite = saved.nonfinite
         self.summary = list(saved.summary)
+        self.subs.epochs = list(saved.substitutions)
         self._resume_state = saved
 
     def _apply_resume(self, optimizer, scheduler) -> None:
@@ -141,10 +150,13 @@ class Trainer:
         if len(ranks) == self.dist.world_size:
             ckpt.set_rng_state(ranks[self.dist.rank]["rng"])
             self.epoch_meter.load(ranks[self.dist.rank]["meter"])
+            if "substitutions" in ranks[self.dist.rank]:
+                self.subs.load_rank_state(ranks[self.dist.rank]["substitutions"])
 
     # ---- checkpoints ----
     def _save(self, optimizer=None, scheduler=None) -> None:
-        rank_states = all_gather_object({"rng": ckpt.rng_state(), "meter": self.epoch_meter.state()})
+        rank_states = all_gather_object({"rng": ckpt.rng_state(), "meter": self.epoch_meter.state(),
+                                         "substitutions": self.subs.rank_state()})
         if self.dist.is_main:
             p = self.pos
             state = ckpt.TrainingState(
@@ -156,9 +168,11 @@ class Trainer:
                 sampler={"seed": self.cfg.run.seed, "epoch_key": self._epoch_key(p.stage, p.epoch),
                          "consumed_per_rank": p.step * self.batch},
                 rank_states=rank_states, nonfinite=self.nonfinite, summary=self.summary,
+                substitutions=self.subs.epochs,
                 world_size=self.dist.world_size, batch_size=self.batch, config=to_dict(self.cfg))
             ckpt.atomic_save(state.as_dict(),
-                             self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step))
+                             self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step),
+                             hook=write_pause_hook(self.cfg.debug, self.out, "checkpoint"))
             ckpt.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
         barrier()
 
@@ -193,8 +207,12 @@ class Trainer:
         for epoch in range(self.pos.epoch, stage.epochs):
             self._run_epoch(stage, epoch, net, params, optimizer, scheduler)
             train_means, _ = self.epoch_meter.global_means(self.dist.device)
+            subs = self.subs.end_epoch(stage.name, epoch, self.dist.device)
             self.log.log({"kind": "epoch", "stage": stage.name, "epoch": epoch,
-                          "global_step": self.pos.global_step, **train_means}, self.pos.global_step)
+                          "global_step": self.pos.global_step, **train_means,
+                          "items": subs["items"], "substituted": subs["substituted"],
+                          "bad_videos": subs["bad_videos"]}, self.pos.global_step)
+            self.subs.check_epoch(subs)
             self.epoch_meter = Meter()
             last = epoch + 1 == stage.epochs
             if last:
@@ -227,7 +245,8 @@ class Trainer:
         self.loader_gen.manual_seed(self.cfg.run.seed * 1_000_003 + key)  # worker seeds
         window, t0 = Meter(), time.perf_counter()
         bar = self._progress(stage, epoch, start)
-        for step, batch in zip(range(start, self.steps_per_epoch), self.loader):
+        for step, batch in zip(range(start, self.steps_per_epoch), self._batches(start)):
+            self.subs.add(batch)
             result = self._step(stage, net, params, optimizer, batch)
             lr = optimizer.param_groups[0]["lr"]  # the lr this step used
             with warnings.catch_warnings():  # a skipped first step triggers torch's order warning
@@ -242,8 +261,10 @@ class Trainer:
             if self.pos.global_step % self.cfg.run.log_every == 0:
                 means = self._log_window(stage, epoch, window, time.perf_counter() - t0, lr)
                 if bar is not None:
-                    bar.set_postfix({k: f"{means[k]:.3f}" for k in ("loss", "reward", "kept", "acc")
-                                     if k in means})
+                    postfix = {k: f"{means[k]:.3f}" for k in ("loss", "reward", "kept", "acc") if k in means}
+                    if means["substituted"]:
+                        postfix["substituted"] = means["substituted"]
+                    bar.set_postfix(postfix)
                 window, t0 = Meter(), time.perf_counter()
             every = self.cfg.run.ckpt_every_steps
             if every and self.pos.global_step % every == 0 and step + 1 < self.steps_per_epoch:
@@ -253,6 +274,27 @@ class Trainer:
                 os._exit(17)  # debug: die like a killed job, no cleanup, no final checkpoint
         if bar is not None:
             bar.close()
+
+    def _batches(self, start: int):
+        """The loader's batches from step `start`; a worker that sends nothing for
+        data.loader_timeout seconds (a hung decoder) stops the run naming that batch's videos."""
+        received = 0
+        try:
+            for batch in self.loader:
+                yield batch
+                received += 1
+        except RuntimeError as err:
+            if "DataLoader timed out" not in str(err):
+                raise
+            waiting = start + received
+            order = list(self.sampler)[received * self.batch:(received + 1) * self.batch]  # its indices
+            paths = getattr(self.train_set, "paths", None)
+            names = [paths[i] if paths is not None else f"item {i}" for i in order]
+            raise RuntimeError(
+                f"no training batch for step {waiting} of the epoch after {self.cfg.data.loader_timeout:g} s "
+                f"(data.loader_timeout): a DataLoader worker stopped answering while loading one of "
+                f"{', '.join(names)}. A decoder hang (decord can); check the file with `videored data "
+                "scan`, remove it from the list, or use data.backend=pyav") from err
 
     def _progress(self, stage: Stage, epoch: int, start: int):
         if not (self.dist.is_main and self.cfg.run.progress):
@@ -314,6 +356,8 @@ class Trainer:
 
     def _log_window(self, stage: Stage, epoch: int, window: Meter, seconds: float, lr: float) -> dict:
         means, n = window.global_means(self.dist.device)
+        # the epoch's substituted items so far (all ranks); stops the run once over the limit
+        means["substituted"] = self.subs.check_window(f"stage {stage.name} epoch {epoch}", self.dist.device)
         self.log.log({"kind": "step", "stage": stage.name, "epoch": epoch, "step": self.pos.step,
                       "global_step": self.pos.global_step, "lr": lr,
                       "throughput": n / max(seconds, 1e-9), "nonfinite": self.nonfinite, **means},
@@ -322,16 +366,18 @@ class Trainer:
 
     def _finish(self) -> dict:
         result = {"stages": self.summary, "global_steps": self.pos.global_step,
-                  "nonfinite_steps": self.nonfinite, "world_size": self.dist.world_size}
+                  "nonfinite_steps": self.nonfinite, "world_size": self.dist.world_size,
+                  "substitutions": self.subs.summary()}
         if self.dist.is_main:
             extra = {"config": to_dict(self.cfg), "summary": self.summary}
+            hook = write_pause_hook(self.cfg.debug, self.out, "model")
             if hasattr(self.model, "model_config"):  # rebuildable by videored.models.load_model_file
                 from videored.models import save_model_file
 
-                save_model_file(self.model, self.out / "model.pt", **extra)
+                save_model_file(self.model, self.out / "model.pt", write_hook=hook, **extra)
             else:
-                ckpt.atomic_save({"model": self.model.state_dict(), **extra}, self.out / "model.pt")
-            (self.out / "summary.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+                ckpt.atomic_save({"model": self.model.state_dict(), **extra}, self.out / "model.pt", hook=hook)
+            atomic_write_text(json.dumps(result, indent=2), self.out / "summary.json")
         barrier()
         return result
 

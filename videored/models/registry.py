@@ -8,7 +8,7 @@ silently change `timm.create_model` for every other user in the process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import logging
 
@@ -16,7 +16,7 @@ import torch
 
 from timm.models import register_model
 
-from videored.atomic_io import atomic_save
+from videored.atomic_io import WriteHook, atomic_save
 from videored.normalization import Normalization, default_normalization
 
 from .pretrained import load_pretrained
@@ -84,11 +84,13 @@ for _name in ARCHITECTURES:
     globals()[_timm_name] = register_model(_timm_entrypoint(_name, _timm_name))
 
 
-def save_model_file(model: TokenReductionViT, path: str | Path, **extra: Any) -> None:
+def save_model_file(model: TokenReductionViT, path: str | Path, write_hook: Optional[WriteHook] = None,
+                    **extra: Any) -> None:
     """Write weights + how to rebuild them + their input normalization (`model.pt`), atomically
-    (temp file + rename)."""
+    (temp file + rename, signals held until the rename); write_hook: see
+    `videored.atomic_io.atomic_save`."""
     atomic_save({"model": model.state_dict(), "model_config": model.model_config,
-                 "normalization": model.normalization.to_dict(), **extra}, path)
+                 "normalization": model.normalization.to_dict(), **extra}, path, hook=write_hook)
 
 
 def load_model_file(path: str | Path, **overrides: Any) -> TokenReductionViT:
