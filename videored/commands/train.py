@@ -31,7 +31,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"videored train: config error: {err}", file=sys.stderr)
         return 2
     out = args.out or f"runs/{cfg.run.name}"
-    summary = train(cfg, out, resume=args.resume)
+    from videored.engine.substitutions import TooManyBadVideosError
+
+    try:
+        summary = train(cfg, out, resume=args.resume)
+    except TooManyBadVideosError as err:  # a data problem, not a bug: the message, no traceback
+        print(f"videored train: error: {err}", file=sys.stderr)
+        return 1
     if summary.get("world_size", 1) == 1 or _is_rank0():
         for row in summary["stages"]:
             val = row.get("val")

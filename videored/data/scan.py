@@ -70,7 +70,7 @@ def check_video_problems(path: str, backend: str = "decord", min_frames: int = 1
                 span = clip_span(clip.num_frames, clip.sampling_rate, clip.target_fps, video.fps)
                 if n < span:
                     short = (f"{n} frames at {video.fps:g} fps, one clip ({clip.describe()}) "
-                             f"needs {span:g}")
+                             f"needs {span:.4g}")
             try:
                 if sample_frames:
                     video.get_frames(np.unique(np.linspace(0, n - 1, sample_frames).round().astype(int)))
