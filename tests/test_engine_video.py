@@ -10,16 +10,6 @@ from videored.engine.config import load_config
 from videored.engine.trainer import train
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    from videored.data import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(root, num_classes=2, videos_per_class=2, seed=0, val_per_class=1,
-                            test_per_class=1)
-    return root
-
-
 def _cfg(root, *extra):
     shrink = [f"data.root={root}", "model.num_classes=2", "model.num_frames=4", "model.depth=1",
               "model.kwargs={embed_dim: 48, num_heads: 2}", "data.batch_size=2", "data.num_workers=0",

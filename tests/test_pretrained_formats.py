@@ -317,16 +317,6 @@ def test_distilled_deit_dropped_with_a_one_line_notice(tmp_path, caplog, strip_h
 
 # ---------------------------------------------------------------- normalization travels
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    from videored.data import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(root, num_classes=2, videos_per_class=2, seed=0, val_per_class=1,
-                            test_per_class=1)
-    return root
-
-
 def test_mmaction2_model_pt_evaluates_with_127_5_without_any_flag(tmp_path, synth_root):
     """mmaction2 file -> model.pt -> `videored eval`: the clips fed are (pixels - 127.5) / 127.5."""
     from videored.cli import main
