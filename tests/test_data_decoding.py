@@ -155,3 +155,49 @@ def test_decode_errors_keep_the_ffmpeg_message_and_the_frame(tmp_path):
     n = at["pyav"]
     with open_video(broken, "pyav") as b, open_video(good, "pyav") as g:  # the frames before it are intact
         np.testing.assert_array_equal(b.get_frames(range(n)), g.get_frames(range(n)))
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_pyav_seeks_to_the_keyframe_and_gives_the_same_frames(tmp_path, lossless):
+    """A keyframe every 10 frames, B-frames in between: PyAV decodes from the keyframe before
+    the first wanted frame, and every frame equals the one a decode from frame 0 gives (and
+    decord's)."""
+    rng = np.random.default_rng(3)
+    frames = np.clip(rng.integers(0, 256, (1, 32, 96, 3)) + np.arange(60)[:, None, None, None] * 3,
+                     0, 255).astype(np.uint8)  # (60, 32, 96, 3); decord fails on widths <= 72
+    path = tmp_path / "gop10.mp4"
+    write_video(path, frames, fps=30, lossless=lossless, keyint=10)
+    starts = {i for i, key in enumerate(_keyframe_flags(path)) if key}
+    assert starts == {0, 10, 20, 30, 40, 50}  # the file is what the test needs
+    idx = [45, 47, 47, 52, 59]
+    with open_video(path, "pyav") as a, open_video(path, "decord") as d:
+        seeked = a.get_frames(idx)
+        assert a.frames_decoded <= 59 - 40 + 1 + 3  # keyframe 40 .. 59 (+ B-frame reordering)
+        a.frames_decoded = 0
+        sequential = np.stack([a._decode_from_start({i})[i] for i in idx])
+        np.testing.assert_array_equal(seeked, sequential)
+        np.testing.assert_array_equal(seeked, d.get_frames(idx))
+        if lossless:
+            np.testing.assert_array_equal(seeked, frames[idx])
+
+
+def test_pyav_decodes_from_the_start_when_timestamps_cannot_be_trusted(tmp_path, monkeypatch):
+    frames = _random_frames(t=30)
+    path = tmp_path / "gop5.mp4"
+    write_video(path, frames, fps=30, lossless=True, keyint=5)
+    with open_video(path, "pyav") as video:
+        video._pts = [None] * video.num_frames  # packets without pts (raw streams have none)
+        np.testing.assert_array_equal(video.get_frames([21, 25]), frames[[21, 25]])
+        assert video.frames_decoded == 26  # from frame 0
+    with open_video(path, "pyav") as video:  # a table that does not match the decoded frames
+        video._pts = [p + 1 for p in video._packet_pts()]
+        np.testing.assert_array_equal(video.get_frames([21, 25]), frames[[21, 25]])
+
+
+def _keyframe_flags(path):
+    """Per frame in presentation order: does a keyframe packet carry it (PyAV demux, no decode)."""
+    import av
+
+    with av.open(str(path)) as c:
+        packets = sorted((p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size)
+    return [key for _, key in packets]

@@ -8,8 +8,11 @@ indices give the same frames (tests check this bit for bit, rotated files includ
 decord: `num_threads=1` (the DataLoader's workers give the parallelism; decord's own threads
 oversubscribe the cores). The decord bridge is never set: frames leave decord through `.asnumpy()`,
 so importing this module changes no global state.
-PyAV: decodes sequentially from the start up to the last wanted frame (exact, seek-free indexing;
-a 10 s Kinetics clip is ~300 frames, see docs/data.md for the cost).
+PyAV: seeks to the keyframe at or before the first wanted frame and decodes forward up to the
+last one, as decord does. Frames are numbered by their presentation timestamps, read from the
+container's packets (no decoding): frame i is the i-th smallest packet pts. Where that table
+cannot be trusted (packets without pts, a count that disagrees with the header) or a seek does
+not land where it should, it decodes from the start instead: slower, never different.
 """
 from __future__ import annotations
 
@@ -125,30 +128,75 @@ class PyAVVideo:
             self.fps = float(Fraction(rate))
             # nb_frames from the container index; 0 when the container does not store it
             # (e.g. some mkv/webm), then count packets (cheap: no decoding).
-            self.num_frames = stream.frames or self._count_packets()
+            self._pts: list[int | None] | None = None  # packet pts, read on first need
+            self.frames_decoded = 0  # by get_frames so far (what a seek saves shows here)
+            self.num_frames = stream.frames or len(self._packet_pts())
             if self.num_frames <= 0:
                 raise VideoDecodeError(path, "no video frames")
         except BaseException:
             self._container.close()
             raise
 
-    def _count_packets(self) -> int:
-        stream = self._container.streams.video[0]
-        n = sum(1 for p in self._container.demux(stream) if p.size)
-        self._container.seek(0)
-        return n
+    def _packet_pts(self) -> list[int | None]:
+        """Every video packet's pts in file order (demuxed, not decoded)."""
+        if self._pts is None:
+            stream = self._container.streams.video[0]
+            self._pts = [p.pts for p in self._container.demux(stream) if p.size]
+            self._container.seek(0)
+        return self._pts
+
+    def _frame_pts(self) -> list[int] | None:
+        """pts of frames 0..num_frames-1 (presentation order), or None when they cannot be
+        told from the packets."""
+        pts = self._packet_pts()
+        if len(pts) != self.num_frames or any(p is None for p in pts) or len(set(pts)) != len(pts):
+            return None
+        return sorted(pts)
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed) as (T, H, W, 3) uint8 RGB."""
         idx = _validate(self.path, indices, self.num_frames)
-        wanted = set(idx)
-        last = max(idx)
+        found = self._seek_and_decode(set(idx)) if min(idx) > 0 else None
+        if found is None:
+            found = self._decode_from_start(set(idx))
+        return np.stack([found[i] for i in idx])  # (T, H, W, 3)
+
+    def _seek_and_decode(self, wanted: set[int]) -> dict[int, np.ndarray] | None:
+        """The wanted frames, decoded from the keyframe before the first of them; None when
+        this shortcut does not apply or fails in any way (the caller decodes from the start,
+        which also names the frame a broken file fails at)."""
+        pts = self._frame_pts()
+        if pts is None:
+            return None
+        index_of = {p: i for i, p in enumerate(pts)}
+        first, last = min(wanted), max(wanted)
+        stream = self._container.streams.video[0]
+        found: dict[int, np.ndarray] = {}
+        try:
+            self._container.seek(pts[first], stream=stream, backward=True, any_frame=False)
+            for frame in self._container.decode(stream):
+                self.frames_decoded += 1
+                i = index_of.get(frame.pts)
+                if i is None:
+                    return None
+                if i in wanted:
+                    found[i] = _upright(frame)  # (H, W, 3) uint8
+                if i >= last:
+                    break
+        except Exception:
+            return None
+        return found if len(found) == len(wanted) else None
+
+    def _decode_from_start(self, wanted: set[int]) -> dict[int, np.ndarray]:
+        """The wanted frames, counting decoded frames from frame 0 (no timestamps needed)."""
+        last = max(wanted)
         found: dict[int, np.ndarray] = {}
         self._container.seek(0)
         stream = self._container.streams.video[0]
         done = 0  # frames decoded so far = the index of the frame being decoded
         try:
             for frame in self._container.decode(stream):
+                self.frames_decoded += 1
                 if done in wanted:
                     found[done] = _upright(frame)  # (H, W, 3) uint8
                 done += 1
@@ -162,7 +210,7 @@ class PyAVVideo:
             raise VideoDecodeError(
                 self.path, f"stream ended before frame {missing[0]} (header says {self.num_frames} frames)"
             )
-        return np.stack([found[i] for i in idx])  # (T, H, W, 3)
+        return found
 
     def decode_all(self) -> int:
         """Decode every frame (nothing kept, no RGB conversion); returns how many decoded."""

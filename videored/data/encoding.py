@@ -23,6 +23,7 @@ def write_video(
     crf: int = 18,
     faststart: bool = False,
     rotation: int = 0,
+    keyint: int | None = None,
 ) -> None:
     """Encode `frames` (T, H, W, 3) uint8 RGB to an H.264 mp4 at `path`.
 
@@ -30,7 +31,8 @@ def write_video(
     `faststart` moves the index (moov atom) to the front of the file, as web videos have it.
     `rotation`: degrees counter-clockwise stored in the display matrix, as phones do (the frames
     are stored as given; players and decoders show them turned by it). Needs a PyAV with
-    `VideoStream.set_display_rotation` (18.1 has it).
+    `VideoStream.set_display_rotation` (18.1 has it). `keyint`: at most this many frames from
+    one keyframe to the next (x264's default is 250).
     """
     import av
 
@@ -45,11 +47,11 @@ def write_video(
         if lossless:
             stream = container.add_stream("libx264rgb", rate=fps)
             stream.pix_fmt = "rgb24"
-            stream.options = {"qp": "0"}
+            stream.options = {"qp": "0", **({"x264-params": f"keyint={keyint}"} if keyint else {})}
         else:
             stream = container.add_stream("libx264", rate=fps)
             stream.pix_fmt = "yuv420p"
-            stream.options = x264_options(crf)
+            stream.options = x264_options(crf, keyint)
         stream.width, stream.height = w, h
         if rotation:
             stream.set_display_rotation(rotation)
@@ -61,14 +63,14 @@ def write_video(
             container.mux(packet)
 
 
-def x264_options(crf: int) -> dict[str, str]:
+def x264_options(crf: int, keyint: int | None = None) -> dict[str, str]:
     """libx264 options for constant-quality output that is the same bytes on every run.
 
     x264's macroblock-tree rate control (mbtree) made single-threaded encodes of identical frames
     differ between processes (about 1 synthetic video in 4, from the third frame on); without it
     they are byte-identical. It costs a little compression at the same crf.
     """
-    return {"crf": str(crf), "x264-params": "mbtree=0"}
+    return {"crf": str(crf), "x264-params": "mbtree=0" + (f":keyint={keyint}" if keyint else "")}
 
 
 def _even_resized_hw(height: int, width: int, short_side: int) -> tuple[int, int]:

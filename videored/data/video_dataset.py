@@ -52,6 +52,14 @@ class VideoClipDataset(Dataset):
     top/centre/bottom for portrait video; 1: centre). All crops of a video come from the same
     temporal clip.
 
+    Several clips per video (`clips_per_video` K > 1, train only): each item decodes its video
+    once (the frames of all K clips in one pass) and gives K clips, each with its own random
+    start, scale, crop and flip (the repeated sampling of MAE-style video training); `video` is
+    then (K, 3, T, H, W) and `mask` (K, T, H, W). `engine.builders.unpack_batch` flattens such a
+    batch to B*K clips. Decoding dominates the cost of an item on real video (one clip of a 10 s
+    340x256 H.264 file decodes most of its frames), so K = 2 nearly doubles a worker's clips/s
+    (docs/data.md).
+
     Length: train = number of videos; val/test = videos * num_temporal_views * num_spatial_crops,
     item i -> video i // (V*C), temporal view (i % (V*C)) // C, spatial crop i % C.
 
@@ -93,6 +101,7 @@ class VideoClipDataset(Dataset):
         pyav_fallback: bool = True,
         sampling: str = "videored",
         rows: Sequence[ListRow] | None = None,
+        clips_per_video: int = 1,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -100,6 +109,9 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"sampling must be one of {SAMPLING_STYLES}, got {sampling!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if clips_per_video < 1 or (clips_per_video > 1 and mode != "train"):
+            raise ValueError(f"clips_per_video must be >= 1 and is for mode='train' only, got {clips_per_video} "
+                             f"in mode {mode!r} (val/test views are num_temporal_views x num_spatial_crops)")
         if train_jitter_scales[0] > train_jitter_scales[1] or train_jitter_scales[0] < crop_size:
             raise ValueError(f"train_jitter_scales {tuple(train_jitter_scales)} must be ordered and >= crop_size {crop_size}")
         self.csv_path = str(csv_path)
@@ -111,6 +123,7 @@ class VideoClipDataset(Dataset):
         self.train_jitter_scales = (int(train_jitter_scales[0]), int(train_jitter_scales[1]))
         self.num_spatial_crops = 1 if mode == "train" else num_spatial_crops
         self.num_temporal_views = 1 if mode == "train" else num_temporal_views
+        self.clips_per_video = clips_per_video
         self.backend = backend
         self.sampling = sampling
         self.return_masks = return_masks
@@ -191,7 +204,7 @@ class VideoClipDataset(Dataset):
             if candidate not in self._bad:
                 rng = random.getstate()  # the clip start is drawn from Python's `random`
                 try:
-                    frames, masks = self._decode(candidate, train=True)
+                    frames, masks = self._decode(candidate, num_clips=self.clips_per_video)
                 except Exception as e:  # any decode/mask failure is a property of the file
                     self._note_bad(candidate, e)
                     # a failed attempt draws nothing: a video found bad now and one already known
@@ -200,7 +213,11 @@ class VideoClipDataset(Dataset):
                     random.setstate(rng)
                 else:
                     self.skipped += candidate != index
-                    video, mask = self._train_transform(frames, masks)
+                    clips = [self._train_transform(frames[k], None if masks is None else masks[k])
+                             for k in range(self.clips_per_video)]
+                    video, mask = clips[0] if self.clips_per_video == 1 else (
+                        torch.stack([c[0] for c in clips]),
+                        None if masks is None else torch.stack([c[1] for c in clips]))
                     item = {
                         "video": video,
                         "label": self.labels[candidate],
@@ -227,7 +244,9 @@ class VideoClipDataset(Dataset):
         return {"bad_path": self.paths[index], "bad_reason": self._bad.get(index, "?")}
 
     def _train_transform(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        video = T.to_float_cthw(frames)  # (3, T, H, W) in [0, 1]
+        # resized and cropped in uint8 (a quarter of the bytes, torch's fast uint8 kernel);
+        # float only for the 224x224 crop
+        video = T.uint8_cthw(frames)  # (3, T, H, W) uint8
         short = T.random_short_side(self.train_jitter_scales)
         video = T.short_side_resize(video, short)
         top, left = T.random_crop_offsets(video.shape[-2], video.shape[-1], self.crop_size)
@@ -239,7 +258,7 @@ class VideoClipDataset(Dataset):
         if masks is not None:  # (T, H, W) bool, same geometry as the video
             mask = T.crop(T.short_side_resize_mask(torch.from_numpy(masks), short), top, left, self.crop_size)
             mask = T.hflip(mask) if flip else mask
-        return T.normalize(video, self.mean, self.std).contiguous(), None if mask is None else mask.contiguous()
+        return T.to_normalized_float(video, self.mean, self.std), None if mask is None else mask.contiguous()
 
     # ----- val / test -----
 
@@ -250,14 +269,15 @@ class VideoClipDataset(Dataset):
         key = (video_index, temporal_index)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
-        frames, masks = self._decode(video_index, train=False, temporal_index=temporal_index)
+        frames, masks = self._decode(video_index, temporal_index=temporal_index)
+        frames, masks = frames[0], None if masks is None else masks[0]  # the one clip
         self._cache = (key, frames, masks)
         return frames, masks
 
     def _eval_transform(self, frames: np.ndarray, masks: np.ndarray | None, spatial_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        video = T.short_side_resize(T.to_float_cthw(frames), self.crop_size)  # (3, T, H', W')
+        video = T.short_side_resize(T.uint8_cthw(frames), self.crop_size)  # (3, T, H', W') uint8
         top, left = T.spatial_crop_offsets(video.shape[-2], video.shape[-1], self.crop_size, spatial_index, self.num_spatial_crops)
-        video = T.normalize(T.crop(video, top, left, self.crop_size), self.mean, self.std).contiguous()
+        video = T.to_normalized_float(T.crop(video, top, left, self.crop_size), self.mean, self.std)
         mask = None
         if masks is not None:
             mask = T.short_side_resize_mask(torch.from_numpy(masks), self.crop_size)
@@ -280,18 +300,20 @@ class VideoClipDataset(Dataset):
                              train=self.mode == "train", view=temporal_index,
                              num_views=self.num_temporal_views)
 
-    def _decode(self, video_index: int, train: bool, temporal_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-        """(T, H, W, 3) uint8 frames of one clip and, if asked, their (T, H, W) bool masks."""
+    def _decode(self, video_index: int, temporal_index: int = 0,
+                num_clips: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+        """(K, T, H, W, 3) uint8 frames of K = `num_clips` clips (train: each with its own random
+        start; val/test: view `temporal_index`) and, if asked, their (K, T, H, W) bool masks."""
         path = self.paths[video_index]
         try:
-            frames, idx, num_video_frames = self._read(path, self.backend, temporal_index)
+            frames, idx, num_video_frames = self._read(path, self.backend, temporal_index, num_clips)
         except VideoDecodeError as first:
             if self.backend != "decord" or not self.pyav_fallback or first.file_problem:
                 raise
             # decord has known bugs (e.g. frame widths <= 72 px fail with a size mismatch):
             # a file PyAV decodes is not a bad video.
             try:
-                frames, idx, num_video_frames = self._read(path, "pyav", temporal_index)
+                frames, idx, num_video_frames = self._read(path, "pyav", temporal_index, num_clips)
             except VideoDecodeError as second:
                 raise VideoDecodeError(path, f"{first.reason} (decord); {second.reason} (pyav)") from second
             if video_index not in self._fallbacks:
@@ -300,16 +322,25 @@ class VideoClipDataset(Dataset):
         masks = None
         if self.return_masks:
             all_masks = load_masks(path)  # (F, H, W)
-            if all_masks.shape[1:] != frames.shape[1:3] or all_masks.shape[0] < num_video_frames:
-                raise ValueError(f"{path}: masks {all_masks.shape} do not match video ({num_video_frames}, {frames.shape[1]}, {frames.shape[2]})")
+            if all_masks.shape[1:] != frames.shape[2:4] or all_masks.shape[0] < num_video_frames:
+                raise ValueError(f"{path}: masks {all_masks.shape} do not match video ({num_video_frames}, {frames.shape[2]}, {frames.shape[3]})")
             masks = all_masks[idx]
         return frames, masks
 
-    def _read(self, path: str, backend: str, temporal_index: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """(frames (T, H, W, 3) uint8, their indices, the video's frame count)."""
+    def _read(self, path: str, backend: str, temporal_index: int,
+              num_clips: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(frames (K, T, H, W, 3) uint8, their indices (K, T), the video's frame count).
+
+        The K clips' frames are decoded in one pass, in increasing order, each distinct frame
+        once: the decoders seek to the keyframe before the first frame and read forward, so
+        an index that goes backwards (a second clip, a looped mmaction clip) would decode again
+        from an earlier keyframe."""
         with open_video(path, backend) as video:
-            idx = self.frame_indices(video.num_frames, video.fps, temporal_index)
-            return video.get_frames(idx), idx, video.num_frames
+            idx = np.stack([self.frame_indices(video.num_frames, video.fps, temporal_index)
+                            for _ in range(num_clips)])  # (K, T)
+            distinct, where = np.unique(idx.ravel(), return_inverse=True)
+            decoded = video.get_frames(distinct)  # (U, H, W, 3), U <= K*T
+            return decoded[where.reshape(idx.shape)], idx, video.num_frames
 
     def _note_bad(self, video_index: int, error: Exception) -> None:
         if video_index not in self._bad:

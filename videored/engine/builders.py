@@ -95,6 +95,8 @@ def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
         train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
         num_temporal_views=d.num_temporal_views, backend=d.backend, sampling=d.sampling,
         mean=norm.mean, std=norm.std)
+    if split == "train":
+        kwargs["clips_per_video"] = d.clips_per_video
     return VideoClipDataset(str(csv), **{**kwargs, **overrides})
 
 
@@ -107,12 +109,23 @@ def _build_image_dataset(cfg: DictConfig, split: str) -> Dataset:
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) from a dict batch ({"video"|"image", "label"}) or an (x, y) pair."""
+    """(inputs, labels) from a dict batch ({"video"|"image", "label"}) or an (x, y) pair.
+
+    A video batch of B items with K clips each (`data.clips_per_video`: video (B, K, C, T, H, W))
+    becomes B*K clips (B*K, C, T, H, W), the clips of one video next to each other, and each
+    label is repeated K times."""
     if isinstance(batch, dict):
-        x = batch["video"] if "video" in batch else batch["image"]
-        return x, batch["label"]
+        x, y = (batch["video"] if "video" in batch else batch["image"]), batch["label"]
+        if "video" in batch and x.dim() == 6:
+            x, y = x.flatten(0, 1), y.repeat_interleave(x.shape[1])
+        return x, y
     x, y = batch[0], batch[1]
     return x, y
+
+
+def num_items(batch: Any) -> int:
+    """Dataset items in a batch (videos, not their clips)."""
+    return len(batch["label"] if isinstance(batch, dict) else batch[1])
 
 
 def param_groups(model: nn.Module, params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:

@@ -38,7 +38,10 @@ class ModelConfig:
 class DataConfig:
     kind: str = "video"  # video | image | tensor_file (a .pt of tensors, for tests/debugging)
     root: str = "???"  # video: folder with {train,val,test}.csv; image: ImageFolder root; tensor_file: the .pt
-    batch_size: int = 8  # per process (per GPU)
+    batch_size: int = 8  # clips per process (per GPU) and step
+    # train: clips taken from each decoded video (repeated sampling); the loader reads
+    # batch_size / clips_per_video videos a step, an epoch visits every video once
+    clips_per_video: int = 1
     num_workers: int = 8
     val_split: Optional[str] = None  # e.g. "val": greedy top-1 on it after every stage
     # video clip sampling (VideoClipDataset)
@@ -233,6 +236,13 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
                           "(the interpreter stages have their own token selection)")
     if cfg.data.batch_size < 1:
         raise ConfigError("key 'data.batch_size': must be >= 1")
+    k = cfg.data.clips_per_video
+    if k < 1 or cfg.data.batch_size % k:
+        raise ConfigError(f"key 'data.clips_per_video': must be >= 1 and divide data.batch_size "
+                          f"({cfg.data.batch_size} clips a step), got {k}")
+    if k > 1 and cfg.data.kind != "video":
+        raise ConfigError(f"key 'data.clips_per_video': {k} clips per item needs data.kind video, "
+                          f"not {cfg.data.kind!r}")
     if cfg.reinforce.baseline not in ("self_critical", "leave_one_out"):
         raise ConfigError(f"key 'reinforce.baseline': use self_critical or leave_one_out, "
                           f"not {cfg.reinforce.baseline!r}")

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from .builders import unpack_batch
+from .builders import num_items
 from .distributed import all_gather_object, all_reduce_sum
 
 
@@ -33,8 +33,7 @@ class SubstitutionTally:
         self.epochs: list[dict] = []
 
     def add(self, batch: Any) -> None:
-        _, labels = unpack_batch(batch)
-        self.items += len(labels)
+        self.items += num_items(batch)
         paths = batch.get("bad_path") if isinstance(batch, dict) else None
         if paths is None:  # a dataset that never substitutes (tensor files, toy sets)
             return

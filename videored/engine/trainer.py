@@ -96,25 +96,32 @@ class Trainer:
         self.summary: list[dict] = []
         self.epoch_meter = Meter()
         self.amp = dist.device.type == "cuda" and cfg.run.precision == "bf16"
-        self.batch = cfg.data.batch_size
+        self.batch = cfg.data.batch_size  # clips a step, per process (what the model sees)
+        # an item is one video with data.clips_per_video clips: the sampler, the loader and the
+        # resume position count videos
+        clips = cfg.data.clips_per_video
+        if getattr(train_set, "clips_per_video", 1) != clips:
+            raise ValueError(f"data.clips_per_video={clips} but the training set gives "
+                             f"{getattr(train_set, 'clips_per_video', 1)} clips per item")
+        self.videos_per_step = self.batch // clips
         self.sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
                                         shuffle=True, seed=cfg.run.seed, drop_last=True)
         self.loader_gen = torch.Generator()
         workers = cfg.data.num_workers
-        self.loader = DataLoader(train_set, batch_size=self.batch, sampler=self.sampler,
+        self.loader = DataLoader(train_set, batch_size=self.videos_per_step, sampler=self.sampler,
                                  num_workers=workers, drop_last=True,
                                  pin_memory=dist.device.type == "cuda", generator=self.loader_gen,
                                  persistent_workers=False,
                                  timeout=cfg.data.loader_timeout if workers else 0,
                                  multiprocessing_context=cfg.data.multiprocessing_context if workers else None)
-        full = self.sampler.num_samples // self.batch
+        full = self.sampler.num_samples // self.videos_per_step
         cap = cfg.schedule.max_steps_per_epoch
         self.steps_per_epoch = min(full, cap) if cap else full
         if self.steps_per_epoch < 1:
             raise ValueError(f"training set of {len(train_set)} samples gives no full batch of "
-                             f"{self.batch} per process x {dist.world_size} processes")
+                             f"{self.videos_per_step} per process x {dist.world_size} processes")
         self.subs = SubstitutionTally(cfg.data.max_bad_fraction,
-                                      self.steps_per_epoch * self.batch * dist.world_size)
+                                      self.steps_per_epoch * self.videos_per_step * dist.world_size)
         self.log = MetricsLogger(self.out, enabled=dist.is_main)
         self._resume_state: Optional[ckpt.TrainingState] = None
 
@@ -127,9 +134,12 @@ class Trainer:
         current = [(s.kind, s.group, s.epochs) for s in self.plan]
         if stored != current:
             raise ValueError(f"{source}: its stage plan {stored} differs from this config's {current}")
-        if saved.world_size != self.dist.world_size or saved.batch_size != self.batch:
+        saved_clips = saved.config.get("data", {}).get("clips_per_video", 1)
+        clips = self.cfg.data.clips_per_video
+        if (saved.world_size, saved.batch_size, saved_clips) != (self.dist.world_size, self.batch, clips):
             warnings.warn(f"{source}: saved with {saved.world_size} processes x batch "
-                          f"{saved.batch_size}, resuming with {self.dist.world_size} x {self.batch}: "
+                          f"{saved.batch_size} ({saved_clips} clips per video), resuming with "
+                          f"{self.dist.world_size} x {self.batch} ({clips} clips per video): "
                           "the data order after resume is not the uninterrupted one", stacklevel=2)
         self.model.load_state_dict(saved.model)
         self.pos = Position(**saved.position)
@@ -166,7 +176,7 @@ class Trainer:
                 position=vars(p).copy(),
                 plan=[vars(s).copy() for s in self.plan],
                 sampler={"seed": self.cfg.run.seed, "epoch_key": self._epoch_key(p.stage, p.epoch),
-                         "consumed_per_rank": p.step * self.batch},
+                         "consumed_per_rank": p.step * self.videos_per_step},
                 rank_states=rank_states, nonfinite=self.nonfinite, summary=self.summary,
                 substitutions=self.subs.epochs,
                 world_size=self.dist.world_size, batch_size=self.batch, config=to_dict(self.cfg))
@@ -241,7 +251,7 @@ class Trainer:
                    optimizer, scheduler) -> None:
         start = self.pos.step
         key = self._epoch_key(stage.index, epoch)
-        self.sampler.set_position(key, skip=start * self.batch)
+        self.sampler.set_position(key, skip=start * self.videos_per_step)
         self.loader_gen.manual_seed(self.cfg.run.seed * 1_000_003 + key)  # worker seeds
         window, t0 = Meter(), time.perf_counter()
         bar = self._progress(stage, epoch, start)
@@ -287,7 +297,8 @@ class Trainer:
             if "DataLoader timed out" not in str(err):
                 raise
             waiting = start + received
-            order = list(self.sampler)[received * self.batch:(received + 1) * self.batch]  # its indices
+            n = self.videos_per_step
+            order = list(self.sampler)[received * n:(received + 1) * n]  # its videos
             paths = getattr(self.train_set, "paths", None)
             names = [paths[i] if paths is not None else f"item {i}" for i in order]
             raise RuntimeError(
