@@ -50,6 +50,10 @@ def test_invalid_values_and_missing_keys(tmp_path):
         load_config(_write(tmp_path / "empty.yaml", "run:\n  seed: 1\n"))
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         load_config(exp, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"key 'data\.clips_per_video'.*divide data\.batch_size \(4 clips"):
+        load_config(exp, ["data.batch_size=4", "data.clips_per_video=3"])
+    with pytest.raises(ConfigError, match=r"key 'data\.clips_per_video'.*data\.kind video"):
+        load_config(exp, ["data.kind=image", "data.batch_size=4", "data.clips_per_video=2"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
 

@@ -49,3 +49,36 @@ def test_train_on_decoded_videos(synth_root, tmp_path):
     stored = torch.load(tmp_path / "model.pt", weights_only=True)
     assert stored["config"]["data"]["root"] == str(synth_root)
     assert json.loads((tmp_path / "summary.json").read_text())["global_steps"] == 6
+
+
+def test_two_clips_per_video_train_and_resume_exactly(synth_root, tmp_path):
+    """data.clips_per_video 2: every step the model sees batch_size clips, two from each video;
+    an epoch visits every video once (4 videos, 2 a step: 2 steps); a run killed mid-epoch
+    and resumed ends with the uninterrupted run's weights."""
+    from _engine_utils import run_cli, weights
+    from videored.engine.builders import build_model
+    from videored.engine.config import save_config
+    from videored.engine.trainer import seed_everything
+
+    cfg = _cfg(synth_root, "data.batch_size=4", "data.clips_per_video=2", "schedule.stages=[supervised]",
+               "schedule.supervised_epochs=2", "run.ckpt_every_steps=1")
+    seed_everything(cfg.run.seed)  # what train() does before it builds the model
+    model = build_model(cfg)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    summary = train(cfg, tmp_path / "ref", model=model)
+    assert summary["global_steps"] == 2 * 2
+    assert seen[:4] == [4, 4, 4, 4]  # training forwards: 4 clips = 2 videos x 2 clips
+    assert [e["items"] for e in summary["substitutions"]["epochs"]] == [4, 4]  # videos, every one once
+
+    config = tmp_path / "exp.yaml"
+    save_config(cfg, config)
+    run = tmp_path / "run"
+    killed = run_cli(["train", "--config", str(config), "--out", str(run), "debug.kill_after_steps=3"])
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    resumed = run_cli(["train", "--config", str(config), "--out", str(run), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout and "'step': 1" in resumed.stdout  # mid-epoch
+    ref_w, run_w = weights(tmp_path / "ref" / "model.pt"), weights(run / "model.pt")
+    for k in ref_w:
+        assert torch.equal(ref_w[k], run_w[k]), k

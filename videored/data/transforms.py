@@ -42,8 +42,8 @@ def short_side_resize(video: torch.Tensor, short_side: int) -> torch.Tensor:
     """Bilinear (antialiased) resize of a (C, T, H, W) video so min(H, W) == `short_side`.
 
     float: in float. uint8 (the datasets' path: decoded frames are resized before they become
-    float): torch's uint8 kernel, whose result is the float resize rounded to the nearest
-    integer (within 1/255 of it) and ~8x faster on a 340x256 clip (docs/data.md).
+    float): torch's uint8 kernel (fixed point), within one grey level of the float resize and
+    ~8x faster on a 340x256 clip (docs/data.md).
     """
     h, w = video.shape[-2:]
     size = resized_hw(h, w, short_side)
