@@ -76,3 +76,12 @@ def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 240) 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous in tests run side by side)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -18,9 +18,14 @@ def test_bench_on_own_videos_reports_cores_per_gpu(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert main(["data", "bench", "--csv", str(tmp_path / "mine.csv"), "--clips", "2",
                  "--rounds", "1", "--backends", "pyav", "--model-clips-per-s", "10,40",
-                 "--out", str(out)]) == 0
+                 "--clips-per-video", "1,2", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [(r["video"], r["backend"]) for r in rows] == [("mine.csv (2 videos)", "pyav")]
+    assert [(r["video"], r["backend"], r["clips_per_video"]) for r in rows] == [
+        ("mine.csv (2 videos)", "pyav", 1), ("mine.csv (2 videos)", "pyav", 2)]
+    one, two = rows
+    assert one["vs_one_clip"] == 1.0
+    # per-clip rates, the ratio of the unrounded times (rates are rounded to 0.1)
+    assert two["vs_one_clip"] == pytest.approx(two["item_clips_per_s"] / one["item_clips_per_s"], rel=0.05)
     row = rows[0]
     assert row["frames_per_clip"] == 8 and row["item_clips_per_s"] > 0
     for model, cores in row["cores_per_gpu"].items():  # model clips/s / one worker's clips/s

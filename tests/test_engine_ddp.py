@@ -2,22 +2,15 @@
 process at the same global batch."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from _engine_utils import REPO, random_tensor_file, tiny_config, weights
+from _engine_utils import REPO, free_port, random_tensor_file, tiny_config, weights
 from videored.engine.config import save_config
 from videored.engine.trainer import train
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -37,7 +30,7 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     config = tmp_path / "two.yaml"
     save_config(cfg2, config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    env.update({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
                 "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     procs = [subprocess.Popen([sys.executable, "-m", "videored.cli", "train", "--config", str(config),
                                "--out", str(tmp_path / "two")], cwd=REPO,

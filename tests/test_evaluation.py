@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _engine_utils import free_port
 from videored.engine.evaluation import ViewPrediction, aggregate
 from videored.models import create_model, save_model_file
 
@@ -119,7 +120,7 @@ def test_two_process_eval_equals_one_process(tmp_path):
     subprocess.run([sys.executable, *_eval_cmd(cfg, ckpt, tmp_path / "one")], check=True,
                    env=env, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29517", *_eval_cmd(cfg, ckpt, tmp_path / "two")],
+                    "--master_port", str(free_port()), *_eval_cmd(cfg, ckpt, tmp_path / "two")],
                    check=True, env=env, timeout=300)
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())

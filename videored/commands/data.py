@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --csv: model speeds (clips/s of one GPU, e.g. from `videored bench`) to size the "
                         "loader for (default: the paper's V100 figures, dense <= 24, IA-RED2 >= 81)")
     p.add_argument("--backends", default="decord,pyav")
+    p.add_argument("--clips-per-video", default="1,2",
+                   help="training clips taken from each decoded video (data.clips_per_video), one row each")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -152,6 +154,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     rows = run_decode_benchmark(clips=args.clips, rounds=args.rounds, csv=args.csv,
                                 backends=args.backends.split(","),
+                                clips_per_video=[int(k) for k in args.clips_per_video.split(",")],
                                 model_clips_per_s=[float(m) for m in args.model_clips_per_s.split(",")])
     print(format_table(rows))
     if args.out:

@@ -5,6 +5,11 @@ Two numbers per video kind and backend: `decode` (open the file + decode the cli
 One process with one torch thread = what each DataLoader worker delivers; multiply by the
 number of workers (up to the core count) for a loader's throughput.
 
+`clips_per_video` K (`--clips-per-video 1,2`): K training clips from each decoded video (the
+frames of all K decoded in one pass, `VideoClipDataset(clips_per_video=K)`); the rates are per
+clip, and `vs_one_clip` divides a row's item rate by the K = 1 row's of the same video and
+backend, measured interleaved in the same run.
+
 `--csv LIST` times the user's own videos instead (a `path label` list, Kinetics-400 sampling:
 8 x 32 frames at 30 fps, jitter 256-320, 224 crops) and adds, per backend, the cores (= workers)
 one GPU needs to feed a model running at the given clips/s (`cores_per_gpu`).
@@ -75,22 +80,25 @@ def cores_per_gpu(item_clips_per_s: float, model_clips_per_s: float) -> float:
     return model_clips_per_s / item_clips_per_s
 
 
-def _time_decode(paths: Sequence[str], backend: str, sampling: dict, clips: int) -> float:
-    """Seconds per clip for open + decode of a random train clip."""
+def _time_decode(paths: Sequence[str], backend: str, sampling: dict, clips: int, per_video: int = 1) -> float:
+    """Seconds per clip for open + decode of random train clips, `per_video` from each opened
+    video (their distinct frames decoded in one pass, as the dataset does)."""
     start_t = time.perf_counter()
     for i in range(clips):
         with open_video(paths[i % len(paths)], backend) as video:
             span = clip_span(sampling["num_frames"], sampling["sampling_rate"], sampling["target_fps"], video.fps)
-            idx = clip_indices(random_start(video.num_frames, video.fps, span), span, sampling["num_frames"], video.num_frames)
-            video.get_frames(idx)
-    return (time.perf_counter() - start_t) / clips
+            idx = [clip_indices(random_start(video.num_frames, video.fps, span), span, sampling["num_frames"],
+                                video.num_frames) for _ in range(per_video)]
+            video.get_frames(np.unique(np.concatenate(idx)))
+    return (time.perf_counter() - start_t) / (clips * per_video)
 
 
 def _time_items(dataset: VideoClipDataset, clips: int) -> float:
+    """Seconds per clip of `clips` dataset items (each gives dataset.clips_per_video clips)."""
     start_t = time.perf_counter()
     for i in range(clips):
         dataset[i % len(dataset)]
-    return (time.perf_counter() - start_t) / clips
+    return (time.perf_counter() - start_t) / (clips * dataset.clips_per_video)
 
 
 def run_decode_benchmark(
@@ -100,13 +108,16 @@ def run_decode_benchmark(
     rounds: int = 3,
     csv: str | os.PathLike | None = None,
     model_clips_per_s: Sequence[float] = PAPER_GPU_CLIPS_PER_S,
+    clips_per_video: Sequence[int] = (1,),
 ) -> list[dict]:
     """Time both backends on the benchmark videos (made in `workdir`, or a temp dir).
 
     Each measurement is repeated `rounds` times with the backends interleaved, and the fastest
     round is kept (as `timeit` does): on a shared machine, other load only ever slows a round down.
-    Returns one row per (video kind, backend): {"video", "backend", "decode_clips_per_s",
-    "item_clips_per_s", "ms_per_clip_decode", "ms_per_clip_item", "frames_per_clip", "threads"}.
+    Returns one row per (video kind, backend, clips per video): {"video", "backend",
+    "clips_per_video", "decode_clips_per_s", "item_clips_per_s", "ms_per_clip_decode",
+    "ms_per_clip_item", "frames_per_clip", "threads"} and, when 1 is among `clips_per_video`,
+    "vs_one_clip" (item clips/s over the one-clip row's).
     With `csv` (the user's list) the rows are for those videos, plus "cores_per_gpu" {model
     clips/s: cores} at each of `model_clips_per_s`.
     """
@@ -120,20 +131,22 @@ def run_decode_benchmark(
         kinds = user_video_kinds(csv) if csv is not None else make_benchmark_videos(workdir)
         rows = []
         for kind, spec in kinds.items():
-            datasets = {b: VideoClipDataset(spec["csv"], mode="train", backend=b, **spec["sampling"]) for b in backends}
+            datasets = {(b, k): VideoClipDataset(spec["csv"], mode="train", backend=b, clips_per_video=k,
+                                                 **spec["sampling"])
+                        for b in backends for k in clips_per_video}
             for ds in datasets.values():
                 _time_items(ds, len(ds))  # warm-up: library init, every file in the page cache
-            best = {b: [float("inf"), float("inf")] for b in backends}  # (decode, item) s/clip
+            best = {key: [float("inf"), float("inf")] for key in datasets}  # (decode, item) s/clip
             for _ in range(rounds):
-                for b, ds in datasets.items():
-                    best[b][0] = min(best[b][0], _time_decode(ds.paths, b, spec["sampling"], clips))
-                    best[b][1] = min(best[b][1], _time_items(ds, clips))
-            for b in backends:
-                t_dec, t_item = best[b]
+                for (b, k), ds in datasets.items():
+                    best[b, k][0] = min(best[b, k][0], _time_decode(ds.paths, b, spec["sampling"], clips, k))
+                    best[b, k][1] = min(best[b, k][1], _time_items(ds, clips))
+            for (b, k), (t_dec, t_item) in best.items():
                 rows.append(
                     {
                         "video": kind,
                         "backend": b,
+                        "clips_per_video": k,
                         "decode_clips_per_s": round(1 / t_dec, 1),
                         "item_clips_per_s": round(1 / t_item, 1),
                         "ms_per_clip_decode": round(1000 * t_dec, 1),
@@ -142,6 +155,8 @@ def run_decode_benchmark(
                         "threads": 1,
                     }
                 )
+                if (b, 1) in best:
+                    rows[-1]["vs_one_clip"] = round(best[b, 1][1] / t_item, 2)
                 if csv is not None:
                     rows[-1]["cores_per_gpu"] = {f"{m:g}": round(cores_per_gpu(1 / t_item, m), 2) for m in model_clips_per_s}
         return rows
@@ -154,8 +169,8 @@ def run_decode_benchmark(
 def format_table(rows: list[dict]) -> str:
     """Markdown table of `run_decode_benchmark` rows."""
     lines = [
-        "| video | backend | decode clips/s | ms/clip | full item clips/s | ms/item |",
-        "|---|---|---:|---:|---:|---:|",
+        "| video | backend | clips/video | decode clips/s | ms/clip | full item clips/s | ms/item clip | vs 1 clip/video |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     gpu = rows[0].get("cores_per_gpu", {}) if rows else {}
     if gpu:
@@ -163,8 +178,9 @@ def format_table(rows: list[dict]) -> str:
         lines[1] += "---:|" * len(gpu)
     for r in rows:
         lines.append(
-            f"| {r['video']} | {r['backend']} | {r['decode_clips_per_s']} | {r['ms_per_clip_decode']} | "
-            f"{r['item_clips_per_s']} | {r['ms_per_clip_item']} |"
+            f"| {r['video']} | {r['backend']} | {r['clips_per_video']} | {r['decode_clips_per_s']} | "
+            f"{r['ms_per_clip_decode']} | {r['item_clips_per_s']} | {r['ms_per_clip_item']} | "
+            f"{r.get('vs_one_clip', '')} |"
             + "".join(f" {c} |" for c in r.get("cores_per_gpu", {}).values())
         )
     return "\n".join(lines)
@@ -176,6 +192,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=20, help="clips per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the fastest is kept")
+    parser.add_argument("--clips-per-video", default="1", help="comma list, e.g. 1,2")
     a = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, 1 thread per worker")
-    print(format_table(run_decode_benchmark(clips=a.clips, rounds=a.rounds)))
+    print(format_table(run_decode_benchmark(clips=a.clips, rounds=a.rounds,
+                                            clips_per_video=[int(k) for k in a.clips_per_video.split(",")])))
