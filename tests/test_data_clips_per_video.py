@@ -1,5 +1,6 @@
-"""Several training clips from one decoded video (`clips_per_video`): each clip is exactly the
-clip a separate decode and a plain float transform give for the same random draws."""
+"""Several clips from one decoded video: training clips (`clips_per_video`) and the test views
+(temporal views x spatial crops). Each clip is exactly the clip a separate decode and a plain
+float transform give (for the same random draws in training)."""
 import random
 
 import numpy as np
@@ -122,3 +123,33 @@ def test_masks_follow_their_clips(tmp_path):
         ref = ref[:, top:top + 48, left:left + 48]
         ref = ref.flip(-1) if flip else ref
         assert torch.equal(item["mask"][k], ref), k
+
+
+def test_test_views_come_from_one_decode_and_equal_their_own_clips(video_list, monkeypatch):
+    """3 temporal views x 3 crops of each video: one decode per video, and every item is the
+    plain float resize + crop of the written frames of its view."""
+    from videored.data import transforms as T
+
+    csv, videos = video_list
+    opened = []
+    real_open = video_dataset.open_video
+    monkeypatch.setattr(video_dataset, "open_video", lambda *a: opened.append(a[0]) or real_open(*a))
+    kw = {k: v for k, v in KW.items() if k != "train_jitter_scales"}
+    ds = VideoClipDataset(csv, mode="test", num_temporal_views=3, num_spatial_crops=3, **kw)
+    items = [ds[i] for i in range(len(ds))]
+    assert opened == [ds.paths[0], ds.paths[1]]
+    mean, std = torch.tensor(MEAN).view(3, 1, 1, 1), torch.tensor(STD).view(3, 1, 1, 1)
+    for item in items:
+        view, crop = item["temporal_index"], item["spatial_index"]
+        idx = frame_indices("videored", 60, 30.0, num_frames=4, sampling_rate=4, target_fps=30, train=False,
+                            view=view, num_views=3)
+        frames = videos["ab"[item["video_index"]] + ".mp4"][idx]
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2).double() / 255  # (3, T, 64, 96)
+        video = F.interpolate(video, size=(48, 72), mode="bilinear", align_corners=False, antialias=True)
+        top, left = T.spatial_crop_offsets(48, 72, 48, crop, 3)
+        reference = ((video[..., top:top + 48, left:left + 48] - mean) / std).float()
+        err = (item["video"] - reference).abs() * std
+        assert err.max().item() <= 1 / 255 + 1e-6, (view, crop)
+    starts = {int(frame_indices("videored", 60, 30.0, num_frames=4, sampling_rate=4, target_fps=30,
+                                train=False, view=v, num_views=3)[0]) for v in range(3)}
+    assert len(starts) == 3  # three distinct views were checked

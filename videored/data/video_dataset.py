@@ -44,6 +44,9 @@ class VideoClipDataset(Dataset):
     is centred in the video. Videos shorter than the span are sampled with indices clamped to
     the last frame.
 
+    Val/test decode all `num_temporal_views` views of a video in one pass (their items are
+    consecutive), and every crop and view of it comes from that decode.
+
     Spatial: train resizes the short side to a random size in `train_jitter_scales`, takes a
     random `crop_size` square and flips horizontally with p=0.5 (`train_flip`; None = yes unless
     the folder's `dataset.json` says `"hflip_preserves_label": false`, as the synthetic
@@ -159,7 +162,7 @@ class VideoClipDataset(Dataset):
         self.skipped = 0  # train items served by a substitute, in this process only
         self._bad: dict[int, str] = {}  # per process: video index -> reason (logged once)
         self._fallbacks: set[int] = set()  # per process: videos decord failed on and PyAV read
-        self._cache: tuple | None = None  # val/test: last decoded clip, reused by its other crops
+        self._cache: tuple | None = None  # val/test: the last video's decoded views, for its other items
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_cache": None}
@@ -204,7 +207,8 @@ class VideoClipDataset(Dataset):
             if candidate not in self._bad:
                 rng = random.getstate()  # the clip start is drawn from Python's `random`
                 try:
-                    frames, masks = self._decode(candidate, num_clips=self.clips_per_video)
+                    # train: the view number is unused (every clip has a random start)
+                    frames, masks = self._decode(candidate, views=[0] * self.clips_per_video)
                 except Exception as e:  # any decode/mask failure is a property of the file
                     self._note_bad(candidate, e)
                     # a failed attempt draws nothing: a video found bad now and one already known
@@ -266,13 +270,12 @@ class VideoClipDataset(Dataset):
         error = self.errors[video_index] or self._bad.get(video_index)
         if error is not None:  # malformed line, or a video that already failed in this process
             raise VideoDecodeError(self.paths[video_index], error)
-        key = (video_index, temporal_index)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1], self._cache[2]
-        frames, masks = self._decode(video_index, temporal_index=temporal_index)
-        frames, masks = frames[0], None if masks is None else masks[0]  # the one clip
-        self._cache = (key, frames, masks)
-        return frames, masks
+        # Every temporal view of the video in one decoding pass; its items are consecutive
+        # (all views x crops), so the other items of this video find them here.
+        if self._cache is None or self._cache[0] != video_index:
+            self._cache = (video_index, *self._decode(video_index, views=range(self.num_temporal_views)))
+        _, frames, masks = self._cache  # (V, T, H, W, 3), (V, T, H, W) or None
+        return frames[temporal_index], None if masks is None else masks[temporal_index]
 
     def _eval_transform(self, frames: np.ndarray, masks: np.ndarray | None, spatial_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         video = T.short_side_resize(T.uint8_cthw(frames), self.crop_size)  # (3, T, H', W') uint8
@@ -300,20 +303,19 @@ class VideoClipDataset(Dataset):
                              train=self.mode == "train", view=temporal_index,
                              num_views=self.num_temporal_views)
 
-    def _decode(self, video_index: int, temporal_index: int = 0,
-                num_clips: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
-        """(K, T, H, W, 3) uint8 frames of K = `num_clips` clips (train: each with its own random
-        start; val/test: view `temporal_index`) and, if asked, their (K, T, H, W) bool masks."""
+    def _decode(self, video_index: int, views: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(K, T, H, W, 3) uint8 frames of K = len(views) clips (train: each with its own random
+        start; val/test: temporal view views[k]) and, if asked, their (K, T, H, W) bool masks."""
         path = self.paths[video_index]
         try:
-            frames, idx, num_video_frames = self._read(path, self.backend, temporal_index, num_clips)
+            frames, idx, num_video_frames = self._read(path, self.backend, views)
         except VideoDecodeError as first:
             if self.backend != "decord" or not self.pyav_fallback or first.file_problem:
                 raise
             # decord has known bugs (e.g. frame widths <= 72 px fail with a size mismatch):
             # a file PyAV decodes is not a bad video.
             try:
-                frames, idx, num_video_frames = self._read(path, "pyav", temporal_index, num_clips)
+                frames, idx, num_video_frames = self._read(path, "pyav", views)
             except VideoDecodeError as second:
                 raise VideoDecodeError(path, f"{first.reason} (decord); {second.reason} (pyav)") from second
             if video_index not in self._fallbacks:
@@ -327,17 +329,16 @@ class VideoClipDataset(Dataset):
             masks = all_masks[idx]
         return frames, masks
 
-    def _read(self, path: str, backend: str, temporal_index: int,
-              num_clips: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """(frames (K, T, H, W, 3) uint8, their indices (K, T), the video's frame count).
+    def _read(self, path: str, backend: str, views: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
+        """(frames (K, T, H, W, 3) uint8, their indices (K, T), the video's frame count) of
+        the K = len(views) clips (see `_decode`).
 
         The K clips' frames are decoded in one pass, in increasing order, each distinct frame
         once: the decoders seek to the keyframe before the first frame and read forward, so
         an index that goes backwards (a second clip, a looped mmaction clip) would decode again
         from an earlier keyframe."""
         with open_video(path, backend) as video:
-            idx = np.stack([self.frame_indices(video.num_frames, video.fps, temporal_index)
-                            for _ in range(num_clips)])  # (K, T)
+            idx = np.stack([self.frame_indices(video.num_frames, video.fps, view) for view in views])  # (K, T)
             distinct, where = np.unique(idx.ravel(), return_inverse=True)
             decoded = video.get_frames(distinct)  # (U, H, W, 3), U <= K*T
             return decoded[where.reshape(idx.shape)], idx, video.num_frames
