@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from _engine_utils import run_cli, tiny_config
 from _video_faults import write_corrupted_video
@@ -129,6 +130,28 @@ def test_a_hung_worker_stops_training_naming_the_videos(bad_list, tmp_path):
         train(cfg, tmp_path / "run", train_set=ds)
     assert time.monotonic() - start < 60
     assert str(bad_list.resolve() / "good3.mp4") in str(err.value)
+
+
+def test_evaluation_loaders_take_the_same_worker_settings(bad_list):
+    """Validation and eval read data.loader_timeout and the start method too: a hung decoder
+    raises after the timeout instead of stalling the job."""
+    from videored.engine.builders import build_model, loader_workers
+    from videored.engine.distributed import DistInfo
+    from videored.engine.evaluation import predict_views
+
+    (bad_list / "test.csv").write_text("good0.mp4 0\ngood3.mp4 0\n")
+    cfg = tiny_config(f"data.root={bad_list}", *VIDEO, "data.num_workers=1", "data.loader_timeout=3",
+                      "data.multiprocessing_context=spawn")
+    workers = loader_workers(cfg)
+    assert workers == {"num_workers": 1, "timeout": 3.0, "multiprocessing_context": "spawn"}
+    assert loader_workers(cfg, 0) == {"num_workers": 0}  # no timeout without workers: it would not apply
+    ds = _HangsOn(bad_list / "test.csv", mode="test", num_frames=2, sampling_rate=8, crop_size=32,
+                  num_spatial_crops=1, mean=(0.45,) * 3, std=(0.225,) * 3)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="timed out"):
+        predict_views(build_model(cfg).eval(), ds, dist=DistInfo(0, 1, 0, torch.device("cpu")), batch_size=1,
+                      workers=workers)
+    assert time.monotonic() - start < 60
 
 
 def test_spawned_workers_train(bad_list, tmp_path):

@@ -123,6 +123,18 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def loader_workers(cfg: DictConfig, num_workers: int | None = None) -> dict[str, Any]:
+    """DataLoader keyword arguments for the workers of every loader of a run (train, validation,
+    evaluation): `num_workers` (default data.num_workers) and, with workers, their start method
+    (data.multiprocessing_context) and data.loader_timeout, so a hung decoder raises instead of
+    stalling the job (in the main process nothing can interrupt it)."""
+    n = cfg.data.num_workers if num_workers is None else num_workers
+    if not n:
+        return {"num_workers": 0}
+    return {"num_workers": n, "timeout": cfg.data.loader_timeout,
+            "multiprocessing_context": cfg.data.multiprocessing_context}
+
+
 def num_items(batch: Any) -> int:
     """Dataset items in a batch (videos, not their clips)."""
     return len(batch["label"] if isinstance(batch, dict) else batch[1])

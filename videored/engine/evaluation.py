@@ -105,13 +105,14 @@ class _Indexed(Dataset):
 
 @torch.no_grad()
 def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_size: int,
-                  num_workers: int = 0, amp: bool = False, progress: str | None = None,
+                  workers: dict | None = None, amp: bool = False, progress: str | None = None,
                   seed: int = 0, method: str = "original", budget: ViewBudget | None = None,
                   **forward_kwargs: Any) -> list[ViewPrediction]:
     """Every view of `dataset` through `method` of the method table, gathered on all ranks.
 
     budget: where `method` is budgeted, its target per view (None: the model's default
-    keep_ratio). forward_kwargs go to the model as they are.
+    keep_ratio). workers: the DataLoader's worker arguments (`builders.loader_workers`; None:
+    none). forward_kwargs go to the model as they are.
 
     Sharded with a DistributedSampler (which pads the last round with duplicates); the gathered
     list holds each dataset index exactly once, in index order. The random selector draws each
@@ -120,8 +121,7 @@ def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_s
     model.eval()
     sampler = DistributedSampler(_Indexed(dataset), num_replicas=dist.world_size, rank=dist.rank,
                                  shuffle=False) if dist.enabled else None
-    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, sampler=sampler,
-                        num_workers=num_workers)
+    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, sampler=sampler, **(workers or {}))
     rows: list[ViewPrediction] = []
     bar = tqdm(loader, desc=progress, disable=progress is None or not dist.is_main, leave=False)
     for batch in bar:

@@ -23,7 +23,7 @@ from videored.models.methods import get_method
 from videored.normalization import resolve_normalization
 from videored.tables import markdown_table
 
-from .builders import build_dataset, build_model, is_video_model, unpack_batch
+from .builders import build_dataset, build_model, is_video_model, loader_workers, unpack_batch
 from .config import ConfigError, load_config, to_dict
 from .distributed import DistInfo, barrier, init_distributed
 from .evaluation import ViewBudget, aggregate, predict_views
@@ -115,7 +115,7 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     dataset = build_dataset(cfg, split)
     num_classes = cfg.model.num_classes
     batch_size = batch_size or cfg.data.batch_size
-    workers = cfg.data.num_workers if num_workers is None else num_workers
+    workers = loader_workers(cfg, num_workers)
 
     # The interpreter runs first: its kept ratio (or GMACs) on each view is the baselines' budget.
     learned = [m for m in methods if get_method(m).learned]
@@ -135,7 +135,7 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
                       else ViewBudget.matching(reference_views, match))
         budgets[method] = budget
         views = predict_views(nets[method], dataset, dist=dist, batch_size=batch_size,
-                              num_workers=workers, amp=amp, progress=f"eval {method}",
+                              workers=workers, amp=amp, progress=f"eval {method}",
                               seed=cfg.run.seed, method=method, budget=budget)
         if method == "interpreter":
             reference_views = views

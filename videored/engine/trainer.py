@@ -26,7 +26,7 @@ from videored.models.evit import evit_blocks, warmup_keep_ratio
 from videored.atomic_io import atomic_write_text
 
 from . import checkpoint as ckpt
-from .builders import build_optimizer, build_scheduler, stage_lr, unpack_batch
+from .builders import build_optimizer, build_scheduler, loader_workers, stage_lr, unpack_batch
 from .config import save_config, to_dict
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier
 from .fault_injection import write_pause_hook
@@ -107,13 +107,10 @@ class Trainer:
         self.sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
                                         shuffle=True, seed=cfg.run.seed, drop_last=True)
         self.loader_gen = torch.Generator()
-        workers = cfg.data.num_workers
         self.loader = DataLoader(train_set, batch_size=self.videos_per_step, sampler=self.sampler,
-                                 num_workers=workers, drop_last=True,
-                                 pin_memory=dist.device.type == "cuda", generator=self.loader_gen,
-                                 persistent_workers=False,
-                                 timeout=cfg.data.loader_timeout if workers else 0,
-                                 multiprocessing_context=cfg.data.multiprocessing_context if workers else None)
+                                 drop_last=True, pin_memory=dist.device.type == "cuda",
+                                 generator=self.loader_gen, persistent_workers=False,
+                                 **loader_workers(cfg))
         full = self.sampler.num_samples // self.videos_per_step
         cap = cfg.schedule.max_steps_per_epoch
         self.steps_per_epoch = min(full, cap) if cap else full
@@ -241,7 +238,7 @@ class Trainer:
                                "train": train_means}
         if self.val_set is not None:
             row["val"] = validate(self.model, self.val_set, stage.active_groups, self.dist,
-                                  self.batch, self.cfg.data.num_workers, self.amp,
+                                  self.batch, loader_workers(self.cfg), self.amp,
                                   **self._reduction(stage, warmed_up=True))
             self.log.log({"kind": "val", "stage": stage.name, **row["val"]}, self.pos.global_step)
             set_train_mode(self.model, stage)

@@ -15,14 +15,15 @@ from .distributed import DistInfo, all_reduce_sum
 
 @torch.no_grad()
 def validate(model: nn.Module, dataset: Dataset, active_groups: int, dist: DistInfo,
-             batch_size: int, num_workers: int = 0, amp: bool = False,
+             batch_size: int, workers: dict | None = None, amp: bool = False,
              **forward: object) -> dict[str, float]:
     """{"acc", "kept", "gflops", "samples", "failed"} of greedy inference with `active_groups`
-    (and `forward` = selector / keep_ratio of a reduction trained through)."""
+    (and `forward` = selector / keep_ratio of a reduction trained through); `workers`: the
+    DataLoader's worker arguments (`builders.loader_workers`; None: none)."""
     was_training = model.training
     model.eval()
     shard = list(range(dist.rank, len(dataset), dist.world_size))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=shard, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=shard, **(workers or {}),
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
     sums = torch.zeros(5, dtype=torch.float64, device=dist.device)  # correct, kept, gflops, n, failed
     for batch in loader:
