@@ -8,6 +8,7 @@ import torch
 from _engine_utils import random_tensor_file, run_cli, tiny_config, weights
 from videored.engine import checkpoint as ckpt
 from videored.engine.config import save_config
+from videored.engine.metrics_log import read_metrics
 from videored.engine.trainer import train
 
 
@@ -45,6 +46,15 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert ref_w.keys() == run_w.keys()
     for k in ref_w:
         assert torch.equal(ref_w[k], run_w[k]), k
+    # metrics.jsonl holds every step once, as the uninterrupted run's does: the rows the killed
+    # run logged after its last checkpoint (steps 17, 18) were dropped when it resumed at 16
+    ref_rows, run_rows = (read_metrics(p / "metrics.jsonl") for p in (tmp_path / "ref", run))
+    resumes = [r for r in run_rows if r["kind"] == "resume"]
+    assert [(r["global_step"], r["dropped_rows"] > 0) for r in resumes] == [(16, True)]
+    volatile = ("time", "throughput")
+    def same(rows):
+        return [{k: v for k, v in r.items() if k not in volatile} for r in rows if r["kind"] != "resume"]
+    assert same(run_rows) == same(ref_rows)
     # the per-stage metrics agree too (running epoch sums were restored mid-epoch)
     summary = json.loads((run / "summary.json").read_text())
     for a, b in zip(reference["stages"], summary["stages"]):

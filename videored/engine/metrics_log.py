@@ -19,7 +19,8 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLogger:
-    """Append-only JSONL logger (appending keeps the earlier rows of a resumed run)."""
+    """Append-only JSONL logger (appending keeps the earlier rows of a resumed run; `rewind`
+    drops the rows of the steps a resumed run is about to replay)."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled
@@ -45,6 +46,24 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(f"{prefix}/{key}", value, step)
 
+    def rewind(self, global_step: int, source: str) -> int:
+        """Resuming after `global_step` steps: drop the rows of later steps (a killed run logged
+        them, the resumed one logs them again) and log a `resume` row; returns how many rows
+        were dropped. A `nonfinite` row's global_step counts the steps before the one it
+        skipped, so it belongs to step global_step + 1."""
+        if not self.enabled:
+            return 0
+        from videored.atomic_io import atomic_write_text
+
+        rows = read_metrics(self.path)
+        kept = [r for r in rows if _steps_done(r) <= global_step]
+        self._fh.close()
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self.log({"kind": "resume", "global_step": global_step, "checkpoint": source,
+                  "dropped_rows": len(rows) - len(kept)})
+        return len(rows) - len(kept)
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
@@ -52,6 +71,12 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _steps_done(row: dict[str, Any]) -> int:
+    """Training steps finished when the row's event happened (rows without a step: 0)."""
+    step = row.get("global_step", 0)
+    return step + 1 if row.get("kind") == "nonfinite" else step
 
 
 def _maybe_tensorboard(folder: Path):

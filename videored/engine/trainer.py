@@ -144,6 +144,7 @@ class Trainer:
         self.summary = list(saved.summary)
         self.subs.epochs = list(saved.substitutions)
         self._resume_state = saved
+        self.log.rewind(self.pos.global_step, source)  # metrics.jsonl: no step logged twice
 
     def _apply_resume(self, optimizer, scheduler) -> None:
         """Optimizer/scheduler (mid-stage), running sums (mid-epoch) and this rank's RNG states."""
