@@ -153,3 +153,27 @@ def test_test_views_come_from_one_decode_and_equal_their_own_clips(video_list, m
     starts = {int(frame_indices("videored", 60, 30.0, num_frames=4, sampling_rate=4, target_fps=30,
                                 train=False, view=v, num_views=3)[0]) for v in range(3)}
     assert len(starts) == 3  # three distinct views were checked
+
+
+def test_epoch_seed_makes_each_item_a_function_of_its_index(video_list):
+    """set_epoch_seed: item i is the same whatever was drawn before it (another worker, another
+    order), a different epoch seed gives other draws, and the caller's random streams are left
+    exactly where they were."""
+    import pickle
+
+    csv, _ = video_list
+    ds = VideoClipDataset(csv, mode="train", clips_per_video=2, **KW)
+    ds.set_epoch_seed(11)
+    random.seed(0)
+    torch.manual_seed(0)
+    first = ds[1]["video"]
+    after = (random.random(), torch.rand(()).item())
+    random.seed(0)
+    torch.manual_seed(0)
+    ds[0]  # another item first, as in a worker that loaded item 0 before
+    assert (random.random(), torch.rand(()).item()) == after  # the caller's streams: untouched
+    assert torch.equal(pickle.loads(pickle.dumps(ds))[1]["video"], first)  # as in a worker process
+    random.seed(123)
+    assert torch.equal(ds[1]["video"], first)
+    ds.set_epoch_seed(12)
+    assert not torch.equal(ds[1]["video"], first)

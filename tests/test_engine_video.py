@@ -53,8 +53,9 @@ def test_train_on_decoded_videos(synth_root, tmp_path):
 
 def test_two_clips_per_video_train_and_resume_exactly(synth_root, tmp_path):
     """data.clips_per_video 2: every step the model sees batch_size clips, two from each video;
-    an epoch visits every video once (4 videos, 2 a step: 2 steps); a run killed mid-epoch
-    and resumed ends with the uninterrupted run's weights."""
+    an epoch visits every video once (4 videos, 2 a step: 2 steps). A run with 2 DataLoader
+    workers, killed mid-epoch and resumed, ends with the weights of an uninterrupted run that
+    loaded everything in the main process: each item's draws depend on (epoch, index) only."""
     from _engine_utils import run_cli, weights
     from videored.engine.builders import build_model
     from videored.engine.config import save_config
@@ -74,9 +75,10 @@ def test_two_clips_per_video_train_and_resume_exactly(synth_root, tmp_path):
     config = tmp_path / "exp.yaml"
     save_config(cfg, config)
     run = tmp_path / "run"
-    killed = run_cli(["train", "--config", str(config), "--out", str(run), "debug.kill_after_steps=3"])
+    workers = "data.num_workers=2"
+    killed = run_cli(["train", "--config", str(config), "--out", str(run), workers, "debug.kill_after_steps=3"])
     assert killed.returncode == 17, killed.stderr[-2000:]
-    resumed = run_cli(["train", "--config", str(config), "--out", str(run), "--resume", "auto"])
+    resumed = run_cli(["train", "--config", str(config), "--out", str(run), workers, "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout and "'step': 1" in resumed.stdout  # mid-epoch
     ref_w, run_w = weights(tmp_path / "ref" / "model.pt"), weights(run / "model.pt")

@@ -15,6 +15,7 @@ from videored.data.csv_list import (ListRow, classes_file_for, iter_video_list, 
                                     read_dataset_info)
 from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
 from videored.data.masks import load_masks
+from videored.data.rng import seeded_draws
 from videored.data.sampling import SAMPLING_STYLES, frame_indices
 from videored.normalization import TIMESFORMER
 
@@ -163,6 +164,13 @@ class VideoClipDataset(Dataset):
         self._bad: dict[int, str] = {}  # per process: video index -> reason (logged once)
         self._fallbacks: set[int] = set()  # per process: videos decord failed on and PyAV read
         self._cache: tuple | None = None  # val/test: the last video's decoded views, for its other items
+        self.epoch_seed: int | None = None  # train: see set_epoch_seed
+
+    def set_epoch_seed(self, seed: int | None) -> None:
+        """Train: draw item i's clip starts, scales, crops, flips and substitutes from (seed, i)
+        alone (`videored.data.rng`), whatever process loads it; the trainer sets one seed per
+        epoch. None (the default): the loading process's own random streams."""
+        self.epoch_seed = seed
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_cache": None}
@@ -178,7 +186,8 @@ class VideoClipDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} outside [0, {len(self)})")
         if self.mode == "train":
-            return self._train_item(index)
+            with seeded_draws(self.epoch_seed, index):
+                return self._train_item(index)
         per_video = self.num_temporal_views * self.num_spatial_crops
         video_index = index // per_video
         temporal_index = (index % per_video) // self.num_spatial_crops

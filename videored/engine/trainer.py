@@ -250,7 +250,10 @@ class Trainer:
         start = self.pos.step
         key = self._epoch_key(stage.index, epoch)
         self.sampler.set_position(key, skip=start * self.videos_per_step)
-        self.loader_gen.manual_seed(self.cfg.run.seed * 1_000_003 + key)  # worker seeds
+        epoch_seed = self.cfg.run.seed * 1_000_003 + key
+        self.loader_gen.manual_seed(epoch_seed)  # worker seeds
+        if hasattr(self.train_set, "set_epoch_seed"):  # item i's augmentation from (epoch, i)
+            self.train_set.set_epoch_seed(epoch_seed)
         window, t0 = Meter(), time.perf_counter()
         bar = self._progress(stage, epoch, start)
         for step, batch in zip(range(start, self.steps_per_epoch), self._batches(start)):
