@@ -49,10 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "counts vs random; docs/benchmarks.md); empty: skip them")
     p.add_argument("--ragged-modes", default=None,
                    help="ragged modes of those rows (default: pad,bucket,packed on CPU, and jagged too on CUDA)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (torch.set_num_threads; default: torch's own). "
+                        "1 gives steadier CPU numbers on a shared machine; the device column records it")
     p.add_argument("--json", type=Path, default=None, help="write all rows to this JSON file")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     models = (args.models or f"{VIDEO},deit_small_patch16_224,deit_base_patch16_224").split(",")
     methods = parse_methods(args.methods)
     ratios = [float(r) for r in args.kept_ratios.split(",")]
