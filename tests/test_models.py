@@ -153,29 +153,55 @@ def test_batched_equals_one_by_one_with_unequal_counts(name, selector):
         torch.testing.assert_close(out.gflops[b:b + 1], single.gflops)
 
 
-def test_interpreter_matches_eq1_slow_loop():
-    model = tiny("timesformer_jointst_tiny_patch16_224", selector="interpreter", interpreter_heads=4)
-    interp = model.interpreters[0]
-    x = torch.randn(2, 7, model.embed_dim)
-    fast = interp(x)
-    H, hd = 4, model.embed_dim // 4
+def eq1_loop(interp, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 written out, unfolded: I_i = 1/H sum_h sigmoid(F_q^h(LN x_i) . F_k^h(P)). (B, n)"""
+    H = interp.num_heads
+    hd = interp.query.weight.shape[0] // H
     Wq, bq = interp.query.weight, interp.query.bias
     Wk, bk = interp.key.weight, interp.key.bias
     P = interp.policy_token[0]
-    slow = torch.zeros(2, 7)
-    for b in range(2):
-        for i in range(7):
+    rows = []
+    for b in range(x.shape[0]):
+        row = []
+        for i in range(x.shape[1]):
             xi = interp.norm(x[b, i])
             total = 0.0
             for h in range(H):
-                rows = slice(h * hd, (h + 1) * hd)
-                q = Wq[rows] @ xi + bq[rows]  # F_q^h(X_i)
-                k = Wk[rows] @ P + bk[rows]  # F_k^h(P)
+                part = slice(h * hd, (h + 1) * hd)
+                q = Wq[part] @ xi + bq[part]  # F_q^h(X_i)
+                k = Wk[part] @ P + bk[part]  # F_k^h(P)
                 total = total + torch.sigmoid(torch.dot(q, k))
-            slow[b, i] = total / H
-    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+            row.append(total / H)
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def test_interpreter_matches_eq1_slow_loop():
+    model = tiny("timesformer_jointst_tiny_patch16_224", selector="interpreter", interpreter_heads=4)
+    interp = model.interpreters[0]
+    for p in interp.parameters():  # away from the init, so every term matters
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 7, model.embed_dim)
+    fast = interp(x)
+    with torch.no_grad():
+        torch.testing.assert_close(fast, eq1_loop(interp, x), atol=1e-6, rtol=0)
     greedy = interp.decide(fast, sample=False)
     assert torch.equal(greedy, fast >= 0.5)
+    # The folded form has the unfolded one's parameters, so old checkpoints load unchanged.
+    assert set(interp.state_dict()) == {"norm.weight", "norm.bias", "query.weight", "query.bias",
+                                        "key.weight", "key.bias", "policy_token"}
+
+    # Gradients of both forms agree for every parameter and the input (float64: tight).
+    interp = interp.double()
+    x = x.double().requires_grad_()
+    weights = torch.randn(2, 7, dtype=torch.float64)  # a generic downstream loss
+    params = [x, *interp.parameters()]
+    fast_grads = torch.autograd.grad((interp(x) * weights).sum(), params)
+    slow_grads = torch.autograd.grad((eq1_loop(interp, x) * weights).sum(), params)
+    for (name, _), g_fast, g_slow in zip([("x", x), *interp.named_parameters()],
+                                         fast_grads, slow_grads):
+        assert g_fast.abs().sum() > 0, name
+        torch.testing.assert_close(g_fast, g_slow, atol=1e-10, rtol=1e-8, msg=name)
 
 
 def test_sampling_is_bernoulli_of_scores():

@@ -12,7 +12,7 @@ import torch
 from videored.engine.builders import build_model
 from videored.engine.config import load_config
 from videored.models import create_model
-from videored.models.ragged import RAGGED_MODES, PackedLayout, bucket_plan, packed_attention
+from videored.models.ragged import RAGGED_MODES, bucket_plan, packed_attention, packed_layout
 
 TINY = dict(img_size=64, embed_dim=48, num_heads=3, num_classes=5)
 
@@ -61,15 +61,19 @@ def test_bucket_plan_is_the_cheapest_split(counts, bucket_cost):
         assert len(plan) == len(set(counts))
 
 
-@pytest.mark.parametrize("jagged", [False, True])
-def test_packed_attention_matches_per_sample_softmax(jagged):
+@pytest.mark.parametrize("jagged,call_tokens", [(False, 0), (False, 3), (False, 10**6), (True, 0)])
+def test_packed_attention_matches_per_sample_softmax(jagged, call_tokens):
+    """Jagged, and padded attention buckets: one per distinct length (0), some (3), one (10**6)."""
     torch.manual_seed(0)
     model = tiny("deit_tiny_patch16_224")
     attn = model.blocks[0].attn
-    lengths = torch.tensor([4, 1, 7, 3])
+    lengths = torch.tensor([4, 1, 7, 3, 7, 4])
     offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
-    keys = torch.arange(7)[None, :] < lengths[:, None]  # (B, max) prefix of real rows
-    layout = PackedLayout(keys=keys, lengths=lengths, offsets=offsets, max_len=7, jagged=jagged)
+    keys = torch.arange(8)[None, :] < lengths[:, None]  # (B, 1 + m) prefix of real rows
+    layout = packed_layout(keys, jagged=jagged, call_tokens=call_tokens)
+    if not jagged:
+        expected = {0: 4, 3: None, 10**6: 1}[call_tokens]
+        assert expected is None or len(layout.buckets) == expected
     x = torch.randn(int(lengths.sum()), model.embed_dim)
     out = packed_attention(attn, x, layout)
     H, hd = attn.num_heads, attn.head_dim

@@ -34,6 +34,7 @@ class SpeedRow:
     gflops: float  # per clip, selector included
     kept_ratio: float  # measured fraction of patch tokens kept
     peak_mem_mb: float | None
+    ragged: str = "bucket"  # how blocks ran clips with unequal kept counts (model.ragged)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +102,8 @@ def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: I
                 clips_per_s=batch_size / seconds[name], seconds=seconds[name],
                 speedup=seconds["original|1.0"] / seconds[name],
                 flops_ratio=dense_gflops / gflops, gflops=gflops,
-                kept_ratio=float(out.kept_ratio.mean()), peak_mem_mb=peaks[name]))
+                kept_ratio=float(out.kept_ratio.mean()), peak_mem_mb=peaks[name],
+                ragged=model.ragged))
         if thresholds:  # leave the model as it came
             for interpreter, t in zip(model.interpreters, saved):
                 interpreter.threshold = t

@@ -9,6 +9,7 @@ import torch
 
 from videored.bench.speed import dense_vs_timm, interpreter_cost, speed_table
 from videored.models.methods import METHODS, parse_methods
+from videored.models.ragged import RAGGED_MODES
 from videored.bench.variable_length import variable_length_table
 from videored.tables import markdown_table
 
@@ -17,7 +18,7 @@ SPEED_COLUMNS = [
     ("batch_size", "batch", "d"), ("dtype", "dtype", "s"), ("clips_per_s", "clips/s", ".2f"),
     ("speedup", "speed-up", ".2f"), ("flops_ratio", "FLOPs ratio", ".2f"),
     ("efficiency", "speed-up / FLOPs ratio", ".2f"), ("gflops", "GFLOPs", ".1f"),
-    ("kept_ratio", "kept", ".2f"), ("peak_mem_mb", "peak MB", ".0f"),
+    ("kept_ratio", "kept", ".2f"), ("peak_mem_mb", "peak MB", ".0f"), ("ragged", "ragged", "s"),
 ]
 VARIABLE_COLUMNS = [
     ("model", "model", "s"), ("batch_size", "batch", "d"), ("keep_ratio", "mean keep", ".1f"),
@@ -49,10 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "counts vs random; docs/benchmarks.md); empty: skip them")
     p.add_argument("--ragged-modes", default=None,
                    help="ragged modes of those rows (default: pad,bucket,packed on CPU, and jagged too on CUDA)")
+    p.add_argument("--ragged", default=None, choices=RAGGED_MODES,
+                   help="ragged mode of the speed rows (clips keeping unequal counts: the interpreter "
+                        "at batch > 1); default: the model's (bucket)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (torch.set_num_threads; default: torch's own). "
+                        "1 gives steadier CPU numbers on a shared machine; the device column records it")
     p.add_argument("--json", type=Path, default=None, help="write all rows to this JSON file")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     models = (args.models or f"{VIDEO},deit_small_patch16_224,deit_base_patch16_224").split(",")
     methods = parse_methods(args.methods)
     ratios = [float(r) for r in args.kept_ratios.split(",")]
@@ -68,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
         model_batches = [1] if args.quick and name == VIDEO and args.device == "cpu" else batches
         rows += [r.as_dict() for r in speed_table(
             name, kept_ratios=ratios, batch_sizes=model_batches, methods=methods,
-            device=args.device, dtype=args.dtype, runs=runs, progress=say)]
+            device=args.device, dtype=args.dtype, runs=runs, progress=say,
+            model_kwargs={"ragged": args.ragged} if args.ragged else None)]
     for row in rows:
         row["efficiency"] = row["speedup"] / row["flops_ratio"]
     print("\n## Speed: realized speed-up vs analytic FLOPs ratio\n")

@@ -34,10 +34,11 @@ def patch_embed_macs(num_patches: int, patch_size: int, in_chans: int, dim: int)
     return num_patches * in_chans * patch_size * patch_size * dim
 
 
-def interpreter_macs(num_tokens: torch.Tensor | int, dim: int):
-    """Multi-head interpreter on num_tokens tokens: F_q (nD²), F_k on the policy token (D²), and
-    the per-head dot products (nD in all)."""
-    return num_tokens * dim * dim + dim * dim + num_tokens * dim
+def interpreter_macs(num_tokens: torch.Tensor | int, dim: int, heads: int):
+    """Multi-head interpreter (Eq. 1, F_k(P) folded into F_q; interpreter.py) on n tokens:
+    F_k on the policy token (D²), the folded weights W_q,hᵀ k_h (D²) and biases b_q,h·k_h (D),
+    then one (D -> H) product per token (nDH)."""
+    return num_tokens * dim * heads + 2 * dim * dim + dim
 
 
 def attention_selector_macs(num_tokens: torch.Tensor | int, dim: int):

@@ -121,7 +121,9 @@ class Method:
     summary      one line for docs and --help: how it scores and decides
     select       (SelectionInput, setting: float or (B,)) -> Selection, run before each group;
                  None: keeps every token (the do-nothing path)
-    scoring_macs (alive counts (B,) float64, embed dim) -> (B,) MACs of scoring (cost formula)
+    scoring_macs (alive counts (B,) float64, embed dim) -> (B,) MACs of scoring (cost formula);
+                 the interpreter's depends on its head count too, so its `select` reports
+                 `MultiHeadInterpreter.macs` (= flops.interpreter_macs) and this stays unset
     setting_for  budget mapping: (kept_ratio float or (B,), groups D) -> the per-call setting
                  (`keep_ratio` of `model(x, ...)`); default: the top-k rule kept_ratio ** (1/D)
     gmacs_at     cost of a setting: (model, method, setting (B,)) -> (B,) GMACs without a
@@ -163,8 +165,7 @@ def _interpreter(inp: SelectionInput, keep_ratio) -> Selection:
     valid = inp.tokens.valid_mask
     scores = inp.interpreter(inp.tokens.x).masked_fill(~valid, 0.0)
     keep = inp.interpreter.decide(scores, inp.sample, inp.generator) & valid
-    n = inp.tokens.counts().double()
-    return Selection(scores, keep, METHODS["interpreter"].scoring_macs(n, inp.tokens.x.shape[-1]))
+    return Selection(scores, keep, inp.interpreter.macs(inp.tokens.counts().double()))
 
 
 def _topk(scorer: Callable[[SelectionInput], torch.Tensor], name: str):
@@ -237,7 +238,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="dense model: every token reaches every block"),
     Method("interpreter", "interpreter", learned=True,
            summary="multi-head interpreter (Eq. 1), keep I >= threshold; trained by REINFORCE",
-           select=_interpreter, scoring_macs=lambda n, dim: flops.interpreter_macs(n, dim)),
+           select=_interpreter),  # its cost depends on its head count: interpreter.macs
     Method("random", "random", learned=False,
            summary="uniform scores (seeded per clip), keep the top keep_ratio",
            select=_topk(_random, "random")),

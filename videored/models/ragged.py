@@ -10,8 +10,9 @@ when every sample has all m. Three ways to run the blocks (`mode`):
              sample (no mask at all when its counts are equal), restore the batch order
     packed   no padding for the per-token layers: the real rows of all samples in one (L, D)
              tensor, on which the norms, linears and MLP (~12nD² of a block's 12nD² + 2n²D MACs)
-             run as one big matrix product; only attention goes back to a padded, masked
-             (B, H, 1 + m, hd) layout and returns to packed rows. The fastest on CPU. The
+             run as one big matrix product; only attention is gathered into padded
+             (b, H, top, hd) buckets of similar lengths (`packed_layout`, masked where lengths
+             differ) and back to packed rows. The fastest on CPU. The
              blocks' layers are called one by one (`packed_block`), not `Block.forward`, so
              forward hooks registered on a block do not fire in this mode (nor in jagged).
     jagged   packed rows, and attention on nested jagged tensors (`torch.nested`, SDPA): no
@@ -113,20 +114,28 @@ def _padded(blocks, seq, mask, checkpoint: bool) -> torch.Tensor:
 
 def _packed(blocks, seq, valid, checkpoint: bool, jagged: bool) -> torch.Tensor:
     keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, 1 + m): cls is real
-    lengths = keys.sum(1)  # (B,)
-    layout = PackedLayout(keys=keys, lengths=lengths,
-                          offsets=F.pad(lengths.cumsum(0), (1, 0)),  # sample b: rows offsets[b]:offsets[b+1]
-                          max_len=int(lengths.max()), jagged=jagged)
-    x = seq[keys]  # (L, D), sample after sample, cls first in each
+    layout = packed_layout(keys, jagged=jagged)
+    flat = seq.flatten(0, 1)  # (B * (1 + m), D)
+    x = flat.index_select(0, layout.rows)  # (L, D), sample after sample, cls first in each
     for blk in blocks:
         if checkpoint:
             # Reentrant: the non-reentrant kind's saved-tensor hooks cannot take nested tensors.
             x = _checkpoint(packed_block, blk, x, layout, use_reentrant=True)
         else:
             x = packed_block(blk, x, layout)
-    out = seq.new_zeros(seq.shape)
-    out[keys] = x
-    return out
+    return torch.zeros_like(flat).index_copy(0, layout.rows, x).view_as(seq)
+
+
+# One more attention call (a padded SDPA over a bucket of samples, packed mode) is worth it when
+# it saves more padded attention than one sample of this many tokens costs (n² per sample).
+ATTENTION_CALL_TOKENS = 48
+
+
+class AttentionBucket(NamedTuple):
+    """Samples whose attention runs as one padded SDPA call (packed mode, not jagged)."""
+    index: torch.Tensor  # (b, top) long: packed row of each (sample, position); padding
+    #                      positions repeat the sample's first row (masked out as keys)
+    mask: torch.Tensor | None  # (b, 1, 1, top) bool, True = real key; None: equal lengths
 
 
 class PackedLayout(NamedTuple):
@@ -135,7 +144,39 @@ class PackedLayout(NamedTuple):
     lengths: torch.Tensor  # (B,) rows per sample (cls included)
     offsets: torch.Tensor  # (B + 1,) cumulative lengths
     max_len: int
-    jagged: bool  # attention on nested jagged tensors (else padded + mask)
+    jagged: bool  # attention on nested jagged tensors (else padded buckets)
+    rows: torch.Tensor  # (L,) long: flat (B * (1 + m)) position of each packed row
+    buckets: tuple[AttentionBucket, ...]  # attention calls (not jagged)
+    back: torch.Tensor  # (L,) long: each packed row's place in the buckets' outputs, concatenated
+
+
+def packed_layout(keys: torch.Tensor, *, jagged: bool = False,
+                  call_tokens: int | None = None) -> PackedLayout:
+    """The layout of the real rows `keys` (B, 1 + m) bool (a prefix of each row), built once per
+    group. Attention buckets: `bucket_plan` over the lengths with cost n² per sample and
+    call_tokens² per call (padding in a bucket costs its longest member's attention; default
+    ATTENTION_CALL_TOKENS)."""
+    call_tokens = ATTENTION_CALL_TOKENS if call_tokens is None else call_tokens
+    lengths = keys.sum(1)  # (B,)
+    offsets = F.pad(lengths.cumsum(0), (1, 0))  # sample b: packed rows offsets[b]:offsets[b+1]
+    counts = lengths.tolist()
+    plan = [] if jagged else bucket_plan(counts, lambda n: float(n * n), float(call_tokens ** 2))
+    pos = torch.arange(max(counts), device=keys.device)
+    back = torch.empty(int(offsets[-1]), dtype=torch.long, device=keys.device)
+    buckets, start = [], 0
+    for members in plan:
+        idx = torch.tensor(members, device=keys.device)
+        n, first = lengths[idx], offsets[idx]  # (b,)
+        top = max(counts[i] for i in members)
+        real = pos[:top] < n[:, None]  # (b, top)
+        index = torch.where(real, first[:, None] + pos[:top], first[:, None])  # (b, top)
+        back[index[real]] = start + real.flatten().nonzero().squeeze(1)
+        mask = None if min(counts[i] for i in members) == top else real[:, None, None, :]
+        buckets.append(AttentionBucket(index=index, mask=mask))
+        start += len(members) * top
+    return PackedLayout(keys=keys, lengths=lengths, offsets=offsets, max_len=max(counts),
+                        jagged=jagged, rows=keys.flatten().nonzero().squeeze(1),
+                        buckets=tuple(buckets), back=back)
 
 
 def packed_block(blk: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
@@ -160,15 +201,12 @@ def packed_attention(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) -> 
         out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v), dropout_p=dropout)
         out = out.transpose(1, 2).values()  # (L, H, hd): back to packed rows
     else:
-        B, M = layout.keys.shape
-
-        def padded(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, 1 + m, hd)
-            return t.new_zeros(B, M, *t.shape[1:]).index_put((layout.keys,), t).transpose(1, 2)
-
-        mask = layout.keys[:, None, None, :]  # (B, 1, 1, 1 + m): real keys only
-        out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask,
-                                             dropout_p=dropout)
-        out = out.transpose(1, 2)[layout.keys]  # (L, H, hd)
+        parts = []
+        for bucket in layout.buckets:  # (L, H, hd) -> (b, H, top, hd) by one gather each
+            qb, kb, vb = (t[bucket.index].transpose(1, 2) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bucket.mask, dropout_p=dropout)
+            parts.append(o.transpose(1, 2).flatten(0, 1))  # (b * top, H, hd)
+        out = (parts[0] if len(parts) == 1 else torch.cat(parts)).index_select(0, layout.back)
     out = out.reshape(L, attn.attn_dim)
     out = attn.norm(out)
     if gate is not None:
