@@ -12,7 +12,7 @@ import torch
 from videored.engine.builders import build_model
 from videored.engine.config import load_config
 from videored.models import create_model
-from videored.models.ragged import RAGGED_MODES, bucket_plan, packed_attention, packed_layout
+from videored.models.ragged import RAGGED_MODES, bucket_plan, can_pack, packed_attention, packed_layout
 
 TINY = dict(img_size=64, embed_dim=48, num_heads=3, num_classes=5)
 
@@ -164,3 +164,26 @@ def test_grad_checkpointing_stores_fewer_activations_and_comes_from_the_config()
     # Stored per block without checkpointing: ~11 activations of (B, n, D) or (B, n, 4D); with
     # it only each block's input. At depth 4 that must save well over half.
     assert with_ckpt < 0.5 * without, (with_ckpt, without)
+
+
+def test_auto_packs_unless_hooks_or_unfused_attention_need_the_block_forwards():
+    torch.manual_seed(1)
+    model = tiny("deit_tiny_patch16_224").eval()
+    x = spread_inputs(model)
+    results = {}
+    for mode in ("packed", "bucket"):
+        model.ragged = mode
+        results[mode] = model(x).logits
+    model.ragged = "auto"
+    assert can_pack(model.blocks)
+    assert torch.equal(model(x).logits, results["packed"])  # the packed path itself
+    calls = []
+    hooks = [blk.register_forward_hook(lambda m, a, o: calls.append(1)) for blk in model.blocks]
+    assert not can_pack(model.blocks)
+    assert torch.equal(model(x).logits, results["bucket"]) and len(calls) >= len(model.blocks)
+    for h in hooks:
+        h.remove()
+    assert can_pack(model.blocks)
+    model.blocks[0].attn.fused_attn = False  # materialized attention probabilities: run as written
+    assert not can_pack(model.blocks) and can_pack(model.blocks[1:])
+    assert create_model("deit_tiny_patch16_224", **TINY).ragged == "auto"  # the default

@@ -34,7 +34,7 @@ class SpeedRow:
     gflops: float  # per clip, selector included
     kept_ratio: float  # measured fraction of patch tokens kept
     peak_mem_mb: float | None
-    ragged: str = "bucket"  # how blocks ran clips with unequal kept counts (model.ragged)
+    ragged: str = "auto"  # how blocks ran clips with unequal kept counts (model.ragged)
 
     def as_dict(self) -> dict:
         return asdict(self)

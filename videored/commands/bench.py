@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ragged modes of those rows (default: pad,bucket,packed on CPU, and jagged too on CUDA)")
     p.add_argument("--ragged", default=None, choices=RAGGED_MODES,
                    help="ragged mode of the speed rows (clips keeping unequal counts: the interpreter "
-                        "at batch > 1); default: the model's (bucket)")
+                        "at batch > 1); default: the model's (auto: packed unless hooks)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (torch.set_num_threads; default: torch's own). "
                         "1 gives steadier CPU numbers on a shared machine; the device column records it")

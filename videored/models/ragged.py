@@ -2,7 +2,11 @@
 
 The sequence entering a group is `seq` (B, 1 + m, D): the cls token, then each sample's alive
 tokens compacted to the front (`tokens.gather_kept`); `valid` (B, m) marks the real rows, None
-when every sample has all m. Three ways to run the blocks (`mode`):
+when every sample has all m. The ways to run the blocks (`mode`):
+
+    auto     (the default) packed where it gives what `Block.forward` gives (`can_pack`: no
+             forward hooks on a block, its attention or its attention dropout, fused attention),
+             else bucket
 
     pad      one call over the whole batch, padded rows masked out as keys (a boolean mask)
     bucket   sort the samples by kept count, cut them into buckets whose padding is worth less
@@ -35,7 +39,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .tokens import key_padding_mask
 
-RAGGED_MODES = ("pad", "bucket", "packed", "jagged")
+RAGGED_MODES = ("auto", "pad", "bucket", "packed", "jagged")
 
 
 def check_ragged(mode: str) -> str:
@@ -55,6 +59,8 @@ def run_blocks(blocks: Sequence[nn.Module], seq: torch.Tensor, valid: torch.Tens
     """
     if valid is None:
         return _padded(blocks, seq, None, checkpoint)
+    if mode == "auto":
+        mode = "packed" if can_pack(blocks) else "bucket"
     if mode == "pad":
         return _padded(blocks, seq, key_padding_mask(valid), checkpoint)
     if mode in ("packed", "jagged"):
@@ -76,6 +82,24 @@ def run_blocks(blocks: Sequence[nn.Module], seq: torch.Tensor, valid: torch.Tens
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return torch.cat(parts)[inverse.to(seq.device)]
+
+
+def can_pack(blocks: Sequence[nn.Module]) -> bool:
+    """Whether the packed path computes what the blocks' own forwards would, observably: it
+    calls their layers one by one (`packed_block`), so forward hooks on a block, its attention
+    or its attention dropout would not fire (the engine's tests and users' probes register
+    such hooks), and a block with non-fused attention (probabilities materialized, e.g. for a
+    subclass that reads them) is run as written."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return False
+    for blk in blocks:
+        attn = getattr(blk, "attn", None)
+        if attn is None or not getattr(attn, "fused_attn", False) or not hasattr(blk, "ls1"):
+            return False
+        for module in (blk, attn, getattr(attn, "attn_drop", None)):
+            if module is not None and (module._forward_hooks or module._forward_pre_hooks):
+                return False
+    return True
 
 
 def bucket_plan(counts: Sequence[int], sample_cost: Callable[[int], float],

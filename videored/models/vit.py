@@ -84,12 +84,13 @@ class TokenReductionViT(nn.Module):
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
-        ragged: how blocks run when samples keep different token counts: "bucket" (default:
-            sorted into buckets of similar counts), "packed" (the per-token layers on one
-            packed tensor, attention padded per sample; fastest on CPU, but it calls the
-            blocks' layers directly, so forward hooks on a block do not fire), "pad" (one
-            padded, masked call) or "jagged" (packed, and nested jagged SDPA: the CUDA
-            candidate). See `ragged.py`.
+        ragged: how blocks run when samples keep different token counts: "auto" (default:
+            "packed" unless a block has forward hooks or non-fused attention, then "bucket"),
+            "bucket" (sorted into buckets of similar counts), "packed" (the per-token layers
+            on one packed tensor, attention in padded buckets of similar lengths; fastest on
+            CPU, but it calls the blocks' layers directly, so forward hooks on a block do not
+            fire), "pad" (one padded, masked call) or "jagged" (packed, and nested jagged SDPA:
+            the CUDA candidate). See `ragged.py`.
         grad_checkpointing: recompute each block's activations in backward (saves memory in
             training; forward-only calls are unaffected). Also `set_grad_checkpointing()`.
     """
@@ -101,7 +102,7 @@ class TokenReductionViT(nn.Module):
                  groups: int = 1, selector: str = "none", threshold: float = 0.5,
                  keep_ratio: float = 0.5, seed: int = 0,
                  interpreter_heads: int | None = None,
-                 interpreter_init_keep: float = 0.5, ragged: str = "bucket",
+                 interpreter_init_keep: float = 0.5, ragged: str = "auto",
                  grad_checkpointing: bool = False) -> None:
         super().__init__()
         if groups < 1 or depth % groups:
