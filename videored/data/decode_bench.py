@@ -28,9 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from videored.data.decoding import open_video
 from videored.data.encoding import write_video
-from videored.data.sampling import clip_indices, clip_span, random_start
 from videored.data.synthetic import SynthConfig, render_video, write_synthetic_dataset
 from videored.data.video_dataset import VideoClipDataset
 
@@ -80,17 +78,13 @@ def cores_per_gpu(item_clips_per_s: float, model_clips_per_s: float) -> float:
     return model_clips_per_s / item_clips_per_s
 
 
-def _time_decode(paths: Sequence[str], backend: str, sampling: dict, clips: int, per_video: int = 1) -> float:
-    """Seconds per clip for open + decode of random train clips, `per_video` from each opened
-    video (their distinct frames decoded in one pass, as the dataset does)."""
+def _time_decode(dataset: VideoClipDataset, clips: int) -> float:
+    """Seconds per clip for open + decode of `clips` items' frames, without the transforms:
+    the dataset's own decode (its sampling, one pass for its clips_per_video clips)."""
     start_t = time.perf_counter()
     for i in range(clips):
-        with open_video(paths[i % len(paths)], backend) as video:
-            span = clip_span(sampling["num_frames"], sampling["sampling_rate"], sampling["target_fps"], video.fps)
-            idx = [clip_indices(random_start(video.num_frames, video.fps, span), span, sampling["num_frames"],
-                                video.num_frames) for _ in range(per_video)]
-            video.get_frames(np.unique(np.concatenate(idx)))
-    return (time.perf_counter() - start_t) / (clips * per_video)
+        dataset._decode(i % dataset.num_videos, views=[0] * dataset.clips_per_video)
+    return (time.perf_counter() - start_t) / (clips * dataset.clips_per_video)
 
 
 def _time_items(dataset: VideoClipDataset, clips: int) -> float:
@@ -139,7 +133,7 @@ def run_decode_benchmark(
             best = {key: [float("inf"), float("inf")] for key in datasets}  # (decode, item) s/clip
             for _ in range(rounds):
                 for (b, k), ds in datasets.items():
-                    best[b, k][0] = min(best[b, k][0], _time_decode(ds.paths, b, spec["sampling"], clips, k))
+                    best[b, k][0] = min(best[b, k][0], _time_decode(ds, clips))
                     best[b, k][1] = min(best[b, k][1], _time_items(ds, clips))
             for (b, k), (t_dec, t_item) in best.items():
                 rows.append(

@@ -99,10 +99,9 @@ class Trainer:
         self.batch = cfg.data.batch_size  # clips a step, per process (what the model sees)
         # an item is one video with data.clips_per_video clips: the sampler, the loader and the
         # resume position count videos
-        clips = cfg.data.clips_per_video
-        if getattr(train_set, "clips_per_video", 1) != clips:
-            raise ValueError(f"data.clips_per_video={clips} but the training set gives "
-                             f"{getattr(train_set, 'clips_per_video', 1)} clips per item")
+        clips, given = cfg.data.clips_per_video, getattr(train_set, "clips_per_video", 1)
+        if given != clips:
+            raise ValueError(f"data.clips_per_video={clips} but the training set gives {given} clips per item")
         self.videos_per_step = self.batch // clips
         self.sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
                                         shuffle=True, seed=cfg.run.seed, drop_last=True)
