@@ -58,3 +58,25 @@ def test_unreadable_image_failed_in_eval_substituted_in_train(folder):
     train = build_imagenet_dataset(folder, "train", input_size=32)
     item = train[0]
     assert not item["failed"] and item["index"] == 1 and train.skipped == 1
+
+
+def test_randaugment_posterize_to_zero_bits_gives_a_black_image_not_an_error():
+    """DeiT's RandAugment (inc1) keeps 4 - int(m / 10 * 4) bits, 0 at magnitude 10; Pillow 13
+    raises for 0 bits, older Pillow gave a black image (what DeiT trained with)."""
+    import random
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    rand_augment = next(s for s in build_imagenet_transform(True, 32).transforms if hasattr(s, "ops"))
+    posterize = next(op for op in rand_augment.ops if op.name == "PosterizeIncreasing")
+    posterize.prob, posterize.magnitude_std = 1.0, 0.0
+    posterize.magnitude = 10  # 4 - 4 = 0 bits
+    black = posterize(img)
+    assert black.size == img.size and black.mode == "RGB" and not np.asarray(black).any()
+    posterize.magnitude = 5  # 4 - int(2.0) = 2 bits: the top two bits of every byte
+    np.testing.assert_array_equal(np.asarray(posterize(img)), np.asarray(img) & 0b11000000)
+    # the whole RandAugment, as the train transform draws it: about 1 call in 500 posterizes to 0 bits
+    rand_augment = next(s for s in build_imagenet_transform(True, 32).transforms if hasattr(s, "ops"))
+    random.seed(0)
+    np.random.seed(0)
+    for _ in range(3000):
+        rand_augment(img)

@@ -14,9 +14,11 @@ import os
 import torch
 from typing import Sequence
 
-from timm.data import create_transform
+from PIL import Image
+from timm.data import auto_augment, create_transform
 from torchvision import datasets, transforms
 
+from videored.data.rng import seeded_draws
 from videored.normalization import IMAGENET
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def build_imagenet_transform(is_train: bool, input_size: int = 224, eval_crop_ra
         )
         if input_size <= 32:  # DeiT: CIFAR-sized inputs use a padded random crop instead
             transform.transforms[0] = transforms.RandomCrop(input_size, padding=4)
+        _posterize_zero_bits_to_black(transform)
         return transform
     return transforms.Compose(
         [
@@ -50,6 +53,24 @@ def build_imagenet_transform(is_train: bool, input_size: int = 224, eval_crop_ra
             transforms.Normalize(tuple(mean), tuple(std)),
         ]
     )
+
+
+def _posterize_zero_bits_to_black(transform: transforms.Compose) -> None:
+    """RandAugment "inc1" posterizes to 4 - int(m / 10 * 4) bits: 0 bits when the drawn magnitude
+    m (gauss(9, 0.5), clipped to 10) reaches 10. Older Pillow returned a black image for 0 bits,
+    which is what DeiT trained with; Pillow 13 (what a fresh install gets) raises ValueError, so
+    about 0.2 % of the train transform's calls (42 in 20,000 measured) would fail and a good image
+    would be counted as unreadable and substituted. Give the black image again."""
+    for step in transform.transforms:
+        for op in getattr(step, "ops", ()):  # timm's RandAugment: AugmentOp list
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = _posterize_or_black
+
+
+def _posterize_or_black(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit dropped: all zeros
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
 
 
 class ImageFolderDataset(datasets.ImageFolder):
@@ -68,12 +89,26 @@ class ImageFolderDataset(datasets.ImageFolder):
         self.max_substitutes = max_substitutes
         self.skipped = 0  # per process (DataLoader workers keep their own count)
         self._bad: dict[int, str] = {}  # index -> reason
+        self.epoch_seed: int | None = None  # train: see set_epoch_seed
+
+    def set_epoch_seed(self, seed: int | None) -> None:
+        """Train: draw item i's augmentation (crop, flip, RandAugment, jitter, erasing) from
+        (seed, i) alone (`videored.data.rng`), whatever DataLoader worker loads it, so a resumed
+        run replays its batches exactly with any worker count; the trainer sets one seed per
+        epoch. None (the default): the loading process's own random streams."""
+        self.epoch_seed = seed
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def __getitem__(self, index: int) -> dict:
+        if self.is_train:
+            with seeded_draws(self.epoch_seed, index):
+                return self._item(index)
+        return self._item(index)
+
+    def _item(self, index: int) -> dict:
         candidate = index
         for _ in range(self.max_substitutes + 1 if self.is_train else 1):
             path, label = self.samples[candidate]
