@@ -32,7 +32,8 @@ setup(
     extras_require={
         # ImageNet-Segmentation's gtsegs_ijcv.mat is MATLAB v7.3 = HDF5 (paper Table 1)
         "seg": ["h5py>=3.8"],
-        "test": ["pytest>=8", "pytest-timeout", "h5py>=3.8"],
+        # tensorboard: only to read back the optional TensorBoard logs in the resume test
+        "test": ["pytest>=8", "pytest-timeout", "h5py>=3.8", "tensorboard"],
     },
     entry_points={"console_scripts": ["videored=videored.cli:main"]},
 )

@@ -12,6 +12,16 @@ from videored.engine.metrics_log import read_metrics
 from videored.engine.trainer import train
 
 
+def _tensorboard_scalars(folder, skip: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag's (step, value) list as TensorBoard's own reader shows it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if not tag.endswith(tuple("/" + k for k in skip))}
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path):
     data = random_tensor_file(tmp_path / "d.pt", n=24)
@@ -55,6 +65,9 @@ def test_killed_run_resumes_exactly(tmp_path):
     def same(rows):
         return [{k: v for k, v in r.items() if k not in volatile} for r in rows if r["kind"] != "resume"]
     assert same(run_rows) == same(ref_rows)
+    # and TensorBoard shows each step once too: the resume purged the killed run's events of
+    # steps 17, 18 (its first writer logged them, the second logs them again)
+    assert _tensorboard_scalars(run / "tb", volatile) == _tensorboard_scalars(tmp_path / "ref" / "tb", volatile)
     # the per-stage metrics agree too (running epoch sums were restored mid-epoch)
     summary = json.loads((run / "summary.json").read_text())
     for a, b in zip(reference["stages"], summary["stages"]):

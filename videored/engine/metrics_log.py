@@ -20,11 +20,13 @@ def _clean(value: Any) -> Any:
 
 class MetricsLogger:
     """Append-only JSONL logger (appending keeps the earlier rows of a resumed run; `rewind`
-    drops the rows of the steps a resumed run is about to replay)."""
+    drops the rows of the steps a resumed run is about to replay, and makes TensorBoard purge
+    their events)."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb_folder = Path(run_dir) / "tb"
         self._fh = None
         self._tb = None
         if not enabled:
@@ -32,7 +34,7 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")
         if tensorboard:
-            self._tb = _maybe_tensorboard(Path(run_dir) / "tb")
+            self._tb = _maybe_tensorboard(self._tb_folder)
 
     def log(self, row: dict[str, Any], step: Optional[int] = None) -> None:
         if not self.enabled:
@@ -60,6 +62,9 @@ class MetricsLogger:
         self._fh.close()
         atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
         self._fh = open(self.path, "a", encoding="utf-8")
+        if self._tb is not None:  # TensorBoard hides the killed run's events of later steps
+            self._tb.close()
+            self._tb = _maybe_tensorboard(self._tb_folder, purge_step=global_step + 1)
         self.log({"kind": "resume", "global_step": global_step, "checkpoint": source,
                   "dropped_rows": len(rows) - len(kept)})
         return len(rows) - len(kept)
@@ -79,12 +84,14 @@ def _steps_done(row: dict[str, Any]) -> int:
     return step + 1 if row.get("kind") == "nonfinite" else step
 
 
-def _maybe_tensorboard(folder: Path):
+def _maybe_tensorboard(folder: Path, purge_step: Optional[int] = None):
+    """A SummaryWriter, or None without the optional `tensorboard` package. purge_step: readers
+    drop the folder's earlier events at steps >= it (a resumed run's replayed steps)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
+        from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(folder))
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
