@@ -176,6 +176,10 @@ def test_table_on_real_synthetic_videos_with_masks(tmp_path):
     ref = _reference(model, good, "interpreter")
     for key in ("pixel_acc", "mean_acc", "miou"):
         assert table["interpreter"][key] == pytest.approx(ref[key])
+    # decoded in 2 DataLoader workers with a hang timeout (what `videored eval` passes): the same
+    in_workers = interpretability_table(model, ds, ["original", "interpreter"], kept_ratio=None,
+                                        batch_size=3, num_workers={"num_workers": 2, "timeout": 60})
+    assert in_workers == table
 
 
 def test_image_mask_folder_geometry_and_image_table(tmp_path):

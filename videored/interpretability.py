@@ -19,7 +19,7 @@ paper's Table 1.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
                            methods: Iterable[str] = tuple(METHODS),
                            kept_ratio: float | None = None, *, match: str = "ratio",
                            reference_model: nn.Module | None = None, batch_size: int = 4,
-                           num_workers: int = 0, group: int = -1,
+                           num_workers: int | dict[str, Any] = 0, group: int = -1,
                            device: str | torch.device | None = None,
                            progress: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Pixel accuracy, mean accuracy and mIoU of each method's kept-patch mask vs object masks.
@@ -87,6 +87,8 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
     Explanation-only names (`methods.EXPLANATIONS`: rollout, gradcam, chefer) explain `model`
     and keep their top patches at the same kept ratio (`explanations.run_with_explanations`).
     group: which group's keep mask (default the last, i.e. the tokens that reach the last block).
+    num_workers: DataLoader workers, or all its worker keywords (a run's are
+    `videored.engine.builders.loader_workers(cfg)`: workers, start method, hang timeout).
 
     Returns {method: {"miou", "pixel_acc", "mean_acc" (percent), "kept" (mean kept fraction),
     "samples", "failed"}}. Failed items (undecodable videos) are skipped and counted.
@@ -104,7 +106,8 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
         net.eval()
         if hasattr(net, "reset_random_selector"):
             net.reset_random_selector()  # the same random masks on every call
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    workers = num_workers if isinstance(num_workers, dict) else {"num_workers": num_workers}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **workers)
     conf = {m: torch.zeros(2, 2, dtype=torch.long) for m in methods}
     kept = {m: 0.0 for m in methods}
     samples = failed = 0

@@ -183,7 +183,7 @@ def _interpretability(cfg, model, dense, split, methods, kept_ratio, match):
 
     masked = build_dataset(cfg, split, return_masks=True, num_spatial_crops=1)  # centre crop
     return interpretability_table(dense, masked, methods, kept_ratio, match=match,
-                                  reference_model=model)
+                                  reference_model=model, num_workers=loader_workers(cfg))
 
 
 def write_reports(summary: dict[str, Any], out_dir: str | Path) -> None:

@@ -30,7 +30,7 @@ from videored.models.methods import EXPLANATIONS, get_method
 from videored.normalization import config_normalization
 from videored.tables import markdown_table
 
-from .builders import is_video_model
+from .builders import is_video_model, loader_workers
 
 # The paper's token-scorer columns (method-table names), then the explanation baselines.
 TOKEN_SCORERS = ("interpreter", "attention", "random", "temporal_difference")
@@ -126,7 +126,7 @@ def run_interpretability(cfg: DictConfig, *, checkpoint: str | Path, masks: str 
     table = interpretability_table(
         dense, dataset, methods, kept_ratio, match=match, reference_model=model,
         batch_size=batch_size or cfg.data.batch_size,
-        num_workers=cfg.data.num_workers if num_workers is None else num_workers, device=device,
+        num_workers=loader_workers(cfg, num_workers), device=device,
         progress=lambda msg: print(f"[interpretability] {msg}", flush=True))
     rows = {m: {**table[m], "explanation_only": m in EXPLANATIONS,
                 "weights": str(checkpoint if m == "interpreter" or dense is model
