@@ -78,6 +78,32 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def kill_then_resume(cfg, tmp_path: Path, kill_after_steps: int, *overrides: str) -> Path:
+    """`videored train` on cfg (saved to tmp_path/exp.yaml) into tmp_path/run, hard-killed after
+    kill_after_steps steps, then run again with `--resume auto`; returns the run folder once
+    the resumed run has finished. The resume must start mid-epoch (checkpoint step 1)."""
+    from videored.engine.config import save_config
+
+    config = tmp_path / "exp.yaml"
+    save_config(cfg, config)
+    run = tmp_path / "run"
+    base = ["train", "--config", str(config), "--out", str(run), *overrides]
+    killed = run_cli(base + [f"debug.kill_after_steps={kill_after_steps}"])
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    resumed = run_cli(base + ["--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout and "'step': 1" in resumed.stdout  # mid-epoch
+    return run
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two model.pt files hold bit-identical weights."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (for torchrun's rendezvous in tests run side by side)."""
     import socket

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from _engine_utils import run_cli, weights
-from videored.engine.config import load_config, save_config
+from _engine_utils import assert_same_weights, kill_then_resume
+from videored.engine.config import load_config
 from videored.engine.trainer import train
 
 
@@ -39,19 +39,8 @@ def test_killed_image_run_with_workers_resumes_to_the_main_process_weights(image
     cfg = _cfg(image_root)
     summary = train(cfg, tmp_path / "ref")
     assert summary["global_steps"] == 2 * 2
-    config = tmp_path / "exp.yaml"
-    save_config(cfg, config)
-    run = tmp_path / "run"
-    workers = "data.num_workers=2"
-    killed = run_cli(["train", "--config", str(config), "--out", str(run), workers, "debug.kill_after_steps=3"])
-    assert killed.returncode == 17, killed.stderr[-2000:]
-    resumed = run_cli(["train", "--config", str(config), "--out", str(run), workers, "--resume", "auto"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout and "'step': 1" in resumed.stdout  # mid-epoch 2
-    ref_w, run_w = weights(tmp_path / "ref" / "model.pt"), weights(run / "model.pt")
-    assert ref_w.keys() == run_w.keys()
-    for k in ref_w:
-        assert torch.equal(ref_w[k], run_w[k]), k
+    run = kill_then_resume(cfg, tmp_path, 3, "data.num_workers=2")
+    assert_same_weights(tmp_path / "ref" / "model.pt", run / "model.pt")
 
 
 def test_image_augmentation_is_a_function_of_epoch_seed_and_index(image_root):

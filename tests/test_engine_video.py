@@ -56,9 +56,8 @@ def test_two_clips_per_video_train_and_resume_exactly(synth_root, tmp_path):
     an epoch visits every video once (4 videos, 2 a step: 2 steps). A run with 2 DataLoader
     workers, killed mid-epoch and resumed, ends with the weights of an uninterrupted run that
     loaded everything in the main process: each item's draws depend on (epoch, index) only."""
-    from _engine_utils import run_cli, weights
+    from _engine_utils import assert_same_weights, kill_then_resume
     from videored.engine.builders import build_model
-    from videored.engine.config import save_config
     from videored.engine.trainer import seed_everything
 
     cfg = _cfg(synth_root, "data.batch_size=4", "data.clips_per_video=2", "schedule.stages=[supervised]",
@@ -72,15 +71,5 @@ def test_two_clips_per_video_train_and_resume_exactly(synth_root, tmp_path):
     assert seen[:4] == [4, 4, 4, 4]  # training forwards: 4 clips = 2 videos x 2 clips
     assert [e["items"] for e in summary["substitutions"]["epochs"]] == [4, 4]  # videos, every one once
 
-    config = tmp_path / "exp.yaml"
-    save_config(cfg, config)
-    run = tmp_path / "run"
-    workers = "data.num_workers=2"
-    killed = run_cli(["train", "--config", str(config), "--out", str(run), workers, "debug.kill_after_steps=3"])
-    assert killed.returncode == 17, killed.stderr[-2000:]
-    resumed = run_cli(["train", "--config", str(config), "--out", str(run), workers, "--resume", "auto"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout and "'step': 1" in resumed.stdout  # mid-epoch
-    ref_w, run_w = weights(tmp_path / "ref" / "model.pt"), weights(run / "model.pt")
-    for k in ref_w:
-        assert torch.equal(ref_w[k], run_w[k]), k
+    run = kill_then_resume(cfg, tmp_path, 3, "data.num_workers=2")
+    assert_same_weights(tmp_path / "ref" / "model.pt", run / "model.pt")
