@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import videored.atomic_io as aio
-from _engine_utils import random_tensor_file, tiny_config, weights
+from _engine_utils import assert_same_weights, random_tensor_file, tiny_config, weights
 from videored.engine import checkpoint as ckpt
 from videored.engine.fault_injection import MARKER
 from videored.engine.trainer import train
@@ -126,5 +126,4 @@ def test_preempted_training_write_resumes_to_the_uninterrupted_weights(tmp_path,
 
     resumed = train(paused, run, resume="auto")  # the marker is there: this time no pause
     assert resumed == reference
-    ref_w, run_w = weights(tmp_path / "ref" / "model.pt"), weights(run / "model.pt")
-    assert all(torch.equal(ref_w[k], run_w[k]) for k in ref_w)
+    assert_same_weights(tmp_path / "ref" / "model.pt", run / "model.pt")

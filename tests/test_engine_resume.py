@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from _engine_utils import random_tensor_file, run_cli, tiny_config, weights
+from _engine_utils import assert_same_weights, random_tensor_file, run_cli, tiny_config, weights
 from videored.engine import checkpoint as ckpt
 from videored.engine.config import save_config
 from videored.engine.metrics_log import read_metrics
@@ -52,10 +52,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "skipping checkpoint" in resumed.stderr and "resuming from" in resumed.stdout
 
-    ref_w, run_w = weights(tmp_path / "ref" / "model.pt"), weights(run / "model.pt")
-    assert ref_w.keys() == run_w.keys()
-    for k in ref_w:
-        assert torch.equal(ref_w[k], run_w[k]), k
+    assert_same_weights(tmp_path / "ref" / "model.pt", run / "model.pt")
     # metrics.jsonl holds every step once, as the uninterrupted run's does: the rows the killed
     # run logged after its last checkpoint (steps 17, 18) were dropped when it resumed at 16
     ref_rows, run_rows = (read_metrics(p / "metrics.jsonl") for p in (tmp_path / "ref", run))

@@ -16,6 +16,7 @@ from submitit.core.utils import JobPaths, cloudpickle_dump
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `slurm/` is a top-level folder of the checkout, not installed
 
+from _engine_utils import assert_same_weights  # noqa: E402
 from slurm import submit  # noqa: E402
 from slurm.collect import collect, flatten_numbers, markdown_table, write_summary  # noqa: E402
 from videored.launch import VideoredJob, with_resume_auto  # noqa: E402
@@ -188,11 +189,7 @@ def test_debug_executor_runs_the_same_training_as_the_cli(tmp_path, monkeypatch)
     assert {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} == \
         {k: v for k, v in env_before.items() if k != "PYTHONPATH"}
     assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
-    ref = torch.load(tmp_path / "cli" / "model.pt", weights_only=True)["model"]
-    got = torch.load(tmp_path / "job" / "model.pt", weights_only=True)["model"]
-    assert ref.keys() == got.keys()
-    for k in ref:
-        assert torch.equal(ref[k], got[k]), k
+    assert_same_weights(tmp_path / "cli" / "model.pt", tmp_path / "job" / "model.pt")
     assert OmegaConf.load(tmp_path / "job" / "config.yaml").optim.lr == 0.05
 
 
