@@ -1,0 +1,95 @@
+"""The timm adapter (`models/block_adapter.py`) computes what timm's own Block computes."""
+import pytest
+import torch
+from timm.models.vision_transformer import Block
+
+from videored.models import block_adapter as ba
+from videored.models.vit import block_norm
+
+VARIANTS = {
+    "plain": {},
+    "qk_norm": {"qk_norm": True},
+    "scale_norm": {"scale_attn_norm": True},
+    "layer_scale": {"init_values": 0.1},
+}
+
+
+def _block(**kwargs) -> Block:
+    torch.manual_seed(0)
+    blk = Block(dim=32, num_heads=4, qkv_bias=True, norm_layer=block_norm, **kwargs).eval()
+    for p in blk.parameters():  # non-trivial norms / biases
+        p.data.add_(0.05 * torch.randn_like(p))
+    return blk
+
+
+def _variants():
+    yield from VARIANTS.items()
+    import inspect
+    from timm.models.vision_transformer import Attention
+    if "gated" in inspect.signature(Attention.__init__).parameters:  # newer timm only
+        yield "gated", {"gated": True}
+
+
+def _make(kwargs) -> Block:
+    if "gated" in kwargs:  # Block has no `gated` knob: swap in a gated Attention
+        from timm.models.vision_transformer import Attention
+        blk = _block()
+        blk.attn = Attention(32, num_heads=4, qkv_bias=True, gated=True).eval()
+        for p in blk.attn.parameters():
+            p.data.add_(0.05 * torch.randn_like(p))
+        return blk
+    try:
+        return _block(**kwargs)
+    except TypeError:
+        pytest.skip(f"this timm's Block has no {kwargs}")
+
+
+@pytest.mark.parametrize("name,kwargs", list(_variants()))
+def test_block_forward_equals_timm(name, kwargs):
+    blk = _make(kwargs)
+    x = torch.randn(3, 9, 32)
+    ref = blk(x)
+    torch.testing.assert_close(ba.block_forward(blk, x, ba.sdpa_attend(blk.attn)), ref,
+                               atol=1e-5, rtol=1e-5)
+    explicit = ba.ExplicitAttend(blk.attn)
+    torch.testing.assert_close(ba.block_forward(blk, x, explicit), ref, atol=1e-5, rtol=1e-5)
+    assert explicit.probs.shape == (3, 4, 9, 9)
+    torch.testing.assert_close(explicit.probs.sum(-1), torch.ones(3, 4, 9))
+
+
+def test_key_mask_equals_timm_masked_call():
+    blk = _block()
+    x = torch.randn(2, 7, 32)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    ref = blk(x, attn_mask=mask)
+    out = ba.block_forward(blk, x, ba.sdpa_attend(blk.attn, mask))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    explicit = ba.ExplicitAttend(blk.attn, mask)
+    torch.testing.assert_close(ba.block_forward(blk, x, explicit), ref, atol=1e-5, rtol=1e-5)
+    assert explicit.probs[1, ..., 5:].abs().max() == 0
+
+
+def test_cls_attention_is_row_zero_of_the_probabilities():
+    """cls_attention projects only the cls query and the keys; a hand computation from the
+    block's weights (one plain softmax per head) gives the same row."""
+    blk = _block(qk_norm=True)
+    x = torch.randn(2, 6, 32)
+    h = blk.norm1(x)
+    qkv = blk.attn.qkv(h).view(2, 6, 3, 4, 8)
+    q, k = blk.attn.q_norm(qkv[:, :, 0]), blk.attn.k_norm(qkv[:, :, 1])  # (B, L, H, hd)
+    logits = torch.einsum("bhd,blhd->bhl", q[:, 0], k) / 8 ** 0.5
+    expected = logits.softmax(-1)[:, :, 1:].mean(1)
+    torch.testing.assert_close(ba.cls_attention(blk, x), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_packed_rows_share_the_code_path():
+    """Token-major layout: a (L, D) sample runs the same as a (1, L, D) batch."""
+    blk = _block()
+    x = torch.randn(1, 5, 32)
+
+    def attend(q, k, v):  # unbatched (L, H, hd)
+        return ba.tokens_first(torch.nn.functional.scaled_dot_product_attention(
+            ba.heads_first(q), ba.heads_first(k), ba.heads_first(v)))
+
+    torch.testing.assert_close(ba.block_forward(blk, x[0], attend), blk(x)[0], atol=1e-5, rtol=1e-5)
