@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from videored.models.rlt import (LengthEmbedding, keep_at_kept_ratio, kept_count,
-                                 patch_differences, pixel_patches, rlt_keep, run_lengths,
-                                 threshold_for_kept_ratio)
+                                 patch_differences, pixel_patches, rlt_keep, rlt_scores,
+                                 run_lengths, threshold_for_kept_ratio)
 from videored.models.tokens import full_token_set, gather_kept
 
 INF = math.inf
@@ -171,6 +171,14 @@ def test_bad_input_is_named():
         run_lengths(torch.zeros(1, 8, dtype=torch.bool), (2, 2, 2))
     with pytest.raises(ValueError, match="grid"):
         run_lengths(torch.ones(1, 7, dtype=torch.bool), (2, 2, 2))
+
+
+def test_display_scores():
+    scores = rlt_scores(HAND_DIFF)
+    assert torch.equal(scores, torch.tensor([[1.0, 1, 1, 1, 0, 0, 0.5, 0,
+                                              0, 1 / 16, 0, 1, 0, 1 / 8, 0.5, 0]]))
+    static = torch.tensor([[INF, INF, 0.0, 0.0]])  # a fully static clip: no division by zero
+    assert torch.equal(rlt_scores(static), torch.tensor([[1.0, 1, 0, 0]]))
 
 
 def test_single_frame_keeps_everything():

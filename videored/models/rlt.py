@@ -98,6 +98,17 @@ def patch_differences(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     return differences_from_patches(patches, (T, H // patch_size, W // patch_size))
 
 
+def rlt_scores(diff: torch.Tensor) -> torch.Tensor:
+    """Differences as the project's display scores in [0, 1]: divided by the clip's largest
+    finite difference; frame 0 (+inf, always kept) -> 1. (B, N) -> (B, N).
+
+    The same per-clip order as `diff`, so a top-k of these is a top-k of the differences; heatmaps
+    of every method share one colour scale (selectors.py)."""
+    finite = diff.masked_fill(torch.isinf(diff), 0.0)
+    top = finite.amax(dim=1, keepdim=True).clamp_min(1e-12)  # (B, 1)
+    return torch.where(torch.isinf(diff), torch.ones_like(diff), (finite / top).clamp(max=1.0))
+
+
 def rlt_keep(diff: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     """RLT's rule: keep a token when its difference is strictly above the threshold. -> (B, N).
 
@@ -195,6 +206,6 @@ class LengthEmbedding(nn.Module):
 
 __all__ = [
     "RLT_THRESHOLD", "pixel_patches", "differences_from_patches", "patch_differences",
-    "rlt_keep", "kept_count", "keep_at_kept_ratio", "threshold_for_kept_ratio", "run_lengths",
+    "rlt_scores", "rlt_keep", "kept_count", "keep_at_kept_ratio", "threshold_for_kept_ratio", "run_lengths",
     "LengthEmbedding",
 ]
