@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +71,45 @@ def test_hand_clip_differences_keep_and_run_lengths():
     assert torch.equal(run_lengths(keep, GRID), HAND_RUNS)
     # the static region (position 0) is dropped in every frame after the first, one run of 4
     assert not keep[0, 4::4].any() and HAND_RUNS[0, 0] == 4
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_real_video_file_static_background_moving_square(tmp_path, lossless):
+    """A real H.264 file (the datasets' default encode, and a lossless one), decoded and
+    normalized like the loader: a 16x16 white square moves one patch right per frame over a
+    static textured background. Frame t > 0 keeps exactly the two patches the square leaves and
+    enters; everything else is a run from frame 0."""
+    from videored.data.decoding import open_video
+    from videored.data.encoding import write_video
+    from videored.data.transforms import to_normalized_float, uint8_cthw
+    from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
+
+    T = 4
+    rng = np.random.default_rng(0)
+    background = rng.integers(60, 190, (16, 16, 3), dtype=np.uint8).repeat(4, 0).repeat(4, 1)
+    frames = np.repeat(background[None], T, 0)  # (T, 64, 64, 3)
+    for t in range(T):
+        frames[t, 16:32, 16 * t:16 * t + 16] = 240  # patch row 1, column t
+    path = tmp_path / "square.mp4"
+    write_video(path, frames, fps=30, lossless=lossless)
+    decoded = open_video(path, backend="pyav").get_frames(list(range(T)))
+    x = to_normalized_float(uint8_cthw(decoded), KINETICS_MEAN, KINETICS_STD)[None]
+    diff = patch_differences(x, 16)  # (1, 64): grid (4, 4, 4)
+    moving = torch.zeros(T, 4, 4, dtype=torch.bool)
+    for t in range(1, T):
+        moving[t, 1, t - 1] = moving[t, 1, t] = True
+    moving = moving.view(1, -1)
+    later = torch.arange(64).view(1, -1) >= 16  # frames 1..3
+    assert (diff[moving] > 1.0).all()  # the square: ~2 normalized units
+    static = diff[later & ~moving]
+    assert (static == 0).all() if lossless else (static < 0.05).all()  # codec noise only
+    keep = rlt_keep(diff, 0.1)
+    assert torch.equal(keep[:, 16:], moving[:, 16:])
+    runs = torch.tensor([[4, 4, 4, 4, 1, 1, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4,   # frame 0
+                          0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,   # frame 1
+                          0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,   # frame 2
+                          0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]])  # frame 3
+    assert torch.equal(run_lengths(keep, (T, 4, 4)), runs)
 
 
 def test_strict_rule_at_equality_and_tau_zero():
