@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from videored.models.rlt import (LengthEmbedding, keep_at_kept_ratio, kept_count,
-                                 patch_differences, pixel_patches, rlt_keep, rlt_scores,
-                                 run_lengths, threshold_for_kept_ratio)
+from videored.models.rlt import (LengthEmbedding, differences_from_patches, keep_at_kept_ratio,
+                                 kept_count, patch_differences, pixel_patches, rlt_keep,
+                                 rlt_scores, run_lengths, threshold_for_kept_ratio)
 from videored.models.tokens import full_token_set, gather_kept
 
 INF = math.inf
@@ -196,6 +196,11 @@ def test_pixel_patches_order_and_half_precision():
     b, n = 1, 10  # frame 1, row 1, col 1
     expected = x[b, :, 1, 2:4, 2:4].reshape(-1)
     assert torch.equal(patches[b, n], expected)
+    # a strided (e.g. gathered or sliced) patch tensor gives the same differences as a copy
+    strided = patches[:, :, ::2]
+    assert not strided.is_contiguous()
+    assert torch.equal(differences_from_patches(strided, (2, 2, 3)),
+                       differences_from_patches(strided.contiguous(), (2, 2, 3)))
     # half precision is promoted before the difference (same result as float32 of the same data)
     h = _clip_with_repeats(2, 3, 8, 8, 4, seed=3).half()
     assert patches.dtype == torch.float32
@@ -322,3 +327,18 @@ def test_length_embedding_zero_init_lookup_and_padding():
     assert emb.table.grad[:, 0].tolist() == [1.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match=r"\[0, 4\]"):
         emb(x, torch.tensor([[5, 1], [1, 1]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu():
+    T, gh, gw = 5, 2, 3
+    x = _clip_with_repeats(3, T, 8, 12, 4, seed=11).float()
+    ratio = torch.tensor([0.3, 0.5, 0.8])
+    cpu = patch_differences(x, 4)
+    gpu = patch_differences(x.cuda(), 4)
+    assert torch.allclose(gpu.cpu(), cpu, rtol=0, atol=1e-6)
+    keep = keep_at_kept_ratio(cpu, ratio, gh * gw)
+    assert torch.equal(keep_at_kept_ratio(cpu.cuda(), ratio.cuda(), gh * gw).cpu(), keep)
+    assert torch.equal(threshold_for_kept_ratio(cpu.cuda(), ratio.cuda(), gh * gw).cpu(),
+                       threshold_for_kept_ratio(cpu, ratio, gh * gw))
+    assert torch.equal(run_lengths(keep.cuda(), (T, gh, gw)).cpu(), run_lengths(keep, (T, gh, gw)))

@@ -85,7 +85,7 @@ def differences_from_patches(patches: torch.Tensor, grid: tuple[int, int, int]) 
     B, N, P = patches.shape
     if N != T * gh * gw:
         raise ValueError(f"RLT: {N} patches do not fill the grid (T, gh, gw) = {grid}")
-    frames = patches.view(B, T, gh * gw, P)
+    frames = patches.reshape(B, T, gh * gw, P)  # reshape: gathered patches may be strided
     diff = (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=-1)  # (B, T-1, S)
     first = diff.new_full((B, 1, gh * gw), float("inf"))  # (B, 1, S): frame 0
     return torch.cat([first, diff], dim=1).view(B, N)
@@ -206,6 +206,6 @@ class LengthEmbedding(nn.Module):
 
 __all__ = [
     "RLT_THRESHOLD", "pixel_patches", "differences_from_patches", "patch_differences",
-    "rlt_scores", "rlt_keep", "kept_count", "keep_at_kept_ratio", "threshold_for_kept_ratio", "run_lengths",
-    "LengthEmbedding",
+    "rlt_scores", "rlt_keep", "kept_count", "keep_at_kept_ratio", "threshold_for_kept_ratio",
+    "run_lengths", "LengthEmbedding",
 ]
