@@ -67,6 +67,7 @@ def sharpen(module: nn.Module, scale: float) -> nn.Module:
 
 # ---------------------------------------------------------------------------- SPViT
 
+@torch.no_grad()
 def slow_spvit(blocks, cls, patches, selector_fns, stage_blocks, normalize=False):
     """Per-sample reference written from the paper: at a stage keep the tokens with
     p(keep) >= 0.5, fold the others into the package Σ p_i x_i (a Python loop), add it to the
@@ -257,6 +258,13 @@ def test_spvit_budget_ties_go_to_the_lowest_index():
 
 # ---------------------------------------------------------------------------- SViT
 
+def run_after_block0(blocks, cls, patches, gates, train):
+    """The sequence after block 0 of the same run (the gated model cut after one block)."""
+    run = run_svit(blocks[:1], cls, patches, gates[:1], gate_blocks=[0], train=train,
+                   generator=torch.Generator().manual_seed(0))
+    return torch.cat([run.cls, run.tokens.x], dim=1)
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_svit_keep_prune_reactivate_by_hand(train):
     """Gate 1 (before block 0) keeps {0, 1, 2}; gate 2 (before block 1) keeps {1, 3}: token 3,
@@ -276,8 +284,11 @@ def test_svit_keep_prune_reactivate_by_hand(train):
     want[:, [0, 2, 4]] = z
     torch.testing.assert_close(run.cls, want[:, :1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(run.tokens.x, want[:, 1:], atol=1e-5, rtol=1e-5)
-    if not train:  # pass-through is exact: the pruned rows are copied, not recomputed
-        assert torch.equal(run.tokens.x[0, 0], after0[0, 1]) and torch.equal(run.tokens.x[0, 2], after0[0, 3])
+    # pass-through is exact: the pruned rows are copied (test) or kept by (1 - M) x (training)
+    mid = run_after_block0(blocks, cls, patches, gates, train)  # (1, 5, D): cls, x0'..x2', x3
+    assert torch.equal(mid[0, 4], patches[0, 3])  # token 3 skipped block 0: bit-identical
+    assert torch.equal(run.tokens.x[0, 0], mid[0, 1])  # token 0 skipped block 1
+    assert torch.equal(run.tokens.x[0, 2], mid[0, 3])  # token 2 skipped block 1
     assert [k[0].tolist() for k in run.keep] == [[True, True, True, False], [False, True, False, True]]
     assert [int(k[0]) for k in run.kept] == [3, 2]
 
