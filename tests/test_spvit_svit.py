@@ -11,7 +11,7 @@ from _flop_count import counted_macs
 from videored.models import flops
 from videored.models.pruning_losses import (budget_keep, gumbel_keep, keep_ratio_loss, logits_kl,
                                             token_mse)
-from videored.models.spvit import (SPViTSelector, budget_counts, run_spvit, selector_macs,
+from videored.models.spvit import (SPViTSelector, budget_counts, rows_at_positions, run_spvit, selector_macs,
                                    spvit_blocks, spvit_budget_macs, spvit_macs, spvit_targets)
 from videored.models.svit import (SViTGate, gate_macs, run_svit, svit_blocks, svit_budget_macs,
                                   svit_macs, svit_targets)
@@ -172,6 +172,11 @@ def test_spvit_masked_training_forward_equals_the_gathered_one():
     for a, b in zip(tr.keep, ev.keep):
         assert torch.equal(a, b)
     torch.testing.assert_close(tr.macs, ev.macs)
+    # the kept rows at their positions agree too (what token distillation compares)
+    keep = ev.keep[-1].unsqueeze(-1)
+    torch.testing.assert_close(rows_at_positions(tr.tokens, 8) * keep,
+                               rows_at_positions(ev.tokens, 8), atol=1e-5, rtol=1e-5)
+    assert rows_at_positions(ev.tokens, 8)[~ev.keep[-1]].eq(0).all()
 
 
 @pytest.mark.parametrize("train", [False, True])

@@ -203,6 +203,16 @@ def spvit_budget_macs(num_patches: int, depth: int, stage_blocks: Sequence[int],
                             mlp_ratio=mlp_ratio)[0])
 
 
+def rows_at_positions(tokens: MergedTokens, num_patches: int) -> torch.Tensor:
+    """The patch rows put back at their original positions: (B, N, D), zeros where a patch has
+    no row of its own (pruned into the package, or never kept). What SPViT's token distillation
+    (`pruning_losses.token_mse`) compares with the dense model's tokens."""
+    B, n, D = tokens.x.shape
+    col = torch.where(tokens.index >= 0, tokens.index, torch.full_like(tokens.index, num_patches))
+    out = tokens.x.new_zeros(B, num_patches + 1, D)
+    return out.scatter(1, col.unsqueeze(-1).expand(-1, -1, D), tokens.x)[:, :num_patches]
+
+
 # ---------------------------------------------------------------------------- training attention
 
 class PolicyAttend:
@@ -417,5 +427,5 @@ def _run_train(blocks, seq, selectors, stages, *, targets, mlp_ratio, normalize_
 
 
 __all__ = ["PolicyAttend", "PruneRun", "SPViTSelector", "budget_counts", "check_stages",
-           "run_spvit", "selector_macs", "spvit_blocks", "spvit_budget_macs", "spvit_macs",
+           "rows_at_positions", "run_spvit", "selector_macs", "spvit_blocks", "spvit_budget_macs", "spvit_macs",
            "spvit_targets"]
