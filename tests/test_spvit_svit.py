@@ -485,3 +485,25 @@ def test_short_training_moves_the_kept_ratio_to_its_target(method):
         after = _kept_ratio(run(cls_eval, x_eval, True, torch.Generator().manual_seed(1)))
     assert abs(after - targets[-1]) < abs(before - targets[-1]) - 0.1, (before, after)
     assert abs(after - targets[-1]) < 0.1, (before, after)
+
+
+@pytest.mark.parametrize("method", ["spvit", "svit"])
+def test_every_pruner_parameter_gets_a_gradient(method):
+    """The training forward's straight-through decisions carry the keep-ratio loss and the
+    task loss to every selector / gate parameter (and the blocks get theirs)."""
+    torch.manual_seed(11)
+    blocks = make_blocks(3)
+    cls, patches = torch.randn(4, 1, D), torch.randn(4, 10, D)
+    if method == "spvit":
+        pruners = nn.ModuleList(SPViTSelector(D, H) for _ in range(2))
+        run = run_spvit(blocks, cls, patches, pruners, stage_blocks=[1, 2], train=True,
+                        generator=torch.Generator().manual_seed(0))
+    else:
+        pruners = nn.ModuleList(SViTGate(D) for _ in range(2))
+        run = run_svit(blocks, cls, patches, pruners, gate_blocks=[1, 2], train=True,
+                       generator=torch.Generator().manual_seed(0))
+    loss = keep_ratio_loss(run.decisions, [0.5, 0.3]) + run.cls.square().mean()
+    loss.backward()
+    for name, p in pruners.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+    assert all(p.grad is not None for blk in blocks for p in blk.parameters())

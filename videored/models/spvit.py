@@ -244,12 +244,9 @@ def _scatter_rows(values: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, N
     return out.scatter(1, col, torch.where(rows, values, torch.zeros_like(values)))[:, :N]
 
 
-def _decide(log_probs, probs, eligible, *, train: bool, kept_target: int | None,
-            generator, tau: float):
-    """(B, m) keep decisions among the eligible rows: float ST samples (train), the budget's
-    top-k, or the argmax."""
-    if train:
-        return gumbel_keep(log_probs, tau=tau, generator=generator) * eligible.to(log_probs.dtype)
+def _decide(log_probs, probs, eligible, kept_target: int | None) -> torch.Tensor:
+    """(B, m) bool test-time keep decisions among the eligible rows: the budget's top-k, or
+    the argmax."""
     if kept_target is not None:
         k = torch.full(eligible.shape[:1], kept_target, dtype=torch.long, device=eligible.device)
         return budget_keep(probs[..., 0].detach(), eligible, k)
@@ -283,14 +280,20 @@ def run_spvit(blocks: Sequence[nn.Module], cls: torch.Tensor, patches: torch.Ten
         raise ValueError(f"run_spvit: kept_ratio must be in [0, 1], got {kept_ratio}")
     stages = check_stages(stage_blocks, len(blocks), len(selectors))
     B, N, D = patches.shape
-    targets = budget_counts(N, len(stages), kept_ratio) if kept_ratio is not None else None
-    first = stages[0]
-    head_dim, heads = blocks[0].attn.head_dim, blocks[0].attn.num_heads
-    seq = run_blocks(blocks[:first], torch.cat([cls, patches], dim=1), None)
-    run = _run_train if train else _run_eval
-    return run(blocks, seq, selectors, stages, targets=targets, mlp_ratio=mlp_ratio,
-               normalize_package=normalize_package, generator=generator, tau=tau, mode=mode,
-               heads=heads, head_dim=head_dim)
+    seq = run_blocks(blocks[:stages[0]], torch.cat([cls, patches], dim=1), None)
+    if train:
+        cls, tokens, scores, keep, decisions, kept = _run_train(
+            blocks, seq, selectors, stages, normalize=normalize_package, generator=generator, tau=tau)
+    else:
+        targets = budget_counts(N, len(stages), kept_ratio) if kept_ratio is not None else None
+        cls, tokens, scores, keep, decisions, kept = _run_eval(
+            blocks, seq, selectors, stages, targets=targets, normalize=normalize_package, mode=mode)
+    # the selectors' cost: SPViTSelector's head count (a stand-in selector is costed as one)
+    heads = getattr(selectors[0], "heads", blocks[0].attn.num_heads)
+    macs = spvit_macs(N, len(blocks), stages, torch.stack(kept, dim=1).cpu(), dim=D, heads=heads,
+                      mlp_ratio=mlp_ratio)
+    return PruneRun(cls=cls, tokens=tokens, macs=macs, scores=scores, keep=keep,
+                    decisions=decisions, kept=kept)
 
 
 def _package(x: torch.Tensor, weight: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -314,8 +317,9 @@ def _gather_rows(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _run_eval(blocks, seq, selectors, stages, *, targets, mlp_ratio, normalize_package,
-              generator, tau, mode, heads, head_dim) -> PruneRun:
+def _run_eval(blocks, seq, selectors, stages, *, targets, normalize, mode):
+    """Hard decisions, real removal, packed blocks -> (cls, tokens, scores, keep, decisions,
+    kept counts)."""
     B, L, D = seq.shape
     N = L - 1
     dev = seq.device
@@ -331,11 +335,9 @@ def _run_eval(blocks, seq, selectors, stages, *, targets, mlp_ratio, normalize_p
     scores, keep, decisions, kept_counts = [], [], [], []
     for s, selector in enumerate(selectors):
         log_probs, probs = selector(rows, valid)  # (B, m, 2) each: patches only
-        keep_row = _decide(log_probs, probs, valid, train=False,
-                           kept_target=None if targets is None else targets[s],
-                           generator=generator, tau=tau)
+        keep_row = _decide(log_probs, probs, valid, None if targets is None else targets[s])
         pruned_now = valid & ~keep_row
-        package = package + _package(rows, probs[..., 0] * pruned_now.to(rows.dtype), normalize_package)
+        package = package + _package(rows, probs[..., 0] * pruned_now.to(rows.dtype), normalize)
         has_package = has_package | pruned_now.any(dim=1)
         scores.append(_scatter_rows(probs[..., 0], pos, valid, N))
         alive = _scatter_rows(keep_row.to(rows.dtype), pos, keep_row, N) > 0
@@ -375,13 +377,12 @@ def _run_eval(blocks, seq, selectors, stages, *, targets, mlp_ratio, normalize_p
     source = torch.where(keep[-1], src, torch.zeros_like(src))  # pruned -> the package, row 0
     index = torch.where(is_patch, row_pos, torch.full_like(row_pos, -1))
     tokens = MergedTokens(x=x_rows, size=size, source=source, index=index)
-    macs = spvit_macs(N, len(blocks), stages, kept.cpu(), dim=D, heads=heads, mlp_ratio=mlp_ratio)
-    return PruneRun(cls=cls, tokens=tokens, macs=macs, scores=scores, keep=keep,
-                    decisions=decisions, kept=kept_counts)
+    return cls, tokens, scores, keep, decisions, kept_counts
 
 
-def _run_train(blocks, seq, selectors, stages, *, targets, mlp_ratio, normalize_package,
-               generator, tau, mode, heads, head_dim) -> PruneRun:
+def _run_train(blocks, seq, selectors, stages, *, normalize, generator, tau):
+    """Gumbel straight-through decisions, every token kept in the sequence, the decisions as
+    an attention policy -> (cls, tokens, scores, keep, decisions, kept counts)."""
     B, L, D = seq.shape
     N = L - 1
     cls, patches = seq[:, :1], seq[:, 1:]
@@ -394,10 +395,11 @@ def _run_train(blocks, seq, selectors, stages, *, targets, mlp_ratio, normalize_
         if i in stage_at:
             selector = selectors[stage_at[i]]
             log_probs, probs = selector(patches, prev.detach() > 0.5)
-            decision = _decide(log_probs, probs, prev.detach() > 0.5, train=True,
-                               kept_target=None, generator=generator, tau=tau) * prev
+            # a sample for every token, times the previous decision (cumulative; the reference's
+            # `gumbel_softmax(...) * prev_decision`, gradient through both)
+            decision = gumbel_keep(log_probs, tau=tau, generator=generator) * prev
             pruned_now = prev - decision  # (B, N): 1 on the tokens pruned at this stage
-            new = _package(patches, probs[..., 0] * pruned_now, normalize_package)
+            new = _package(patches, probs[..., 0] * pruned_now, normalize)
             # an absent package is a masked row whose value is meaningless: start it fresh
             package = new if package is None else package * has_package[:, None].to(new.dtype) + new
             has_package = has_package | (pruned_now.detach() > 0.5).any(dim=1)
@@ -421,9 +423,7 @@ def _run_train(blocks, seq, selectors, stages, *, targets, mlp_ratio, normalize_
     source = torch.where(alive, ar + 1, torch.zeros_like(ar))
     tokens = MergedTokens(x=torch.cat([package.unsqueeze(1), patches], dim=1), size=size,
                           source=source, index=index)
-    macs = spvit_macs(N, len(blocks), stages, kept.cpu(), dim=D, heads=heads, mlp_ratio=mlp_ratio)
-    return PruneRun(cls=cls, tokens=tokens, macs=macs, scores=scores, keep=keep,
-                    decisions=decisions, kept=kept_counts)
+    return cls, tokens, scores, keep, decisions, kept_counts
 
 
 __all__ = ["PolicyAttend", "PruneRun", "SPViTSelector", "budget_counts", "check_stages",
