@@ -3,7 +3,7 @@
 Two protocols (`PROTOCOLS`), each counting 2x2 confusions C[target, predicted] (background = 0,
 object = 1) over every pixel of every frame of the dataset and taking the ratios once at the end:
 
-- "benchmark" (default): the public ImageNet-Segmentation protocol of Chefer et al. (CVPR'21;
+- "benchmark" (`videored eval --masks`' default): the public ImageNet-Segmentation protocol of Chefer et al. (CVPR'21;
   hila-chefer/Transformer-Explainability, `baselines/ViT/imagenet_seg_eval.py`). Each frame's
   (gh, gw) patch map is upsampled x patch_size bilinearly (`F.interpolate(..., mode="bilinear")`,
   align_corners False, the reference's default), min-max normalised over the frame, and
@@ -13,7 +13,7 @@ object = 1) over every pixel of every frame of the dataset and taking the ratios
   map for object: the reference's `get_ap_scores` on its 2-channel output). The map of a token
   scorer is its informative score with dropped tokens 0 (as the paper draws it); an explanation's
   is its relevance.
-- "kept": the token-reduction view: the kept-patch mask (each patch_size x patch_size block takes
+- "kept" (`interpretability_table`'s default, the in-eval view): the token-reduction view: the kept-patch mask (each patch_size x patch_size block takes
   its patch's decision) is the predicted object mask; explanations keep their top patches at the
   interpreter's kept fraction.
 
@@ -165,7 +165,8 @@ def keep_to_pixels(keep: torch.Tensor, grid: tuple[int, int, int], patch_size: i
     return k.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
 
 
-def _canonical(methods: Iterable[str]) -> list[str]:
+def canonical_methods(methods: Iterable[str]) -> list[str]:
+    """Method-table names and explanation names as their current names (old ones warn once)."""
     return [canonical_name(m) if is_explanation(m) else get_method(m).name for m in methods]
 
 
@@ -206,7 +207,7 @@ def method_maps(model: nn.Module, x: torch.Tensor, methods: list[str], protocol:
 def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
                            methods: Iterable[str] = tuple(METHODS),
                            kept_ratio: float | None = None, *, match: str = "ratio",
-                           protocol: str = "benchmark",
+                           protocol: str = "kept",
                            reference_model: nn.Module | None = None, batch_size: int = 4,
                            num_workers: int | dict[str, Any] = 0, group: int = -1,
                            device: str | torch.device | None = None,
@@ -231,7 +232,7 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    methods = _canonical(methods)
+    methods = canonical_methods(methods)
     reference = reference_model or model
     budgeted = needs_budget(methods, protocol)
     if kept_ratio is None and budgeted and getattr(reference, "interpreters", None) is None:
@@ -280,6 +281,6 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
 
 
 __all__ = ["PROTOCOLS", "SegmentationScore", "average_precision", "benchmark_frame_ap",
-           "benchmark_prediction", "benchmark_soft_maps", "confusion_counts",
+           "benchmark_prediction", "benchmark_soft_maps", "canonical_methods", "confusion_counts",
            "interpretability_table", "keep_to_pixels", "method_maps", "needs_budget",
            "segmentation_metrics"]

@@ -137,7 +137,7 @@ def _run_methods(model, x: torch.Tensor, methods: list[str], kept_ratio: float |
     the in-block reducers (ToMe, EViT): the final token each patch went into}); D = groups
     (the reducers' stages), T = 1 for images.
     """
-    from videored.viz.explanations import run_with_explanations
+    from videored.models.explanations import run_with_explanations
     from videored.viz.heatmap import patch_grid
 
     outputs = run_with_explanations(model, x.unsqueeze(0), methods, match=match,
