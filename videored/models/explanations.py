@@ -72,6 +72,11 @@ def _target(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     return logits.argmax(-1) if target is None else target.to(logits.device)
 
 
+def _first(start_layer: int, depth: int) -> int:
+    """The first block of a rollout: start_layer, or the last block of a shallower model."""
+    return min(start_layer, depth - 1)
+
+
 def cls_row_of_product(mats: list[torch.Tensor]) -> torch.Tensor:
     """Row 0 of M_L ··· M_1 for mats = [M_1, ..., M_L], each (B, L, L), without the L x L
     products: r = e_0ᵀ M_L, then r ← r M_l for l = L-1..1. -> (B, N) patch columns."""
@@ -103,7 +108,7 @@ def attention_rollout(model: nn.Module, x: torch.Tensor, target: torch.Tensor | 
         attend = ba.ExplicitAttend(blk.attn)
         seq = ba.block_forward(blk, seq, attend)
         mats.append(0.5 * attend.probs.mean(dim=1) + 0.5 * eye)  # (B, L, L)
-    return cls_row_of_product(mats[start_layer:])
+    return cls_row_of_product(mats[_first(start_layer, len(mats)):])
 
 
 def attn_gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
@@ -287,7 +292,7 @@ def transformer_attribution(model: nn.Module, x: torch.Tensor,
     out = lrp_pass(model, x, target, attention_grads=True)
     cams = [(g * r).clamp(min=0).mean(dim=1) for g, r in zip(out["grads"], out["attention"])]
     eye = torch.eye(cams[0].shape[-1], device=cams[0].device, dtype=cams[0].dtype)
-    return cls_row_of_product([c + eye for c in cams[start_layer:]])
+    return cls_row_of_product([c + eye for c in cams[_first(start_layer, len(cams)):]])
 
 
 # ---------------------------------------------------------------- the registry
