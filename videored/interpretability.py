@@ -150,11 +150,14 @@ class SegmentationScore:
         self.confusion += confusion_counts(keep_to_pixels(keep, grid, patch_size), target)
 
     def metrics(self, protocol: str) -> dict[str, float]:
+        """{"pixel_acc", "mean_acc", "miou"} (+ "map" in the benchmark protocol), percent."""
+        bench = protocol == "benchmark"
         if not int(self.confusion.sum()):
-            return dict.fromkeys(("pixel_acc", "mean_acc", "miou", "map"), float("nan"))
-        row = segmentation_metrics(self.confusion,
-                                   absent_iou="zero" if protocol == "benchmark" else "skip")
-        row["map"] = 100.0 * float(np.mean(self.aps)) if self.aps else float("nan")
+            keys = ("pixel_acc", "mean_acc", "miou") + (("map",) if bench else ())
+            return dict.fromkeys(keys, float("nan"))
+        row = segmentation_metrics(self.confusion, absent_iou="zero" if bench else "skip")
+        if bench:
+            row["map"] = 100.0 * float(np.mean(self.aps))
         return row
 
 
@@ -226,8 +229,8 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
     num_workers: DataLoader workers, or all its worker keywords (a run's are
     `videored.engine.builders.loader_workers(cfg)`: workers, start method, hang timeout).
 
-    Returns {method: {"miou", "pixel_acc", "mean_acc", "map" (percent; map NaN in the kept
-    protocol), "kept" (mean kept fraction; NaN for explanations in the benchmark protocol),
+    Returns {method: {"miou", "pixel_acc", "mean_acc", "map" (percent; "map" in the benchmark
+    protocol only), "kept" (mean kept fraction; NaN for explanations in the benchmark protocol),
     "samples", "failed"}}. Failed items (undecodable videos) are skipped and counted.
     """
     if protocol not in PROTOCOLS:
