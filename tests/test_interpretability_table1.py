@@ -103,6 +103,7 @@ def test_table1_on_an_imagenet_segmentation_file(tmp_path, capsys):
     for label in ("| pixel accuracy |", "| mAcc |", "| mIoU |", "| kept % |", "49.42", "41.31",
                   "Protocol: **kept**"):
         assert label in md and label in printed
+    assert "| mAP |" not in md  # no soft map is scored in the kept protocol
 
     # the default protocol: the public benchmark's, on every map (the interpreter's informative
     # scores with its dropped tokens 0, the explanations' relevance), mAP included

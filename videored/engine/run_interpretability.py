@@ -201,8 +201,8 @@ def budget_note(budget: dict[str, Any], protocol: str = "kept") -> str:
 def _reference_table(title: str, table: dict[str, dict], ours: dict[str, str]) -> str:
     cols = [("metric", title, "s")] + [(m, f"{m} (= {ours[m]})" if m in ours else m, ".2f")
                                        for m in table]
-    rows = [{"metric": label, **{m: table[m].get(key, float("nan")) for m in table}}
-            for key, label in METRIC_ROWS]
+    rows = [{"metric": label, **{m: table[m][key] for m in table}}
+            for key, label in METRIC_ROWS if any(key in v for v in table.values())]
     return markdown_table(rows, cols)
 
 
@@ -216,8 +216,8 @@ def table1_markdown(summary: dict[str, Any]) -> str:
             " †" if methods[m]["explanation_only"] else "")
 
     cols = [("metric", "metric", "s")] + [(m, header(m), ".2f") for m in methods]
-    rows = [{"metric": label, **{m: methods[m].get(key, float("nan")) for m in methods}}
-            for key, label in METRIC_ROWS]
+    rows = [{"metric": label, **{m: methods[m][key] for m in methods}}
+            for key, label in METRIC_ROWS if key != "map" or protocol == "benchmark"]
     rows.append({"metric": "kept %", **{m: 100 * methods[m]["kept"] for m in methods}})
     dagger = ("† explanation-only: explains the dense model's prediction and removes no token" +
               ("; its top patches are kept at the same fraction as the token scorers."
