@@ -151,7 +151,8 @@ def test_table1_on_a_davis_folder_counts_unreadable_videos(tmp_path):
                      "--methods", "interpreter,attention,rollout,chefer"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["samples"] == 2 and res["failed"] == 1  # dog lacks one annotation
-    assert set(res["methods"]) == {"interpreter", "attention", "rollout", "chefer_iccv21"}  # old name
+    # "chefer": the old name of chefer_iccv21
+    assert set(res["methods"]) == {"interpreter", "attention", "rollout", "chefer_iccv21"}
     assert all(0 <= r["miou"] <= 100 for r in res["methods"].values())
     assert "paper_table1_deit_s" not in res
     # wrong pairings and explanation methods without --masks are refused with a reason

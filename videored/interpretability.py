@@ -3,8 +3,9 @@
 Two protocols (`PROTOCOLS`), each counting 2x2 confusions C[target, predicted] (background = 0,
 object = 1) over every pixel of every frame of the dataset and taking the ratios once at the end:
 
-- "benchmark" (`videored eval --masks`' default): the public ImageNet-Segmentation protocol of Chefer et al. (CVPR'21;
-  hila-chefer/Transformer-Explainability, `baselines/ViT/imagenet_seg_eval.py`). Each frame's
+- "benchmark" (`videored eval --masks`' default): the public ImageNet-Segmentation protocol of
+  Chefer et al. (CVPR'21; hila-chefer/Transformer-Explainability,
+  `baselines/ViT/imagenet_seg_eval.py`). Each frame's
   (gh, gw) patch map is upsampled x patch_size bilinearly (`F.interpolate(..., mode="bilinear")`,
   align_corners False, the reference's default), min-max normalised over the frame, and
   thresholded at its mean (object = value > mean). A constant map (0/0: NaN in the reference)
@@ -13,9 +14,9 @@ object = 1) over every pixel of every frame of the dataset and taking the ratios
   map for object: the reference's `get_ap_scores` on its 2-channel output). The map of a token
   scorer is its informative score with dropped tokens 0 (as the paper draws it); an explanation's
   is its relevance.
-- "kept" (`interpretability_table`'s default, the in-eval view): the token-reduction view: the kept-patch mask (each patch_size x patch_size block takes
-  its patch's decision) is the predicted object mask; explanations keep their top patches at the
-  interpreter's kept fraction.
+- "kept" (`interpretability_table`'s default, the in-eval view): the token-reduction view: the
+  kept-patch mask (each patch_size x patch_size block takes its patch's decision) is the
+  predicted object mask; explanations keep their top patches at the interpreter's kept fraction.
 
     pixel_acc = (TP + TN) / all pixels
     mean_acc  = (TP / (TP + FN) + TN / (TN + FP)) / 2          (paper Table 1's mAcc)

@@ -237,5 +237,6 @@ def table1_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CHEFER_CVPR21_VIT_B", "PAPER_TABLE1", "PROTOCOL_NOTES", "TABLE1_METHODS", "TOKEN_SCORERS", "budget_note", "open_mask_set",
-           "run_interpretability", "table1_markdown"]
+__all__ = ["CHEFER_CVPR21_VIT_B", "PAPER_TABLE1", "PROTOCOL_NOTES", "TABLE1_METHODS",
+           "TOKEN_SCORERS", "budget_note", "open_mask_set", "run_interpretability",
+           "table1_markdown"]

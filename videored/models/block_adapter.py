@@ -211,7 +211,8 @@ def lrp_linears(block: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.L
     if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)) or \
             not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity) or \
             fc1.out_features != fc2.in_features:
-        raise NotImplementedError(f"LRP needs a plain fc1 -> act -> fc2 MLP, got {type(mlp).__name__}")
+        raise NotImplementedError("LRP needs a plain fc1 -> act -> fc2 MLP, got "
+                                  f"{type(mlp).__name__}")
     return attn.qkv, attn.proj, fc1, fc2
 
 
@@ -245,7 +246,7 @@ def has_fused_attention(block: nn.Module) -> bool:
     return attn is not None and bool(getattr(attn, "fused_attn", False)) and hasattr(block, "ls1")
 
 
-__all__ = ["Attend", "BlockTrace", "ExplicitAttend", "attention_half", "attention_logits", "attention_output",
-           "attn_dim", "block_forward", "cls_attention", "dropout_p", "has_fused_attention",
+__all__ = ["Attend", "BlockTrace", "ExplicitAttend", "attention_half", "attention_logits",
+           "attention_output", "attn_dim", "block_forward", "cls_attention", "dropout_p", "has_fused_attention",
            "heads_first", "lrp_linears", "mlp_half", "qkv_heads", "sdpa_attend", "tokens_first",
            "traced_block_forward"]

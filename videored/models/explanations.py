@@ -231,7 +231,8 @@ def lrp_block(trace: ba.BlockTrace, block: nn.Module, relevance: torch.Tensor
     r_x, r_attn = lrp_add(t.x, t.attn_out, r_mid)
     q, k, v = (ba.heads_first(u) for u in (t.q, t.k, t.v))  # (B, H, L, hd)
     heads, head_dim = q.shape[1], q.shape[3]
-    r_o = ba.heads_first(lrp_linear(t.proj_in, proj.weight, r_attn).unflatten(-1, (heads, head_dim)))
+    r_o = lrp_linear(t.proj_in, proj.weight, r_attn).unflatten(-1, (heads, head_dim))
+    r_o = ba.heads_first(r_o)  # (B, H, L, hd)
     r_probs, r_v = lrp_matmul(t.probs, v, r_o)  # (B, H, L, L), (B, H, L, hd)
     r_q, r_kt = lrp_matmul(q, k.transpose(-2, -1), r_probs)  # through softmax unchanged
     r_qkv = torch.stack([ba.tokens_first(r_q), ba.tokens_first(r_kt.transpose(-2, -1)),
