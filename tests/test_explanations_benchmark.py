@@ -268,3 +268,24 @@ def test_topk_ties_keep_the_lowest_indices_on_every_run_and_batch_order():
     out = E.explanation_output(model, x, "attn_gradcam", 0.5).keep[0]
     again = E.explanation_output(model, x[[3, 1, 0, 2]], "attn_gradcam", 0.5).keep[0]
     assert torch.equal(again, out[[3, 1, 0, 2]])
+
+
+def test_lrp_position_split_reads_the_video_embedding():
+    """LRP's last rule splits the input tokens into content (cls token, patch embedding) and
+    position (+ time) embedding: the content part equals the patch embedding of each frame."""
+    from einops import rearrange
+
+    torch.manual_seed(0)
+    model = create_model("timesformer_jointst_tiny_patch16_224", img_size=16, patch_size=8,
+                         num_frames=3, embed_dim=D, depth=2, num_heads=HEADS, num_classes=3,
+                         selector="none").double().eval()
+    with torch.no_grad():
+        model.embed.time_embed.normal_()
+    x = torch.randn(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(2)).double()
+    seq = E._tokens(model, x)
+    content = seq - E._position_part(model, seq)
+    with torch.no_grad():
+        patches = model.embed.patch_embed(rearrange(x, "b c t h w -> (b t) c h w"))
+    torch.testing.assert_close(content[:, 1:], patches.reshape(2, 12, D))
+    torch.testing.assert_close(content[:, 0], model.embed.cls_token[0].expand(2, D))
+    assert E.lrp(model, x).shape == (2, 12)
