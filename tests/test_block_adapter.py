@@ -119,3 +119,15 @@ def test_lrp_linears_refuse_what_the_rules_do_not_cover():
     blk.mlp.norm = torch.nn.LayerNorm(blk.mlp.fc1.out_features)
     with pytest.raises(NotImplementedError, match="MLP"):
         ba.lrp_linears(blk)
+
+
+def test_patch_embed_matrix_is_the_patch_conv():
+    from timm.layers import PatchEmbed
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(img_size=16, patch_size=8, in_chans=3, embed_dim=5)
+    x = torch.randn(2, 3, 16, 16)
+    weight, p = ba.patch_embed_matrix(pe)
+    patches = x.unfold(2, p, p).unfold(3, p, p)  # (B, C, gh, gw, p, p)
+    flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(2, 4, 3 * p * p)  # (c, row, col) order
+    torch.testing.assert_close(flat @ weight.T + pe.proj.bias, pe(x), atol=1e-5, rtol=1e-5)

@@ -138,10 +138,28 @@ def _slow_lrp(model, recs, feat, target):
     return R, r_attn_all
 
 
+def _slow_input_rule(model, image, r_tokens):
+    """zᴮ rule through the patch conv (bounds: the image's min / max), patch by patch and
+    output channel by output channel, summed over colours -> (1, H, W)."""
+    W = model.embed.patch_embed.proj.weight.detach().numpy()  # (D, 3, p, p)
+    p = W.shape[-1]
+    low, high = image.min(), image.max()
+    out = np.zeros(image.shape)
+    g = image.shape[-1] // p
+    for n in range(r_tokens.shape[0]):
+        r0, c0 = (n // g) * p, (n % g) * p
+        patch = image[:, r0:r0 + p, c0:c0 + p]
+        for j in range(W.shape[0]):
+            w = W[j]
+            num = patch * w - low * np.maximum(w, 0) - high * np.minimum(w, 0)
+            out[:, r0:r0 + p, c0:c0 + p] += num / num.sum() * r_tokens[n, j]
+    return out.sum(0)[None]
+
+
 def _reference(model, x, targets=None):
     """{row: (B, N)} from the slow forward and the slow rules, sample by sample; targets (B,)
     the explained classes (default: the predicted ones)."""
-    rows = {k: [] for k in ("raw_attention", "rollout", "attn_gradcam", "lrp",
+    rows = {k: [] for k in ("raw_attention", "rollout", "attn_gradcam", "lrp", "lrp_pixels",
                             "transformer_attribution")}
     eye = np.eye(L)
     for b in range(len(x)):
@@ -161,6 +179,7 @@ def _reference(model, x, targets=None):
         content = seq.detach().numpy() - pos
         r_content, _ = _rel_add(content, pos, R)
         rows["lrp"].append(r_content[1:].sum(1))
+        rows["lrp_pixels"].append(_slow_input_rule(model, x[b].numpy(), r_content[1:]))
         cam = np.maximum(g[1] * r_attn[1], 0).mean(0)  # start_layer = 1: the last block only
         rows["transformer_attribution"].append((cam + eye)[0, 1:])
     return {k: torch.tensor(np.stack(v)) for k, v in rows.items()}
@@ -173,10 +192,14 @@ def test_benchmark_rows_equal_slow_loop_references_on_two_blocks(targets):
     t = None if targets is None else torch.tensor(targets)
     got = {"raw_attention": E.raw_attention(model, x), "rollout": E.attention_rollout(model, x),
            "attn_gradcam": E.attn_gradcam(model, x, t), "lrp": E.lrp(model, x, t),
+           "lrp_pixels": E.lrp_pixels(model, x, t),
            "transformer_attribution": E.transformer_attribution(model, x, t)}
     for name, value in got.items():
-        assert value.shape == (2, 4)
+        assert value.shape == ((2, 1, 16, 16) if name == "lrp_pixels" else (2, 4))
         torch.testing.assert_close(value, ref[name], rtol=1e-6, atol=1e-9, msg=name)
+    # the pixel map's per-patch sums are the patch relevance (the zᴮ rule conserves)
+    torch.testing.assert_close(got["lrp_pixels"].reshape(2, 2, 8, 2, 8).sum((2, 4)).flatten(1),
+                               got["lrp"])
     assert (ref["lrp"] != 0).all() and (ref["transformer_attribution"] > 0).any()
     if targets == (2, 0):  # a class whose attention-GradCAM is not all ReLU-zero
         assert (ref["attn_gradcam"] > 0).any()
@@ -222,6 +245,10 @@ def test_lrp_rules_conserve_relevance():
     for s in range(2):
         for got, want in zip((ra[s], rb[s]), _rel_add(a[s], b[s], Rs[s])):
             torch.testing.assert_close(got, torch.tensor(want))
+    # input layer (zᴮ): z ≥ 0 for inputs within the bounds, Σ R_pixels = Σ R
+    patches = torch.rand(4, 6, generator=g).double() * 2 - 1
+    r = E.lrp_input_rule(patches, W, R, torch.tensor(-1.0).double(), torch.tensor(1.0).double())
+    torch.testing.assert_close(r.sum(1), R.sum(1))
     # the whole model: Σ R is 1 per sample (the one-hot start) after the head and every block
     # (D = 64: an output with z = 0 needs 64 sign mismatches, so none loses relevance)
     torch.manual_seed(0)

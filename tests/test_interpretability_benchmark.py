@@ -127,3 +127,26 @@ def test_benchmark_maps_are_scored_frame_by_frame():
     frames.add_benchmark(maps.view(2, 9), target.view(2, 1, 12, 12), (1, 3, 3), 4)
     assert torch.equal(video.confusion, frames.confusion) and video.aps == frames.aps
     assert video.metrics("benchmark") == frames.metrics("benchmark")
+
+
+def test_pixel_maps_are_scored_without_upsampling():
+    """Full LRP's pixel maps (B, T, H, W) go straight to min-max and the mean threshold."""
+    rng = np.random.default_rng(3)
+    maps = torch.tensor(rng.integers(0, 9, (2, 1, 8, 8)) / 8.0)  # exact in double
+    maps[:, 0, 0, 0], maps[:, 0, -1, -1] = 0.0, 1.0
+    target = torch.tensor(rng.random((2, 1, 8, 8)) > 0.5)
+    score = SegmentationScore()
+    score.add_benchmark(maps, target, (1, 2, 2), 4)
+    tp = tn = fp = fn = 0
+    aps = []
+    for b in range(2):
+        soft, t = maps[b, 0].numpy(), target[b, 0].numpy()  # min 0, max 1: min-max is identity
+        pred = soft > soft.mean()
+        tp += (pred & t).sum(); tn += (~pred & ~t).sum()
+        fp += (pred & ~t).sum(); fn += (~pred & t).sum()
+        aps.append(_ap(np.concatenate([1 - soft.ravel(), soft.ravel()]),
+                       np.concatenate([~t.ravel(), t.ravel()])))
+    assert score.metrics("benchmark") == pytest.approx(
+        {"pixel_acc": 100 * (tp + tn) / 128, "mean_acc": 100 * (tp / (tp + fn) + tn / (tn + fp)) / 2,
+         "miou": 100 * (tp / (tp + fp + fn) + tn / (tn + fn + fp)) / 2, "map": 100 * np.mean(aps)},
+        rel=1e-12)

@@ -116,8 +116,12 @@ def test_table1_on_an_imagenet_segmentation_file(tmp_path, capsys):
     assert res["protocol"] == "benchmark"
     with torch.no_grad():
         out_i = model(x, selector="interpreter")
+    from videored.models.explanations import explanation_pixels
+
     maps = {"interpreter": out_i.scores[-1] * out_i.keep[-1],
-            **{m: explanation_scores(model, x, m) for m in EXPLANATIONS}}
+            **{m: explanation_scores(model, x, m) for m in EXPLANATIONS},
+            "lrp": explanation_pixels(model, x, "lrp")}  # full LRP: scored at the pixels
+    assert maps["lrp"].shape == (5, 1, 32, 32)
     for m, scored in maps.items():
         ref = SegmentationScore()
         ref.add_benchmark(scored, torch.tensor(target), (1, 4, 4), 8)

@@ -39,7 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
-from videored.models.explanations import (canonical_name, explanation_scores, is_explanation,
+from videored.models.explanations import (canonical_name, explanation_pixels,
+                                          explanation_scores, is_explanation,
                                           run_with_explanations)
 from videored.models.methods import METHODS, get_method, run_methods
 
@@ -87,10 +88,14 @@ def segmentation_metrics(confusion: torch.Tensor, *, absent_iou: str = "skip"
 def benchmark_soft_maps(maps: torch.Tensor, grid: tuple[int, int, int],
                         patch_size: int) -> torch.Tensor:
     """(B, N) patch maps -> (B, T, gh*p, gw*p) soft maps: bilinear x p (align_corners False),
-    min-max over each frame; NaN where a frame's map is constant (the reference's 0/0)."""
+    min-max over each frame; NaN where a frame's map is constant (the reference's 0/0).
+    Pixel maps (B, T, gh*p, gw*p) (full LRP) are not upsampled, as in the reference."""
     T, gh, gw = grid
-    m = maps.detach().double().reshape(-1, 1, gh, gw)  # (B*T, 1, gh, gw)
-    up = F.interpolate(m, scale_factor=patch_size, mode="bilinear", align_corners=False)
+    if maps.ndim == 4:
+        up = maps.detach().double().reshape(-1, 1, gh * patch_size, gw * patch_size)
+    else:
+        m = maps.detach().double().reshape(-1, 1, gh, gw)  # (B*T, 1, gh, gw)
+        up = F.interpolate(m, scale_factor=patch_size, mode="bilinear", align_corners=False)
     lo = up.amin(dim=(2, 3), keepdim=True)
     hi = up.amax(dim=(2, 3), keepdim=True)
     return ((up - lo) / (hi - lo)).reshape(maps.shape[0], T, gh * patch_size, gw * patch_size)
@@ -139,7 +144,8 @@ class SegmentationScore:
 
     def add_benchmark(self, maps: torch.Tensor, target: torch.Tensor,
                       grid: tuple[int, int, int], patch_size: int) -> None:
-        """maps (B, N) patch maps, target (B, T, H, W) bool: the benchmark protocol."""
+        """maps (B, N) patch maps or (B, T, H, W) pixel maps, target (B, T, H, W) bool: the
+        benchmark protocol."""
         soft = benchmark_soft_maps(maps, grid, patch_size)
         self.confusion += confusion_counts(benchmark_prediction(soft), target)
         for frame, mask in zip(soft.flatten(0, 1), target.flatten(0, 1)):
@@ -186,7 +192,8 @@ def method_maps(model: nn.Module, x: torch.Tensor, methods: list[str], protocol:
     """{method: (what is scored, kept fraction (B,) or None)} on one batch x.
 
     benchmark: a (B, N) map: a token scorer's informative scores with its dropped tokens 0
-    (group `group`'s scores and keep), an explanation's relevance (`explanation_scores`).
+    (group `group`'s scores and keep), an explanation's relevance (`explanation_scores`; full
+    LRP: its (B, T, H, W) pixel map, `explanation_pixels`).
     kept: the (B, N) bool keep mask of `group` (explanations: top patches at the same ratio)."""
     if protocol == "kept":
         outputs = run_with_explanations(model, x, methods, match=match, kept_ratio=kept_ratio,
@@ -198,8 +205,9 @@ def method_maps(model: nn.Module, x: torch.Tensor, methods: list[str], protocol:
                           reference_model=reference_model) if scorers else {}
     result = {}
     for m in methods:
-        if is_explanation(m):
-            result[m] = (explanation_scores(model, x, m), None)
+        if is_explanation(m):  # a pixel-level map where the row has one (full LRP)
+            pixels = explanation_pixels(model, x, m)
+            result[m] = (explanation_scores(model, x, m) if pixels is None else pixels, None)
         else:
             out = outputs[m]
             keep = out.keep[group]

@@ -240,6 +240,18 @@ def traced_block_forward(block: nn.Module, x: torch.Tensor, *,
                       out=mid + mlp_out)
 
 
+def patch_embed_matrix(patch_embed: nn.Module) -> tuple[torch.Tensor, int]:
+    """timm's `PatchEmbed` as the linear map it is on each flattened patch: (weight (D, C*p*p),
+    p), inputs flattened in (channel, row, column) order; its bias is not returned (relevance
+    rules leave it out). NotImplementedError unless a non-overlapping square conv without norm."""
+    proj = getattr(patch_embed, "proj", None)
+    if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride or \
+            proj.kernel_size[0] != proj.kernel_size[1] or proj.padding != (0, 0) or \
+            not isinstance(getattr(patch_embed, "norm", nn.Identity()), nn.Identity):
+        raise NotImplementedError("relevance to pixels needs a plain non-overlapping patch conv")
+    return proj.weight.flatten(1), proj.kernel_size[0]
+
+
 def has_fused_attention(block: nn.Module) -> bool:
     """timm's attention runs fused SDPA (probabilities never formed)."""
     attn = getattr(block, "attn", None)
@@ -248,5 +260,5 @@ def has_fused_attention(block: nn.Module) -> bool:
 
 __all__ = ["Attend", "BlockTrace", "ExplicitAttend", "attention_half", "attention_logits",
            "attention_output", "attn_dim", "block_forward", "cls_attention", "dropout_p", "has_fused_attention",
-           "heads_first", "lrp_linears", "mlp_half", "qkv_heads", "sdpa_attend", "tokens_first",
+           "heads_first", "lrp_linears", "mlp_half", "patch_embed_matrix", "qkv_heads", "sdpa_attend", "tokens_first",
            "traced_block_forward"]

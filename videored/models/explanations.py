@@ -16,10 +16,10 @@ follows (`EXPLANATIONS`; the public benchmark is hila-chefer/Transformer-Explain
   map_j = ReLU(mean_h w_h A_h[0, j]).
 - `lrp`: full LRP (Binder et al. 2016 rules as the benchmark applies them to ViT, alpha = 1,
   beta = 0): the target's one-hot relevance propagated through head, blocks and the position
-  embedding back to the patch tokens, summed over channels (benchmark `full_lrp`; paper Table 1
-  "LRP"). The benchmark continues through the patch-embedding conv to pixels; that rule conserves
-  relevance within each patch, so our per-patch map is the sum of its pixel map over each patch
-  (then upsampled like every other 14 x 14 map, see docs/evaluation.md).
+  embedding back to the patch tokens, then through the patch-embedding conv by the zᴮ rule to
+  the pixels, summed over colour channels (benchmark `full_lrp`; paper Table 1 "LRP"):
+  `lrp_pixels` (B, T, H, W), which the benchmark protocol scores as is; `lrp` is its per-patch
+  sum (B, N) (the zᴮ rule conserves relevance within each patch) for drawing and top-k.
 - `transformer_attribution`: Chefer, Gur & Wolf, CVPR'21: per block Ā = mean_h (∇A ⊙ R_A)⁺ with
   R_A the LRP relevance of the attention probabilities, relevance = cls row of
   (Ā_L + I) ··· (Ā_s + I) from s = 1 (benchmark `transformer_attribution`).
@@ -282,8 +282,41 @@ def lrp_pass(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
 
 
 def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Full LRP relevance of each patch token, summed over channels -> (B, N)."""
+    """Full LRP relevance of each patch token, summed over channels -> (B, N) (= the per-patch
+    sum of `lrp_pixels`: its rule conserves relevance within each patch)."""
     return lrp_pass(model, x, target)["tokens"][:, 1:].sum(-1)
+
+
+def lrp_input_rule(patches: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor,
+                   low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The zᴮ rule of an input layer y = x Wᵀ with inputs bounded in [low, high] (Montavon et
+    al. 2017; the benchmark's rule for the patch-embedding conv):
+    R_i = Σ_j (x_i W_ji - low W_ji⁺ - high W_ji⁻) / z_j · R_j, z_j the sum of the numerators.
+    patches (..., I), weight (J, I), relevance (..., J), low / high broadcastable (..., 1)."""
+    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+    z = patches @ weight.T - low * wp.sum(1) - high * wn.sum(1)  # >= 0: x in [low, high]
+    s = relevance / (z + EPS)
+    return patches * (s @ weight) - low * (s @ wp) - high * (s @ wn)
+
+
+def lrp_pixels(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Full LRP to the pixels, as the benchmark's `full_lrp`: the patch tokens' relevance through
+    the patch-embedding conv by the zᴮ rule (bounds: each frame's min / max input value),
+    summed over colour channels -> (B, T, H, W) (T = 1 for images)."""
+    from einops import rearrange
+
+    r = lrp_pass(model, x, target)["tokens"][:, 1:]  # (B, N, D)
+    frames = x if x.ndim == 5 else x.unsqueeze(2)  # (B, C, T, H, W)
+    weight, p = ba.patch_embed_matrix(model.embed.patch_embed)
+    _, gh, gw = model.grid
+    with torch.no_grad():
+        patches = rearrange(frames, "b c t (h p) (w q) -> b (t h w) (c p q)", p=p, q=p)
+        low = frames.amin(dim=(1, 3, 4)).repeat_interleave(gh * gw, dim=1)[..., None]  # (B, N, 1)
+        high = frames.amax(dim=(1, 3, 4)).repeat_interleave(gh * gw, dim=1)[..., None]
+        rp = lrp_input_rule(patches, weight.to(patches.dtype), r, low, high)  # (B, N, C*p*p)
+        return rearrange(rp, "b (t h w) (c p q) -> b c t (h p) (w q)", h=gh, w=gw, p=p,
+                         q=p).sum(1)
 
 
 def transformer_attribution(model: nn.Module, x: torch.Tensor,
@@ -304,6 +337,8 @@ class Explanation:
     compute: Relevance
     paper_row: str  # the row of paper Table 1 / the benchmark it corresponds to
     follows: str  # whose definition it implements
+    # a pixel-level map (B, T, H, W) the benchmark scores instead of the upsampled patch map
+    pixels: Relevance | None = None
 
 
 _ROWS = (
@@ -313,7 +348,8 @@ _ROWS = (
                 "Abnar & Zuidema 2020, benchmark start_layer=1"),
     Explanation("attn_gradcam", attn_gradcam, "Table 1 'GradCAM'",
                 "benchmark attn_gradcam (GradCAM on the last block's attention)"),
-    Explanation("lrp", lrp, "Table 1 'LRP'", "benchmark full_lrp (Binder et al. rules, per patch)"),
+    Explanation("lrp", lrp, "Table 1 'LRP'", "benchmark full_lrp (Binder et al. rules)",
+                pixels=lrp_pixels),
     Explanation("transformer_attribution", transformer_attribution,
                 "benchmark 'transformer_attribution' (Chefer et al. CVPR'21, 'Ours')",
                 "Chefer, Gur & Wolf CVPR'21, start_layer=1"),
@@ -370,6 +406,23 @@ def explanation_scores(model: nn.Module, x: torch.Tensor, method: str,
     finally:
         model.train(was_training)
     return minmax(scores.detach())
+
+
+def explanation_pixels(model: nn.Module, x: torch.Tensor, method: str,
+                       target: torch.Tensor | None = None) -> torch.Tensor | None:
+    """(B, T, H, W) pixel-level relevance of `method` if it has one (`lrp`), else None."""
+    pixels = EXPLANATIONS[canonical_name(method)].pixels
+    if pixels is None:
+        return None
+    was_training = model.training
+    model.eval()
+    chunk = max(1, TOKENS_PER_CHUNK // (model.num_patches + 1))
+    try:
+        return torch.cat([pixels(model, x[i:i + chunk],
+                                 None if target is None else target[i:i + chunk])
+                          for i in range(0, len(x), chunk)]).detach()
+    finally:
+        model.train(was_training)
 
 
 def stable_topk_mask(scores: torch.Tensor, k: torch.Tensor | list[int]) -> torch.Tensor:
@@ -432,7 +485,8 @@ def run_with_explanations(model: nn.Module, x: torch.Tensor, methods: list[str],
 
 __all__ = ["DEPRECATED", "EXPLANATIONS", "Explanation", "START_LAYER", "attention_rollout",
            "attn_gradcam", "canonical_name", "chefer_iccv21", "cls_row_of_product",
-           "explanation_output", "explanation_scores", "feature_gradcam", "gradcam_parts",
+           "explanation_output", "explanation_pixels", "explanation_scores", "lrp_input_rule",
+           "lrp_pixels", "feature_gradcam", "gradcam_parts",
            "is_explanation", "lrp", "lrp_add", "lrp_block", "lrp_linear", "lrp_matmul",
            "lrp_pass", "minmax", "raw_attention", "run_with_explanations", "safe_divide",
            "stable_topk_mask", "transformer_attribution"]
