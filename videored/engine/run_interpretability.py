@@ -54,7 +54,7 @@ PAPER_ROWS = {"raw attention": "raw_attention", "GradCAM": "attn_gradcam", "LRP"
               "ours": "interpreter"}
 METRIC_ROWS = (("pixel_acc", "pixel accuracy"), ("mean_acc", "mAcc"), ("miou", "mIoU"),
                ("map", "mAP"))
-# Chefer, Gur & Wolf, CVPR'21, Table 2 (ViT-B/16, ImageNet-Segmentation, their protocol), percent,
+# Chefer, Gur & Wolf, CVPR'21, ImageNet-Segmentation (ViT-B/16, their protocol), percent,
 # and the row of ours each corresponds to (see docs/evaluation.md).
 CHEFER_CVPR21_VIT_B = {
     "rollout": {"pixel_acc": 73.54, "map": 84.76, "miou": 55.42},
@@ -232,7 +232,7 @@ def table1_markdown(summary: dict[str, Any]) -> str:
         lines += ["", _reference_table("paper Table 1 (DeiT-S)", summary["paper_table1_deit_s"],
                                        PAPER_ROWS)]
     if "chefer_cvpr21_vit_b" in summary:
-        lines += ["", _reference_table("Chefer et al. CVPR'21 Table 2 (ViT-B)",
+        lines += ["", _reference_table("Chefer et al. CVPR'21 (ViT-B, ImageNet-Seg.)",
                                        summary["chefer_cvpr21_vit_b"], CHEFER_ROWS)]
     return "\n".join(lines) + "\n"
 

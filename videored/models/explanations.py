@@ -4,7 +4,7 @@ They remove no token (explanation-only rows). Each maps x (B, C, [T,] H, W) to a
 (B, N) over the patch tokens, in the model's token order; `explanation_scores` min-max
 normalises it per sample for drawing and for the tables. The rows, and whose definition each
 follows (`EXPLANATIONS`; the public benchmark is hila-chefer/Transformer-Explainability,
-`baselines/ViT/`, whose ImageNet-Segmentation numbers are Chefer et al., CVPR'21, Table 2):
+`baselines/ViT/`, whose ImageNet-Segmentation numbers are Chefer et al., CVPR'21):
 
 - `raw_attention`: the last block's attention of the cls query over the patches, mean over
   heads (benchmark `attn_last_layer`; paper Table 1 "raw attention").
