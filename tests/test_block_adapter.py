@@ -93,3 +93,41 @@ def test_packed_rows_share_the_code_path():
             ba.heads_first(q), ba.heads_first(k), ba.heads_first(v)))
 
     torch.testing.assert_close(ba.block_forward(blk, x[0], attend), blk(x)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,kwargs", list(VARIANTS.items()))
+def test_traced_block_forward_equals_timm_and_keeps_its_intermediates(name, kwargs):
+    blk = _make(kwargs)
+    x = torch.randn(2, 7, 32)
+    t = ba.traced_block_forward(blk, x, retain_grad=True)
+    torch.testing.assert_close(t.out, blk(x), atol=1e-5, rtol=1e-5)
+    qkv, proj, fc1, fc2 = ba.lrp_linears(blk)
+    torch.testing.assert_close(t.mid, x + blk.ls1(blk.attn(blk.norm1(x))), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(t.mlp_out, blk.ls2(fc2(t.hidden)))
+    torch.testing.assert_close(t.hidden, blk.mlp.act(fc1(blk.norm2(t.mid))))
+    assert t.probs.shape == (2, 4, 7, 7) and t.q.shape == (2, 7, 4, 8)
+    with pytest.raises(ValueError, match="eval mode"):
+        ba.traced_block_forward(blk.train(), x)
+
+
+def test_lrp_linears_refuse_what_the_rules_do_not_cover():
+    for name, kwargs in _variants():
+        if name == "gated":
+            with pytest.raises(NotImplementedError, match="gated"):
+                ba.lrp_linears(_make(kwargs))
+    blk = _block()
+    blk.mlp.norm = torch.nn.LayerNorm(blk.mlp.fc1.out_features)
+    with pytest.raises(NotImplementedError, match="MLP"):
+        ba.lrp_linears(blk)
+
+
+def test_patch_embed_matrix_is_the_patch_conv():
+    from timm.layers import PatchEmbed
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(img_size=16, patch_size=8, in_chans=3, embed_dim=5)
+    x = torch.randn(2, 3, 16, 16)
+    weight, p = ba.patch_embed_matrix(pe)
+    patches = x.unfold(2, p, p).unfold(3, p, p)  # (B, C, gh, gw, p, p)
+    flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(2, 4, 3 * p * p)  # (c, row, col) order
+    torch.testing.assert_close(flat @ weight.T + pe.proj.bias, pe(x), atol=1e-5, rtol=1e-5)

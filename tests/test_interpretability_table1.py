@@ -29,7 +29,7 @@ def _pixels(keep, grid, p):  # (N,) bool -> (T, gh*p, gw*p)
 def test_table1_on_an_imagenet_segmentation_file(tmp_path, capsys):
     pytest.importorskip("h5py")
     from videored.data.imagenet_seg import ImageNetSegmentation
-    from videored.viz.explanations import explanation_scores
+    from videored.models.explanations import EXPLANATIONS, explanation_scores
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 36, 3), dtype=np.uint8) for _ in range(5)]
@@ -54,15 +54,15 @@ def test_table1_on_an_imagenet_segmentation_file(tmp_path, capsys):
                    "run: {device: cpu, progress: false}\n")
     out = tmp_path / "out"
     assert cli.main(["eval", "--config", str(cfg), "--checkpoint", str(tmp_path / "model.pt"),
-                     "--out", str(out), "--interpretability", "--masks", str(mat)]) == 0
+                     "--out", str(out), "--interpretability", "--masks", str(mat),
+                     "--protocol", "kept"]) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
-    assert res["samples"] == 5 and res["failed"] == 0
+    assert res["samples"] == 5 and res["failed"] == 0 and res["protocol"] == "kept"
     methods = res["methods"]
     assert list(methods) == ["interpreter", "attention", "random", "temporal_difference",
-                             "rollout", "gradcam", "chefer"]
-    assert [m for m, r in methods.items() if r["explanation_only"]] == ["rollout", "gradcam",
-                                                                         "chefer"]
+                             *EXPLANATIONS]
+    assert [m for m, r in methods.items() if r["explanation_only"]] == list(EXPLANATIONS)
     # reference: the model's own decisions, upsampled, against the stored masks resized
     ds = ImageNetSegmentation(mat, img_size=32)
     x = torch.stack([ds[i]["image"] for i in range(5)])
@@ -78,7 +78,7 @@ def test_table1_on_an_imagenet_segmentation_file(tmp_path, capsys):
         pytest.approx(_metrics(pred.ravel(), target.ravel()))
     # explanations keep, image by image, the interpreter's fraction in one selection
     ks = [max(1, round(fb * N)) for fb in f]
-    for m in ("rollout", "gradcam", "chefer"):
+    for m in EXPLANATIONS:
         s = explanation_scores(model, x, m).numpy()
         keep = np.zeros_like(s, bool)
         for b in range(5):
@@ -98,9 +98,41 @@ def test_table1_on_an_imagenet_segmentation_file(tmp_path, capsys):
     assert res["budget"] == {"match": "ratio", "reference": "interpreter"}
     md = (out / "results.md").read_text()
     assert ("| metric | interpreter (ours) | attention | random | temporal_difference | "
-            "rollout † | gradcam † | chefer † |") in md
-    for label in ("| pixel accuracy |", "| mAcc |", "| mIoU |", "| kept % |", "49.42", "41.31"):
+            "raw_attention † | rollout † | attn_gradcam † | lrp † | transformer_attribution † | "
+            "feature_gradcam † | chefer_iccv21 † |") in md
+    for label in ("| pixel accuracy |", "| mAcc |", "| mIoU |", "| kept % |", "49.42", "41.31",
+                  "Protocol: **kept**"):
         assert label in md and label in printed
+    assert "| mAP |" not in md  # no soft map is scored in the kept protocol
+
+    # the default protocol: the public benchmark's, on every map (the interpreter's informative
+    # scores with its dropped tokens 0, the explanations' relevance), mAP included
+    from videored.interpretability import SegmentationScore
+
+    bench = tmp_path / "bench"
+    assert cli.main(["eval", "--config", str(cfg), "--checkpoint", str(tmp_path / "model.pt"),
+                     "--out", str(bench), "--interpretability", "--masks", str(mat)]) == 0
+    res = json.loads((bench / "results.json").read_text())
+    assert res["protocol"] == "benchmark"
+    with torch.no_grad():
+        out_i = model(x, selector="interpreter")
+    from videored.models.explanations import explanation_pixels
+
+    maps = {"interpreter": out_i.scores[-1] * out_i.keep[-1],
+            **{m: explanation_scores(model, x, m) for m in EXPLANATIONS},
+            "lrp": explanation_pixels(model, x, "lrp")}  # full LRP: scored at the pixels
+    assert maps["lrp"].shape == (5, 1, 32, 32)
+    for m, scored in maps.items():
+        ref = SegmentationScore()
+        ref.add_benchmark(scored, torch.tensor(target), (1, 4, 4), 8)
+        want = ref.metrics("benchmark")
+        assert {k: res["methods"][m][k] for k in want} == pytest.approx(want), m
+        assert 0 <= want["map"] <= 100
+    assert np.isnan(res["methods"]["rollout"]["kept"])  # explanations keep no fraction here
+    md = (bench / "results.md").read_text()
+    for label in ("| mAP |", "Protocol: **benchmark**", "Chefer et al. CVPR'21", "79.70",
+                  "GradCAM (= attn_gradcam)"):
+        assert label in md
 
 
 def test_table1_on_a_davis_folder_counts_unreadable_videos(tmp_path):
@@ -123,7 +155,8 @@ def test_table1_on_a_davis_folder_counts_unreadable_videos(tmp_path):
                      "--methods", "interpreter,attention,rollout,chefer"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["samples"] == 2 and res["failed"] == 1  # dog lacks one annotation
-    assert set(res["methods"]) == {"interpreter", "attention", "rollout", "chefer"}
+    # "chefer": the old name of chefer_iccv21
+    assert set(res["methods"]) == {"interpreter", "attention", "rollout", "chefer_iccv21"}
     assert all(0 <= r["miou"] <= 100 for r in res["methods"].values())
     assert "paper_table1_deit_s" not in res
     # wrong pairings and explanation methods without --masks are refused with a reason
@@ -133,3 +166,22 @@ def test_table1_on_a_davis_folder_counts_unreadable_videos(tmp_path):
     bad.write_bytes(b"")
     assert cli.main(["eval", "--config", str(cfg), "--checkpoint", str(tmp_path / "model.pt"),
                      "--out", str(out), "--interpretability", "--masks", str(bad)]) == 2
+
+
+def test_davis_frame_not_sampled_may_lack_its_annotation(tmp_path):
+    """Only the sampled frames' annotations are read: a missing PNG elsewhere in the sequence
+    does not drop it; a missing PNG of a sampled frame still fails (counted) with its name."""
+    from videored.data.davis import davis_clips
+    from videored.data.frame_folder import load_annotations
+
+    _write_davis(tmp_path, {"bear": 12, "car": 12}, skip_annotation=("bear", 11))
+    (tmp_path / "Annotations/480p/car/00005.png").unlink()
+    ds = davis_clips(tmp_path, num_frames=2, sampling_rate=1, target_fps=24, crop_size=16,
+                     num_spatial_crops=1)
+    bear, car = ds[0], ds[1]
+    assert not bear["failed"] and car["failed"]  # the centre clip of 12 frames: frames 5, 6
+    frames = tmp_path / "JPEGImages/480p/bear"
+    want = load_annotations(frames, [5, 6])[:, :, 4:20]
+    assert torch.equal(bear["mask"], torch.from_numpy(want))
+    with pytest.raises(FileNotFoundError, match="00011.png"):
+        load_annotations(frames)  # every frame: names the missing one

@@ -227,3 +227,13 @@ def test_tome_groups_figure_paints_the_merged_groups(files, tmp_path, capsys):
     for t in range(4):
         top, left = lay.offsets[1][t]
         np.testing.assert_array_equal(png[top + 16:top + 32, left:left + 32], flat[t][16:])
+
+
+def test_benchmark_rows_are_offered_by_name(files, tmp_path, capsys):
+    """The explanation rows named like the paper's / benchmark's are drawn by name."""
+    out = tmp_path / "out"
+    for m in ("raw_attention", "attn_gradcam", "lrp", "transformer_attribution"):
+        assert _run("--checkpoint", files / "video.pt", "-p", files / "synth.mp4", "-o", out,
+                    "--method", m, "--kept-ratio", "0.5") == 0
+        assert (out / f"synth_{m}.png").is_file()
+    assert "explanation-only, top 0.500" not in capsys.readouterr().err

@@ -1,13 +1,14 @@
-"""Explanation baselines against independent references: attention probabilities captured from
-timm's own (non-fused) attention, rollout as a hand-computed product, GradCAM's weights by finite
-differences, Chefer's rule on gradients that timm's graph retained."""
+"""Explanation baselines (`videored.models.explanations`) against independent references:
+attention probabilities captured from timm's own (non-fused) attention, rollout as a
+hand-computed product, GradCAM's weights by finite differences, Chefer's ICCV'21 rule on gradients
+that timm's graph retained."""
 import pytest
 import torch
 
 from videored.models import create_model
-from videored.viz.explanations import (attention_rollout, block_forward, chefer_relevance,
-                                       explanation_output, explanation_scores, gradcam,
-                                       gradcam_parts)
+from videored.models import block_adapter as ba
+from videored.models.explanations import (attention_rollout, chefer_iccv21, explanation_output,
+                                          explanation_scores, feature_gradcam, gradcam_parts)
 
 
 def _model(depth=2, video=False):
@@ -50,7 +51,9 @@ class _TimmProbs:
 def test_block_forward_equals_timm_block_and_its_probabilities():
     model, x = _model(), _x()
     seq = torch.cat(model.embed(x), dim=1)
-    out, probs = block_forward(model.blocks[0], seq)
+    attend = ba.ExplicitAttend(model.blocks[0].attn)
+    out = ba.block_forward(model.blocks[0], seq, attend)
+    probs = attend.probs
     assert torch.allclose(out, model.blocks[0](seq), atol=1e-5)  # timm, fused SDPA
     timm = _TimmProbs(model)
     model.blocks[0](seq)
@@ -69,7 +72,10 @@ def test_rollout_equals_the_hand_computed_product_on_two_blocks():
     eye = torch.eye(17)
     joint = (0.5 * a2 + 0.5 * eye) @ (0.5 * a1 + 0.5 * eye)  # Abnar & Zuidema with residual
     expected = joint[:, 0, 1:]
-    assert torch.allclose(attention_rollout(model, x), expected, atol=1e-6)
+    assert torch.allclose(attention_rollout(model, x, start_layer=0), expected, atol=1e-6)
+    # the benchmark's start_layer=1: only the last block's factor
+    assert torch.allclose(attention_rollout(model, x), (0.5 * a2 + 0.5 * eye)[:, 0, 1:],
+                          atol=1e-6)
     # each factor is row-stochastic (A + I rows sum to 2, halved), so the product is too
     assert torch.allclose(joint.sum(-1), torch.ones(2, 17), atol=1e-6)
 
@@ -95,7 +101,7 @@ def test_gradcam_weights_equal_finite_differences():
             bump[:, 1:, d] = eps  # every patch token's channel d
             fd = (logit(acts + bump) - logit(acts - bump)) / (2 * eps) / N
             assert torch.allclose(weights[:, d], fd, rtol=1e-5, atol=1e-9), d
-    cam = gradcam(model, x)
+    cam = feature_gradcam(model, x)
     assert torch.allclose(cam, torch.relu((acts[:, 1:] * weights[:, None]).sum(-1)))
 
 
@@ -109,16 +115,22 @@ def test_chefer_relevance_follows_its_rule_on_timm_gradients():
     R = torch.eye(17).expand(2, 17, 17)
     for p in timm.probs:  # R <- R + mean_h (grad * A)^+ R, block by block
         R = R + (p.grad * p).clamp(min=0).mean(dim=1) @ R
-    assert torch.allclose(chefer_relevance(model, x), R[:, 0, 1:], atol=1e-6)
+    assert torch.allclose(chefer_iccv21(model, x), R[:, 0, 1:], atol=1e-6)
 
 
 @pytest.mark.parametrize("video", [False, True])
 def test_explanations_are_drawn_and_kept_like_token_scorers(video):
     model, x = _model(video=video), _x(video=video)
-    for method in ("rollout", "gradcam", "chefer"):
+    from videored.models.explanations import EXPLANATIONS
+
+    for method in EXPLANATIONS:
         s = explanation_scores(model, x, method)
         assert s.shape == (2, model.num_patches) and (s >= 0).all()
-        assert torch.allclose(s.amax(1), torch.ones(2)) or method == "gradcam"
+        # min-max normalised per sample; a constant map (e.g. GradCAM's ReLU of a negative
+        # map: all zero) is 0 everywhere
+        constant = s.amax(1) == 0
+        assert torch.allclose(s.amax(1)[~constant], torch.ones(int((~constant).sum()))), method
+        assert torch.allclose(s.amin(1), torch.zeros(2)), method
         out = explanation_output(model, x, method, torch.tensor([0.25, 0.5]))
         k = out.keep[-1]
         assert k.sum(1).tolist() == [round(0.25 * model.num_patches),
@@ -127,4 +139,4 @@ def test_explanations_are_drawn_and_kept_like_token_scorers(video):
             assert s[b][k[b]].min() >= s[b][~k[b]].max()
         assert torch.allclose(out.logits, model(x, selector="none").logits)
     with pytest.raises(ValueError, match="unknown explanation"):
-        explanation_scores(model, x, "lrp")
+        explanation_scores(model, x, "memnet")

@@ -7,7 +7,8 @@
     videored eval --checkpoint model.pt --interpretability --masks gtsegs_ijcv.mat   # Table 1
 
 Every name in --methods is an entry of the method table (`videored.models.methods`); with
---masks, also the explanation-only baselines (`methods.EXPLANATIONS`: rollout, gradcam, chefer).
+--masks, also the explanation-only rows (`models.explanations`), scored by --protocol
+(benchmark: the public ImageNet-Segmentation protocol, the default; kept: kept-patch masks).
 Budgeted methods (the baselines) match the interpreter view by view: the same kept ratio
 (fraction of patches reaching the last block; --match ratio, the default) or the same GMACs
 (--match gmacs), unless a fixed --kept-ratio is given; explanations keep the interpreter's kept
@@ -58,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(gtsegs_ijcv.mat, a DAVIS-style folder, images/+masks/, or a .csv of "
                         "videos with masks); explanation baselines allowed")
     p.add_argument("--limit", type=int, default=None, help="with --masks: the first N items")
+    p.add_argument("--protocol", default="benchmark", choices=("benchmark", "kept"),
+                   help="with --masks: score maps as the public ImageNet-Segmentation benchmark "
+                        "does (bilinear, min-max, mean threshold; + mAP), or the kept-patch "
+                        "masks (the token-reduction view); see docs/evaluation.md")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
@@ -84,7 +89,9 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"videored eval: config error: {err}", file=sys.stderr)
         return 2
-    budgeted = [m for m in methods if m in EXPLANATIONS or get_method(m).budgeted]
+    kept_view = args.protocol == "kept" or not table1  # explanations keep a fraction there
+    budgeted = [m for m in methods if (m in EXPLANATIONS and kept_view)
+                or (m not in EXPLANATIONS and get_method(m).budgeted)]
     if "interpreter" not in methods and args.kept_ratio is None and budgeted:
         print(f"videored eval: {', '.join(budgeted)} need --kept-ratio when 'interpreter' is not "
               "evaluated (there is nothing to match)", file=sys.stderr)
@@ -96,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             run_interpretability(cfg, checkpoint=args.checkpoint, masks=args.masks, out_dir=out,
                                  methods=methods, kept_ratio=args.kept_ratio,
-                                 match=args.match,
+                                 match=args.match, protocol=args.protocol,
                                  dense_checkpoint=args.dense_checkpoint,
                                  batch_size=args.batch_size, num_workers=args.num_workers,
                                  limit=args.limit)

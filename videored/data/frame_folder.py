@@ -114,11 +114,14 @@ def has_annotations(frames: str | os.PathLike) -> bool:
     return folder is not None and folder.is_dir()
 
 
-def load_annotations(frames: str | os.PathLike) -> np.ndarray:
-    """(num_frames, H, W) bool object masks of a DAVIS-style frame folder (non-zero = object).
+def load_annotations(frames: str | os.PathLike,
+                     indices: Sequence[int] | None = None) -> np.ndarray:
+    """(num_frames, H, W) bool object masks of a DAVIS-style frame folder (non-zero = object);
+    indices: only these frames' masks (len(indices), H, W), in that order.
 
-    Every frame needs `<Annotations>/<frame stem>.png` of the frame's size; a missing or unreadable
-    one is an error naming the file (DAVIS test-dev annotates only the first frame: not scorable).
+    Every frame read needs `<Annotations>/<frame stem>.png` of the frame's size; a missing or
+    unreadable one is an error naming the file (DAVIS test-dev annotates only the first frame:
+    not scorable). A frame that is not read may lack its annotation.
     """
     from PIL import Image
 
@@ -127,7 +130,8 @@ def load_annotations(frames: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{frames}: no Annotations folder beside JPEGImages "
                                 f"(looked for {folder})")
     masks = []
-    for frame in frame_files(frames):
+    files = frame_files(frames)
+    for frame in files if indices is None else [files[i] for i in indices]:
         png = folder / f"{frame.stem}.png"
         if not png.is_file():
             raise FileNotFoundError(f"annotation missing for frame {frame.name}: {png}")

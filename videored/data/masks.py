@@ -37,12 +37,13 @@ def has_masks(video_path: str | os.PathLike) -> bool:
     return mask_path(video_path).is_file()
 
 
-def load_masks(video_path: str | os.PathLike) -> np.ndarray:
-    """(T, H, W) bool masks of `video_path`; FileNotFoundError / KeyError name the file."""
+def load_masks(video_path: str | os.PathLike, frames=None) -> np.ndarray:
+    """(T, H, W) bool masks of `video_path`; FileNotFoundError / KeyError name the file.
+    frames: only these frame indices (a frame folder then reads only their annotations)."""
     if os.path.isdir(video_path):  # a frame folder: DAVIS-style Annotations/
         from .frame_folder import load_annotations
 
-        return load_annotations(video_path)
+        return load_annotations(video_path, frames)
     path = mask_path(video_path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file missing: {path}")
@@ -52,4 +53,5 @@ def load_masks(video_path: str | os.PathLike) -> np.ndarray:
         masks = data["masks"]
     if masks.ndim != 3:
         raise ValueError(f"{path}: masks must be (T, H, W), got shape {masks.shape}")
-    return masks.astype(bool, copy=False)
+    masks = masks.astype(bool, copy=False)
+    return masks if frames is None else masks[np.asarray(frames)]

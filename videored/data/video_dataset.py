@@ -332,10 +332,18 @@ class VideoClipDataset(Dataset):
                 log.warning("decord failed on %s (%s); decoded with PyAV instead", path, first.reason)
         masks = None
         if self.return_masks:
-            all_masks = load_masks(path)  # (F, H, W)
-            if all_masks.shape[1:] != frames.shape[2:4] or all_masks.shape[0] < num_video_frames:
-                raise ValueError(f"{path}: masks {all_masks.shape} do not match video ({num_video_frames}, {frames.shape[2]}, {frames.shape[3]})")
-            masks = all_masks[idx]
+            # only the sampled frames' masks: an unsampled frame may lack its annotation
+            if os.path.isdir(path):
+                distinct, where = np.unique(idx, return_inverse=True)
+                masks = load_masks(path, distinct)[where.reshape(idx.shape)]  # (K, T, H, W)
+                if masks.shape[2:] != frames.shape[2:4]:
+                    raise ValueError(f"{path}: annotations {masks.shape[2:]} do not match the "
+                                     f"frames {frames.shape[2:4]}")
+            else:
+                all_masks = load_masks(path)  # (F, H, W)
+                if all_masks.shape[1:] != frames.shape[2:4] or all_masks.shape[0] < num_video_frames:
+                    raise ValueError(f"{path}: masks {all_masks.shape} do not match video ({num_video_frames}, {frames.shape[2]}, {frames.shape[3]})")
+                masks = all_masks[idx]
         return frames, masks
 
     def _read(self, path: str, backend: str, views: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:

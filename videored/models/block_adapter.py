@@ -28,6 +28,7 @@ Tensors are token-major here, (..., L, H, hd), so packed rows (L, H, hd) and bat
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -178,12 +179,86 @@ def cls_attention(block: nn.Module, seq: torch.Tensor,
     return probs[:, :, 0, 1:].mean(dim=1)
 
 
+@dataclass
+class BlockTrace:
+    """Every intermediate of one block's forward, for relevance propagation (LRP walks them
+    backwards). Shapes for x (B, L, D) with H heads of hd dims and an MLP of width M:"""
+    x: torch.Tensor         # block input (B, L, D)
+    h: torch.Tensor         # norm1(x), the qkv projection's input (B, L, D)
+    q: torch.Tensor         # (B, L, H, hd), after q_norm
+    k: torch.Tensor         # (B, L, H, hd), after k_norm
+    v: torch.Tensor         # (B, L, H, hd)
+    probs: torch.Tensor     # attention probabilities (B, H, L, L)
+    proj_in: torch.Tensor   # heads concatenated (after the scale norm): proj's input (B, L, H*hd)
+    attn_out: torch.Tensor  # the attention residual branch ls1(proj(...)) (B, L, D)
+    mid: torch.Tensor       # x + attn_out (B, L, D)
+    h2: torch.Tensor        # norm2(mid), fc1's input (B, L, D)
+    hidden: torch.Tensor    # act(fc1(h2)), fc2's input (B, L, M)
+    mlp_out: torch.Tensor   # the MLP residual branch ls2(fc2(hidden)) (B, L, D)
+    out: torch.Tensor       # mid + mlp_out, the block output (B, L, D)
+
+
+def lrp_linears(block: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+    """(qkv, proj, fc1, fc2): the block's four linear maps, for blocks that relevance
+    propagation can read as `linear -> attention -> linear` and `linear -> act -> linear`.
+
+    Raises NotImplementedError for what the LRP rules of Chefer et al. (CVPR'21) do not cover:
+    gated attention (a product with a sigmoid of the input), a norm inside the MLP, GLU MLPs."""
+    attn, mlp = block.attn, block.mlp
+    if getattr(attn, "gate", None) is not None:
+        raise NotImplementedError("LRP through gated attention is not defined here")
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)) or \
+            not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity) or \
+            fc1.out_features != fc2.in_features:
+        raise NotImplementedError("LRP needs a plain fc1 -> act -> fc2 MLP, got "
+                                  f"{type(mlp).__name__}")
+    return attn.qkv, attn.proj, fc1, fc2
+
+
+def traced_block_forward(block: nn.Module, x: torch.Tensor, *,
+                         retain_grad: bool = False) -> BlockTrace:
+    """timm `Block.forward` on x (B, L, D) in eval mode (no dropout, no drop path), keeping every
+    intermediate (`BlockTrace`). retain_grad: the probabilities keep their gradient (`.grad`
+    after a backward), as attention-GradCAM and transformer attribution need."""
+    if block.training:
+        raise ValueError("traced_block_forward runs blocks in eval mode (call model.eval())")
+    attn = block.attn
+    _, _, fc1, fc2 = lrp_linears(block)
+    h = block.norm1(x)
+    q, k, v = qkv_heads(attn, h)
+    attend = ExplicitAttend(attn, retain_grad=retain_grad)
+    o = attend(q, k, v)  # (B, L, H, hd)
+    proj_in = attn.norm(o.flatten(-2)) if hasattr(attn, "norm") else o.flatten(-2)
+    attn_out = block.ls1(attn.proj(proj_in))
+    mid = x + attn_out
+    h2 = block.norm2(mid)
+    hidden = block.mlp.act(fc1(h2))
+    mlp_out = block.ls2(fc2(hidden))
+    return BlockTrace(x=x, h=h, q=q, k=k, v=v, probs=attend.probs, proj_in=proj_in,
+                      attn_out=attn_out, mid=mid, h2=h2, hidden=hidden, mlp_out=mlp_out,
+                      out=mid + mlp_out)
+
+
+def patch_embed_matrix(patch_embed: nn.Module) -> tuple[torch.Tensor, int]:
+    """timm's `PatchEmbed` as the linear map it is on each flattened patch: (weight (D, C*p*p),
+    p), inputs flattened in (channel, row, column) order; its bias is not returned (relevance
+    rules leave it out). NotImplementedError unless a non-overlapping square conv without norm."""
+    proj = getattr(patch_embed, "proj", None)
+    if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride or \
+            proj.kernel_size[0] != proj.kernel_size[1] or proj.padding != (0, 0) or \
+            not isinstance(getattr(patch_embed, "norm", nn.Identity()), nn.Identity):
+        raise NotImplementedError("relevance to pixels needs a plain non-overlapping patch conv")
+    return proj.weight.flatten(1), proj.kernel_size[0]
+
+
 def has_fused_attention(block: nn.Module) -> bool:
     """timm's attention runs fused SDPA (probabilities never formed)."""
     attn = getattr(block, "attn", None)
     return attn is not None and bool(getattr(attn, "fused_attn", False)) and hasattr(block, "ls1")
 
 
-__all__ = ["Attend", "ExplicitAttend", "attention_half", "attention_logits", "attention_output",
-           "attn_dim", "block_forward", "cls_attention", "dropout_p", "has_fused_attention",
-           "heads_first", "mlp_half", "qkv_heads", "sdpa_attend", "tokens_first"]
+__all__ = ["Attend", "BlockTrace", "ExplicitAttend", "attention_half", "attention_logits",
+           "attention_output", "attn_dim", "block_forward", "cls_attention", "dropout_p", "has_fused_attention",
+           "heads_first", "lrp_linears", "mlp_half", "patch_embed_matrix", "qkv_heads", "sdpa_attend", "tokens_first",
+           "traced_block_forward"]

@@ -274,7 +274,8 @@ def get_method(name: str) -> Method:
 # (no selector, no budget, no cost). `videored.viz.explanations` computes them and scores / draws
 # their top patches at the kept ratio the token scorers reach. Named here so that every
 # `--methods` parser reads one place; only the interpretability tools accept them.
-EXPLANATIONS = ("rollout", "gradcam", "chefer")
+EXPLANATIONS = ("raw_attention", "rollout", "attn_gradcam", "lrp", "transformer_attribution",
+                "feature_gradcam", "chefer_iccv21", "gradcam", "chefer")  # explanations.py's, old
 
 
 def parse_methods(text: str, *, explanations: bool = False) -> list[str]:

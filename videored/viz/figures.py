@@ -18,6 +18,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -240,6 +241,60 @@ def video_gif(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
     return path
 
 
-__all__ = ["Layout", "grid_layout", "groups_figure", "image_groups_figure", "methods_figure",
-           "save_panels",
-           "video_figure", "video_gif"]
+def input_figures(out: Path, stem: str, name: str, description: str, frames: np.ndarray,
+                  panels: tuple[dict, dict, dict], patch_size: int, *, video: bool,
+                  threshold: float, learned: Callable[[str], bool],
+                  label: int | None = None, object_mask: np.ndarray | None = None,
+                  all_methods: bool = False, gif: bool = False, smooth: bool = False,
+                  zoom: int = 1) -> Iterator[Path]:
+    """`videored visualize`'s figures of one input, yielding each path as it is written:
+    `<stem>_<method>.png` (video: `video_figure`; image: one panel per group), the merged groups
+    of in-block reducers (`<stem>_<method>_groups.png`), a GIF per method (video, `gif`), and with
+    `all_methods` the `<stem>_all.png` comparison. panels: `viz.panels.method_panels`' output;
+    frames (T, H, W, 3) uint8 (T = 1 for an image); object_mask (T, H, W) bool or None;
+    learned(method): its scores are drawn against the keep threshold."""
+    results, notes, groups = panels
+    truth = "" if label is None else f", label {label}"
+    if object_mask is not None:
+        truth += " | white outline: object mask"
+    for m, (scores, keep, pred, prob) in results.items():
+        title = (f"{m} ({notes[m]}) | {Path(name).name}: {description} | kept "
+                 f"{keep[-1].mean():.2f} of the patches | predicted class {pred} "
+                 f"(p={prob:.2f}){truth}")
+        png = out / f"{stem}_{m}.png"
+        thr = threshold if learned(m) else None
+        if video:
+            video_figure(png, frames, scores[-1], keep[-1], patch_size, title=title,
+                         smooth=smooth, threshold=thr, object_mask=object_mask, zoom=zoom)
+        else:  # image: one panel per group (paper Fig. 4)
+            image_groups_figure(png, frames[0], scores[:, 0], keep[:, 0], patch_size,
+                                title=title, smooth=smooth, threshold=thr, zoom=zoom)
+        yield png
+        if m in groups:  # merged groups: outlines + each group in its mean colour
+            png = out / f"{stem}_{m}_groups.png"
+            tokens = len(np.unique(groups[m]))
+            groups_figure(png, frames, groups[m], patch_size, zoom=zoom,
+                          object_mask=object_mask if video else None,
+                          title=f"{m} ({notes[m]}) | {Path(name).name}: the {tokens} tokens of "
+                                f"the last block and the patches each covers{truth}")
+            yield png
+        if gif and video:
+            yield video_gif(out / f"{stem}_{m}.gif", frames, scores[-1], keep[-1], patch_size,
+                            smooth=smooth, object_mask=object_mask, zoom=zoom)
+    if all_methods:
+        if video:
+            rows = {m: (s[-1], k[-1]) for m, (s, k, _, _) in results.items()}
+            shown = frames
+        else:  # columns = groups
+            rows = {m: (s[:, 0], k[:, 0]) for m, (s, k, _, _) in results.items()}
+            shown = np.repeat(frames, next(iter(results.values()))[0].shape[0], axis=0)
+        png = out / f"{stem}_all.png"
+        kept = {m: float(k[-1].mean()) for m, (_, k, _, _) in results.items()}
+        methods_figure(png, shown, rows, patch_size, kept=kept,
+                       title=f"{Path(name).name}: {description}", smooth=smooth, zoom=zoom,
+                       object_mask=object_mask if video else None)
+        yield png
+
+
+__all__ = ["Layout", "grid_layout", "groups_figure", "image_groups_figure", "input_figures",
+           "methods_figure", "save_panels", "video_figure", "video_gif"]

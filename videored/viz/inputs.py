@@ -13,6 +13,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -130,5 +131,55 @@ def video_frames_uint8(prepared: PreparedInput) -> np.ndarray:
     return to_uint8_frames(prepared.x, prepared.mean, prepared.std)
 
 
-__all__ = ["IMAGE_SUFFIXES", "PreparedInput", "is_image_file", "load_image", "load_video_clip",
-           "prepare_input", "prepared_item", "test_clips", "video_frames_uint8"]
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"}
+
+
+def iter_inputs(model: torch.nn.Module, *, path: Path | None = None, csv: Path | None = None,
+                limit: int | None = None, sampling_rate: int, target_fps: float,
+                backend: str = "decord", sampling: str = "videored"
+                ) -> Iterator[tuple[str, PreparedInput | None, int | None, str | None]]:
+    """Yield (name, PreparedInput or None, label or None, error or None) per input of
+    `videored visualize`: the first `limit` videos of a `path label` list (`csv`, with object
+    masks when every listed video has them), or `path`: a video / image file, a frame folder
+    (video models; e.g. DAVIS JPEGImages/<video>/), or a folder of them. A bad input is yielded
+    with its error (the others still render)."""
+    if csv is not None:
+        from videored.data import has_masks, iter_video_list
+
+        norm = model_normalization(model)  # the weights' own preprocessing
+        with_masks = all(has_masks(row.path) for row in iter_video_list(csv)
+                         if row.error is None)
+        T, gh, _ = model.grid
+        ds = test_clips(csv, num_frames=T, crop_size=gh * model.patch_size,
+                        sampling_rate=sampling_rate, target_fps=target_fps, backend=backend,
+                        return_masks=with_masks, normalization=norm, sampling=sampling)
+        for i in range(len(ds) if limit is None else min(limit, len(ds))):
+            item = ds[i]
+            if item["failed"]:
+                yield item["path"], None, None, "could not be decoded (see the warning above)"
+                continue
+            yield item["path"], prepared_item(ds, item), item["label"], None
+        return
+    from videored.data.frame_folder import is_frame_folder
+
+    video_model = model.embed.num_frames is not None
+    paths = [path]
+    if path.is_dir() and not (video_model and is_frame_folder(path)):
+        # a folder of inputs; for a video model, sub-folders of frames are videos too
+        paths = sorted(p for p in path.iterdir()
+                       if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+                       or (video_model and is_frame_folder(p)))
+        if not paths:
+            raise FileNotFoundError(f"{path}: no video or image files")
+    for p in paths:
+        try:
+            yield str(p), prepare_input(p, model, sampling_rate=sampling_rate,
+                                        target_fps=target_fps, backend=backend,
+                                        sampling=sampling), None, None
+        except Exception as e:  # a bad file is reported and skipped; the others still render
+            yield str(p), None, None, f"{type(e).__name__}: {e}"
+
+
+__all__ = ["IMAGE_SUFFIXES", "PreparedInput", "VIDEO_SUFFIXES", "is_image_file", "iter_inputs",
+           "load_image", "load_video_clip", "prepare_input", "prepared_item", "test_clips",
+           "video_frames_uint8"]
