@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
+from . import block_adapter as ba
 from . import flops
 from .evit import attentive_rows, evit_blocks, evit_schedule, fusion_map
 from .merging import MergedTokens, patch_sizes, positions, regroup, unmerged
@@ -41,34 +41,30 @@ def attention_step(block: Block, seq: torch.Tensor, *, log_size: torch.Tensor | 
     log_size (B, L-1): added to the attention logits of the patch keys (ToMe's proportional
     attention; cls has size 1). keys (B, L, hd): the block's keys, mean over heads.
     cls_attn (B, L-1): softmax row of the cls query, cls->cls dropped, mean over heads.
+    The block is read through `block_adapter` (gated attention included).
     """
-    attn = block.attn
-    if getattr(attn, "gate", None) is not None:
-        raise ValueError("gated attention is not supported by the merging methods")
-    B, L, _ = seq.shape
-    H, hd = attn.num_heads, attn.head_dim
-    x = block.norm1(seq)
-    q, k, v = attn.qkv(x).reshape(B, L, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B,H,L,hd)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    B = seq.shape[0]
     bias = None
     if log_size is not None:  # (B, 1, 1, L), float: SDPA adds it to every query's logits
-        bias = torch.cat([log_size.new_zeros(B, 1), log_size], 1)[:, None, None, :].to(q.dtype)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(B, L, H * hd))))
-    seq = seq + block.drop_path1(block.ls1(out))
-    keys = k.mean(dim=1) if want_keys else None
+        bias = torch.cat([log_size.new_zeros(B, 1), log_size], 1)[:, None, None, :].to(seq.dtype)
+    seen: dict[str, torch.Tensor] = {}
+
+    def attend(q, k, v):  # (B, L, H, hd) each: fused SDPA, keeping q and k for the methods
+        seen["q"], seen["k"] = q, k
+        return ba.sdpa_attend(block.attn, bias)(q, k, v)
+
+    seq = ba.attention_half(block, seq, attend)
+    q, k = seen["q"], seen["k"]
+    keys = k.mean(dim=2) if want_keys else None  # (B, L, hd)
     cls_attn = None
     if want_cls_attn:
-        logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, H, 1, L)
-        if bias is not None:
-            logits = logits + bias
+        logits = ba.attention_logits(block.attn, q[:, :1], k, bias)  # (B, H, 1, L)
         cls_attn = logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)  # (B, L-1)
     return seq, keys, cls_attn
 
 
 def mlp_step(block: Block, seq: torch.Tensor) -> torch.Tensor:
-    return seq + block.drop_path2(block.ls2(block.mlp(block.norm2(seq))))
+    return ba.mlp_half(block, seq)
 
 
 def _split(seq: torch.Tensor, tokens: MergedTokens) -> tuple[torch.Tensor, MergedTokens]:
