@@ -20,7 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from videored.deprecation import add_renamed_flag
 from videored.engine.run_interpretability import TABLE1_METHODS
+from videored.models.budget import Budget
 from videored.models.methods import EXPLANATIONS, MATCH_MODES, METHODS, get_method, parse_methods
 
 
@@ -42,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match", default="ratio", choices=MATCH_MODES,
                    help="matched comparison: baselines reach the interpreter's kept ratio "
                         "(ratio) or its GMACs (gmacs), view by view")
-    p.add_argument("--kept-ratio", "--keep-ratio", dest="kept_ratio", type=float, default=None,
-                   help="a fixed budget instead: fraction of patch tokens reaching the last block "
-                        "for every baseline (--keep-ratio: old name, same meaning)")
+    add_renamed_flag(p, "--kept-ratio", "--keep-ratio", type=float, default=None,
+                     help="a fixed budget instead: fraction of patch tokens reaching the last "
+                          "block for every baseline (--keep-ratio: old name, deprecated)")
     p.add_argument("--split", default="test", help="csv split / image folder split to score")
     p.add_argument("--spatial-crops", type=int, default=3, help="video-1 views (paper: 3)")
     p.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
@@ -75,9 +77,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"videored eval: {err}", file=sys.stderr)
         return 2
-    if args.kept_ratio is not None and not 0.0 <= args.kept_ratio <= 1.0:
-        print(f"videored eval: --kept-ratio must be in [0, 1], got {args.kept_ratio}",
-              file=sys.stderr)
+    try:
+        budget = Budget.of(args.kept_ratio, args.match)
+    except ValueError as err:
+        print(f"videored eval: --kept-ratio: {err}", file=sys.stderr)
         return 2
     try:
         cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
@@ -85,9 +88,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"videored eval: config error: {err}", file=sys.stderr)
         return 2
     budgeted = [m for m in methods if m in EXPLANATIONS or get_method(m).budgeted]
-    if "interpreter" not in methods and args.kept_ratio is None and budgeted:
-        print(f"videored eval: {', '.join(budgeted)} need --kept-ratio when 'interpreter' is not "
-              "evaluated (there is nothing to match)", file=sys.stderr)
+    if budget.matched and budget.reference not in methods and budgeted:
+        print(f"videored eval: {', '.join(budgeted)} need --kept-ratio when "
+              f"{budget.reference!r} is not evaluated (there is nothing to match)", file=sys.stderr)
         return 2
     out = args.out or Path(args.checkpoint).resolve().parent
     if args.masks is not None:  # paper Table 1 only (new module: engine/run_interpretability)

@@ -18,6 +18,7 @@ from timm.models.vision_transformer import Block
 
 from . import block_adapter as ba
 from . import flops
+from .budget import warn_renamed
 from .evit import attentive_rows, evit_blocks, evit_schedule, fusion_map
 from .merging import MergedTokens, patch_sizes, positions, regroup, unmerged
 from .tome import bipartite_soft_matching, tome_schedule
@@ -67,6 +68,18 @@ def mlp_step(block: Block, seq: torch.Tensor) -> torch.Tensor:
     return ba.mlp_half(block, seq)
 
 
+def _renamed(kept_ratio: float | None, keep_ratio: float | None, where: str) -> float:
+    """kept_ratio, or its deprecated name keep_ratio (warns once)."""
+    if keep_ratio is not None:
+        if kept_ratio is not None:
+            raise TypeError(f"{where}: give kept_ratio only (keep_ratio is its old name)")
+        warn_renamed("keep_ratio", "kept_ratio", where)
+        return keep_ratio
+    if kept_ratio is None:
+        raise TypeError(f"{where}: missing kept_ratio")
+    return kept_ratio
+
+
 def _split(seq: torch.Tensor, tokens: MergedTokens) -> tuple[torch.Tensor, MergedTokens]:
     """(B, 1 + n, D) -> cls (B, 1, D) and `tokens` with the new rows (bookkeeping unchanged)."""
     return seq[:, :1], replace(tokens, x=seq[:, 1:])
@@ -108,22 +121,24 @@ def evit_macs(num_patches: int, depth: int, targets: dict[int, int], dim: int,
     return macs
 
 
-def evit_targets(num_patches: int, depth: int, keep_ratio: float,
+def evit_targets(num_patches: int, depth: int, kept_ratio: float,
                  stage_blocks: list[int] | None = None) -> dict[int, int]:
-    """{block: attentive rows k kept there} of EViT's stages at `keep_ratio` (see evit.py)."""
+    """{block: attentive rows k kept there} of EViT's stages at `kept_ratio` (see evit.py)."""
     stage_blocks = evit_blocks(depth) if stage_blocks is None else stage_blocks
-    return dict(zip(stage_blocks, evit_schedule(num_patches, len(stage_blocks), keep_ratio)))
+    return dict(zip(stage_blocks, evit_schedule(num_patches, len(stage_blocks), kept_ratio)))
 
 
 def run_tome(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
-             keep_ratio: float, mlp_ratio: float, groups: int = 1,
-             schedule: list[int] | None = None) -> MergeRun:
-    """ToMe over `blocks`; schedule: r per block (default `tome_schedule` of keep_ratio).
+             kept_ratio: float | None = None, mlp_ratio: float, groups: int = 1,
+             schedule: list[int] | None = None, keep_ratio: float | None = None) -> MergeRun:
+    """ToMe over `blocks`; schedule: r per block (default `tome_schedule` of kept_ratio;
+    keep_ratio: its old name).
     Reported after the last block of each of `groups` groups:
     scores = 1 / size of the row covering each patch (1: unmerged), keep = the positions the
     rows stand at (one per row, so keep.mean = rows / N)."""
     N, D = patches.shape[1], patches.shape[2]
-    schedule = tome_schedule(N, len(blocks), keep_ratio) if schedule is None else schedule
+    kept_ratio = _renamed(kept_ratio, keep_ratio, "run_tome")
+    schedule = tome_schedule(N, len(blocks), kept_ratio) if schedule is None else schedule
     report = _snapshot_blocks(len(blocks), groups)
     tokens = unmerged(patches)
     scores, keep = [], []
@@ -146,14 +161,15 @@ def run_tome(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
 
 
 def run_evit(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
-             keep_ratio: float, mlp_ratio: float, stage_blocks: list[int] | None = None
-             ) -> MergeRun:
+             kept_ratio: float | None = None, mlp_ratio: float,
+             stage_blocks: list[int] | None = None, keep_ratio: float | None = None) -> MergeRun:
     """EViT over `blocks`, reorganizing at `stage_blocks` (default `evit_blocks(depth)`).
     Reported at each stage: scores = the stage's cls attention of the row covering each patch,
     divided by its per-sample max; keep = the attentive patch positions (the fused row marks
     none, so keep.mean = attentive patches / N)."""
     N, D = patches.shape[1], patches.shape[2]
-    targets = evit_targets(N, len(blocks), keep_ratio, stage_blocks)
+    kept_ratio = _renamed(kept_ratio, keep_ratio, "run_evit")
+    targets = evit_targets(N, len(blocks), kept_ratio, stage_blocks)
     tokens = unmerged(patches)
     scores, keep = [], []
     for i, block in enumerate(blocks):

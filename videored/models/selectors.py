@@ -15,30 +15,29 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from . import block_adapter as ba
+from .budget import check_fraction
 from .tokens import TokenSet
 
 
 
-def num_to_keep(counts: torch.Tensor, keep_ratio: float | torch.Tensor) -> torch.Tensor:
-    """Tokens kept per sample: round(keep_ratio * alive), at least 1. counts (B,) -> (B,).
+def num_to_keep(counts: torch.Tensor, keep_rate: float | torch.Tensor) -> torch.Tensor:
+    """Tokens kept per sample: round(keep_rate * alive), at least 1. counts (B,) -> (B,).
 
-    keep_ratio: one per-selection ratio, or one per sample (B,) (matched budgets). Computed in
+    keep_rate: one per-selection rate, or one per sample (B,) (matched budgets). Computed in
     float64 so the rule is the same wherever it is applied (model, cost prediction).
-    keep_ratio 0 is allowed (e.g. matching an interpreter that kept nothing) and keeps 1."""
-    ratio = torch.as_tensor(keep_ratio, dtype=torch.float64, device=counts.device)
-    if bool(((ratio < 0) | (ratio > 1)).any()):
-        shown = keep_ratio if ratio.ndim == 0 else ratio.tolist()
-        raise ValueError(f"keep_ratio must be in [0, 1], got {shown}")
-    return torch.clamp(torch.round(counts.double() * ratio).long(), min=1)
+    keep_rate 0 is allowed (e.g. matching an interpreter that kept nothing) and keeps 1."""
+    check_fraction(keep_rate, "keep_rate")
+    rate = torch.as_tensor(keep_rate, dtype=torch.float64, device=counts.device)
+    return torch.clamp(torch.round(counts.double() * rate).long(), min=1)
 
 
 def topk_keep(scores: torch.Tensor, tokens: TokenSet,
-              keep_ratio: float | torch.Tensor) -> torch.Tensor:
-    """Keep the round(keep_ratio * alive) highest-scoring real rows of each sample. -> (B, n) bool.
+              keep_rate: float | torch.Tensor) -> torch.Tensor:
+    """Keep the round(keep_rate * alive) highest-scoring real rows of each sample. -> (B, n) bool.
 
-    keep_ratio: float, or (B,) one per sample."""
+    keep_rate: float, or (B,) one per sample."""
     valid = tokens.valid_mask
-    k = num_to_keep(valid.sum(1), keep_ratio)  # (B,)
+    k = num_to_keep(valid.sum(1), keep_rate)  # (B,)
     # Stable: among tied scores the lowest row (earliest patch) wins, the same set on CPU and GPU
     # and whatever else is in the batch.
     order = scores.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
