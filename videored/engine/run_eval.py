@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from videored.models.budget import Budget
-from videored.models.methods import get_method
+from videored.models.methods import EXPLANATIONS, METHODS, get_method, parse_methods
 from videored.normalization import resolve_normalization
 from videored.tables import markdown_table
 
@@ -30,6 +30,52 @@ from .config import ConfigError, load_config, to_dict
 from .distributed import DistInfo, barrier, init_distributed
 from .evaluation import ViewBudget, aggregate, predict_views
 
+
+
+def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
+                 overrides: list[str] = (), out_dir: Optional[Path] = None,
+                 methods: Optional[str] = None, match: str = "ratio",
+                 kept_ratio: Optional[float] = None, masks: Optional[Path] = None,
+                 interpretability: bool = False, limit: Optional[int] = None,
+                 **evaluation: Any) -> Optional[Path]:
+    """`videored eval` after parsing: check the request, load the config, run paper Table 4
+    (`run_evaluation`) or, with masks, paper Table 1 (`run_interpretability`). Returns the
+    output folder on the rank that wrote it (None elsewhere); bad requests raise ValueError /
+    ConfigError naming the flag. evaluation: run_evaluation's other keyword arguments (split,
+    spatial_crops, batch_size, num_workers, speed_runs, dense_checkpoint)."""
+    from videored.engine.run_interpretability import TABLE1_METHODS
+
+    if masks is not None and not interpretability:
+        raise ValueError("--masks goes with --interpretability")
+    table1 = masks is not None
+    names = parse_methods(methods or ",".join(TABLE1_METHODS if table1 else METHODS),
+                          explanations=table1)
+    try:
+        budget = Budget.of(kept_ratio, match)
+    except ValueError as err:
+        raise ValueError(f"--kept-ratio: {err}") from None
+    try:
+        cfg = config_for_checkpoint(checkpoint, config, list(overrides))
+    except (ConfigError, FileNotFoundError) as err:
+        raise ConfigError(f"config error: {err}") from None
+    budgeted = [m for m in names if m in EXPLANATIONS or get_method(m).budgeted]
+    if budget.matched and budget.reference not in names and budgeted:
+        raise ValueError(f"{', '.join(budgeted)} need --kept-ratio when {budget.reference!r} is "
+                         "not evaluated (there is nothing to match)")
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).resolve().parent
+    if table1:
+        from videored.engine.run_interpretability import run_interpretability
+
+        run_interpretability(cfg, checkpoint=checkpoint, masks=masks, out_dir=out, methods=names,
+                             kept_ratio=kept_ratio, match=match,
+                             dense_checkpoint=evaluation.get("dense_checkpoint"),
+                             batch_size=evaluation.get("batch_size"),
+                             num_workers=evaluation.get("num_workers"), limit=limit)
+        return out
+    results = run_evaluation(cfg, checkpoint=checkpoint, out_dir=out, methods=names,
+                             kept_ratio=kept_ratio, match=match,
+                             interpretability=interpretability, **evaluation)
+    return out if results is not None else None
 
 
 def config_for_checkpoint(checkpoint: str | Path, config_path: Optional[str | Path],

@@ -26,7 +26,7 @@ from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
 from .methods import SELECTORS, SelectionInput
 from .ragged import check_ragged, run_blocks
-from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
+from .tokens import TokenSet, full_token_set, gather_kept, scatter_to_positions
 
 # Every checkpoint this model loads (DeiT/ViT, TimeSformer, mmaction2) was trained with LayerNorm
 # eps 1e-6; timm's Block default changed between releases, so it is never left to the default.
