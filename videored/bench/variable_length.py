@@ -75,7 +75,7 @@ def variable_length_table(model_name: str, *, batch_size: int = 8, kept_ratio: f
     def call(selector: str, mode: str) -> Callable[[], object]:
         def fn():
             model.ragged = mode
-            if selector == "interpreter":
+            if get_method(selector).learned:
                 for interpreter, t in zip(model.interpreters, thresholds):
                     interpreter.threshold = t
             kernels = _fused_sdpa_only(dev) if mode == "jagged" else nullcontext()

@@ -130,7 +130,7 @@ class TokenReductionViT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.interpreters = None
-        if selector == "interpreter":
+        if SELECTORS[self.selector].learned:  # the learned method's weights: one per group
             self.interpreters = nn.ModuleList(
                 MultiHeadInterpreter(embed_dim, interpreter_heads or num_heads, threshold,
                                      interpreter_init_keep)
@@ -220,7 +220,7 @@ class TokenReductionViT(nn.Module):
         In-block reducers (tome, evit; training-free or finetuned through) ignore sample and
         active_groups."""
         selector = check_selector(selector or self.selector)
-        if selector == "interpreter" and self.interpreters is None:
+        if SELECTORS[selector].learned and self.interpreters is None:
             raise ValueError("this model was built without interpreters "
                              "(create it with selector='interpreter')")
         name = "setting"
