@@ -131,3 +131,50 @@ def test_patch_embed_matrix_is_the_patch_conv():
     patches = x.unfold(2, p, p).unfold(3, p, p)  # (B, C, gh, gw, p, p)
     flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(2, 4, 3 * p * p)  # (c, row, col) order
     torch.testing.assert_close(flat @ weight.T + pe.proj.bias, pe(x), atol=1e-5, rtol=1e-5)
+
+
+# ---- every reader of a Block goes through the adapter: each path equals timm's own Block ----
+
+@pytest.mark.parametrize("name,kwargs", list(_variants()))
+def test_merging_steps_equal_timm(name, kwargs):
+    """ToMe/EViT's split block (merge_blocks.attention_step + mlp_step) with nothing merged is
+    timm's Block, gated attention included (it used to raise)."""
+    from videored.models.merge_blocks import attention_step, mlp_step
+    blk = _make(kwargs)
+    x = torch.randn(2, 9, 32)
+    seq, keys, cls_attn = attention_step(blk, x, want_keys=True, want_cls_attn=True)
+    torch.testing.assert_close(mlp_step(blk, seq), blk(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cls_attn, ba.cls_attention(blk, x), atol=1e-6, rtol=1e-5)
+    _, k, _ = ba.qkv_heads(blk.attn, blk.norm1(x), parts="k")
+    torch.testing.assert_close(keys, k.mean(dim=2))
+
+
+@pytest.mark.parametrize("name,kwargs", list(_variants()))
+def test_packed_block_equals_timm_per_sample(name, kwargs):
+    """The packed path (ragged.packed_block): two samples of unequal length packed in one (L, D)
+    tensor give what timm's Block gives on each sample alone."""
+    from videored.models.ragged import packed_block, packed_layout
+    blk = _make(kwargs)
+    a, b = torch.randn(1, 6, 32), torch.randn(1, 4, 32)
+    keys = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    layout = packed_layout(keys)
+    out = packed_block(blk, torch.cat([a[0], b[0]]), layout)
+    torch.testing.assert_close(out[:6], blk(a)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[6:], blk(b)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,kwargs", list(_variants()))
+def test_attention_scorer_is_the_cls_row_rescaled(name, kwargs):
+    """The raw-attention baseline (selectors.attention_scores) = the adapter's cls row, divided
+    by its per-sample max, padded keys excluded."""
+    from videored.models.selectors import attention_scores
+    from videored.models.tokens import TokenSet, key_padding_mask
+    blk = _make(kwargs)
+    cls, x = torch.randn(2, 1, 32), torch.randn(2, 5, 32)
+    valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    tokens = TokenSet(x=x, index=torch.arange(5).expand(2, 5), valid=valid)
+    got = attention_scores(blk, cls, tokens, key_padding_mask(valid))
+    for i, n in enumerate((5, 3)):  # each sample alone, only its real rows
+        row = ba.cls_attention(blk, torch.cat([cls[i:i + 1], x[i:i + 1, :n]], dim=1))[0]
+        torch.testing.assert_close(got[i, :n], row / row.max(), atol=1e-6, rtol=1e-5)
+        assert (got[i, n:] == 0).all()

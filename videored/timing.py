@@ -11,12 +11,14 @@ from typing import Callable
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _reset_peak(device: torch.device) -> float:
+def reset_peak(device: torch.device) -> float:
+    """Reset the peak-memory counter; returns the MB in use now (the baseline of `peak_mb`)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**20
@@ -28,7 +30,8 @@ def _reset_peak(device: torch.device) -> float:
         return float("nan")
 
 
-def _peak_mb(device: torch.device, baseline: float) -> float | None:
+def peak_mb(device: torch.device, baseline: float) -> float | None:
+    """MB above `baseline` at the peak since `reset_peak` (CUDA allocated; CPU peak RSS)."""
     if device.type == "cuda":
         return max(0.0, torch.cuda.max_memory_allocated(device) / 2**20 - baseline)
     peak = _proc_status_mb("VmHWM")
@@ -54,18 +57,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, runs:
     rounds of one call each."""
     peaks: dict[str, float | None] = {}
     for name, fn in fns.items():  # warm-up (also measures the peak memory of one call)
-        baseline = _reset_peak(device)
+        baseline = reset_peak(device)
         for _ in range(warmup):
             fn()
-        _sync(device)
-        peaks[name] = _peak_mb(device, baseline)
+        sync(device)
+        peaks[name] = peak_mb(device, baseline)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}, peaks
 

@@ -1,7 +1,7 @@
 """Peak memory of one training step, with and without activation checkpointing.
 
     python -m videored.bench.memory [--model timesformer_jointst_base_patch16_224] [--batch 2]
-                                    [--device cpu|cuda] [--keep-ratio 1.0] [--json F]
+                                    [--device cpu|cuda] [--kept-ratio 1.0] [--json F]
 
 One step = forward in train mode + cross-entropy + backward through every block (the finetune /
 supervised step; an optimizer step adds its state, the same with or without checkpointing).
@@ -23,15 +23,17 @@ from pathlib import Path
 
 import torch
 
-from videored.bench.speed import _device_name, _example_input, _peak_mb, _reset_peak, _sync
+from videored.bench.common import device_name, example_input, peak_mb, reset_peak, sync
+from videored.models.methods import budget_kwargs
+from videored.deprecation import add_renamed_flag
 from videored.tables import markdown_table
 
-COLUMNS = [("model", "model", "s"), ("batch_size", "batch", "d"), ("keep_ratio", "keep", ".1f"),
+COLUMNS = [("model", "model", "s"), ("batch_size", "batch", "d"), ("kept_ratio", "kept", ".1f"),
            ("grad_checkpointing", "checkpointing", "s"), ("peak_mb", "peak MB", ".0f"),
            ("saved_mb", "saved for backward MB", ".0f"), ("step_s", "step s", ".2f")]
 
 
-def _one_step(model, x, y, keep_ratio: float) -> float:
+def _one_step(model, x, y, kept_ratio: float) -> float:
     """Forward + backward; returns MB that autograd saved for backward."""
     saved = 0
 
@@ -40,9 +42,9 @@ def _one_step(model, x, y, keep_ratio: float) -> float:
         saved += t.numel() * t.element_size()
         return t
 
-    selector = "none" if keep_ratio >= 1.0 else "random"
+    method = "original" if kept_ratio >= 1.0 else "random"
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x, selector=selector, keep_ratio=keep_ratio)
+        out = model(x, **budget_kwargs(model, method, kept_ratio=kept_ratio))
         loss = torch.nn.functional.cross_entropy(out.logits, y)
     loss.backward()
     model.zero_grad(set_to_none=False)  # keep the .grad buffers: their memory is not the step's
@@ -50,25 +52,25 @@ def _one_step(model, x, y, keep_ratio: float) -> float:
 
 
 def measure(model_name: str, batch_size: int, grad_checkpointing: bool, device: str = "cpu",
-            keep_ratio: float = 1.0) -> dict:
+            kept_ratio: float = 1.0) -> dict:
     """One configuration in this process: warm-up step, then the measured step."""
     from videored.models import create_model
 
     torch.manual_seed(0)
     dev = torch.device(device)
     model = create_model(model_name, grad_checkpointing=grad_checkpointing).to(dev).train()
-    x = _example_input(model, batch_size, dev)
+    x = example_input(model, batch_size, dev)
     y = torch.zeros(batch_size, dtype=torch.long, device=dev)
-    _one_step(model, x, y, keep_ratio)  # warm-up: allocates the .grad buffers
-    _sync(dev)
-    baseline = _reset_peak(dev)
+    _one_step(model, x, y, kept_ratio)  # warm-up: allocates the .grad buffers
+    sync(dev)
+    baseline = reset_peak(dev)
     start = time.perf_counter()
-    saved = _one_step(model, x, y, keep_ratio)
-    _sync(dev)
+    saved = _one_step(model, x, y, kept_ratio)
+    sync(dev)
     seconds = time.perf_counter() - start
-    return dict(model=model_name, batch_size=batch_size, keep_ratio=keep_ratio,
-                grad_checkpointing=str(grad_checkpointing).lower(), device=_device_name(dev),
-                peak_mb=_peak_mb(dev, baseline), saved_mb=saved, step_s=seconds)
+    return dict(model=model_name, batch_size=batch_size, kept_ratio=kept_ratio,
+                grad_checkpointing=str(grad_checkpointing).lower(), device=device_name(dev),
+                peak_mb=peak_mb(dev, baseline), saved_mb=saved, step_s=seconds)
 
 
 def _worker(kwargs: dict, queue) -> None:
@@ -91,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="timesformer_jointst_base_patch16_224")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--keep-ratio", type=float, default=1.0, help="< 1: random selector at this ratio")
+    add_renamed_flag(p, "--kept-ratio", "--keep-ratio", type=float, default=1.0,
+                     help="< 1: the random selector at this kept ratio")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     rows = [measure_fresh(model_name=args.model, batch_size=args.batch, grad_checkpointing=ckpt,
-                          device=args.device, keep_ratio=args.keep_ratio) for ckpt in (False, True)]
+                          device=args.device, kept_ratio=args.kept_ratio) for ckpt in (False, True)]
     print(f"device: {rows[0]['device']}")
     print(markdown_table(rows, COLUMNS))
     if args.json:

@@ -7,16 +7,16 @@ the median over rounds after warm-up, with device synchronization on CUDA
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
 import timm
 import torch
 
+from videored.bench.common import device_name, example_input, time_interleaved
 from videored.models import TokenReductionViT, create_model
-from videored.models.methods import METHODS, budget_kwargs, calibrate_interpreter, get_method
-from videored.timing import time_interleaved  # noqa: F401  (also used by evaluation)
+from videored.models.budget import Budget, calibrate_interpreter
+from videored.models.methods import METHODS, get_method
 
 
 @dataclass
@@ -48,8 +48,8 @@ def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: I
     """Rows for one model: `original` once per batch size, every other method at every budget.
 
     kept_ratios are budgets in the method table's vocabulary: kept ratios (fraction of patch
-    tokens reaching the last block). Baselines reach them through their per-selection setting
-    (`budget_kwargs`), the interpreter through thresholds calibrated on the batch
+    tokens reaching the last block). Baselines reach them through their setting
+    (`Budget.forward_kwargs`), the interpreter through thresholds calibrated on the batch
     (`calibrate_interpreter`). model / inputs: a given model and clips instead of `model_name`'s
     untrained weights and random inputs (inputs (B, ...): batch_sizes are then ignored).
     """
@@ -63,7 +63,7 @@ def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: I
         batch_sizes = [len(inputs)]
     rows = []
     for batch_size in batch_sizes:
-        x = inputs.to(dev) if inputs is not None else _example_input(model, batch_size, dev)
+        x = inputs.to(dev) if inputs is not None else example_input(model, batch_size, dev)
         configs: dict[str, tuple[str, float]] = {"original|1.0": ("original", 1.0)}
         for method in methods:
             for ratio in kept_ratios:
@@ -76,7 +76,7 @@ def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: I
                 thresholds = {r: calibrate_interpreter(model, x, r) for r in kept_ratios}
 
         def run(method: str, ratio: float) -> Callable[[], object]:
-            kwargs = budget_kwargs(model, method, kept_ratio=ratio)
+            kwargs = Budget(kept_ratio=ratio).forward_kwargs(model, get_method(method))
 
             def call():
                 if get_method(method).learned:
@@ -98,7 +98,7 @@ def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: I
             dense_gflops = dense_gflops or gflops  # "original" is first
             rows.append(SpeedRow(
                 model=model_name, method=method, target_kept_ratio=ratio,
-                batch_size=batch_size, device=_device_name(dev), dtype=dtype,
+                batch_size=batch_size, device=device_name(dev), dtype=dtype,
                 clips_per_s=batch_size / seconds[name], seconds=seconds[name],
                 speedup=seconds["original|1.0"] / seconds[name],
                 flops_ratio=dense_gflops / gflops, gflops=gflops,
@@ -126,7 +126,7 @@ def dense_vs_timm(model_name: str, *, batch_size: int = 1, device: str = "cpu", 
                             num_heads=ours.blocks[0].attn.num_heads,
                             num_classes=ours.num_classes, class_token=True,
                             global_pool="token").to(dev).eval()
-    x_ours = _example_input(ours, batch_size, dev)
+    x_ours = example_input(ours, batch_size, dev)
     x_ref = torch.randn(batch_size, 3, size, T * size, device=dev)
 
     def run(model, x):
@@ -137,7 +137,7 @@ def dense_vs_timm(model_name: str, *, batch_size: int = 1, device: str = "cpu", 
 
     seconds, _ = time_interleaved({"videored": run(ours, x_ours), "timm": run(ref, x_ref)},
                                   warmup=warmup, runs=runs, device=dev)
-    return dict(model=model_name, batch_size=batch_size, device=_device_name(dev),
+    return dict(model=model_name, batch_size=batch_size, device=device_name(dev),
                 tokens=ours.num_patches + 1, videored_s=seconds["videored"], timm_s=seconds["timm"],
                 relative_speed=seconds["timm"] / seconds["videored"])
 
@@ -147,7 +147,7 @@ def interpreter_cost(model_name: str, *, batch_size: int = 1, device: str = "cpu
     """Time of the interpreter alone (on all N tokens) as a fraction of the dense forward."""
     dev = torch.device(device)
     model = create_model(model_name, selector="interpreter", **(model_kwargs or {})).to(dev).eval()
-    x = _example_input(model, batch_size, dev)
+    x = example_input(model, batch_size, dev)
     with torch.inference_mode():
         _, tokens = model.embed(x)
 
@@ -163,20 +163,10 @@ def interpreter_cost(model_name: str, *, batch_size: int = 1, device: str = "cpu
                                   runs=runs, device=dev)
     n = model.num_patches
     dense_macs = float(model(x[:1], selector="none").gflops[0]) * 1e9
-    return dict(model=model_name, batch_size=batch_size, device=_device_name(dev),
+    return dict(model=model_name, batch_size=batch_size, device=device_name(dev),
                 interpreter_s=seconds["interpreter"], dense_s=seconds["dense"],
                 time_fraction=seconds["interpreter"] / seconds["dense"],
                 macs_fraction=model.interpreters[0].macs(n) / dense_macs)
 
 
-def _example_input(model: TokenReductionViT, batch_size: int, device: torch.device) -> torch.Tensor:
-    T, gh, _ = model.grid
-    size = gh * model.patch_size
-    shape = (batch_size, 3, T, size, size) if model.embed.num_frames else (batch_size, 3, size, size)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+_example_input = example_input  # the old private name (tests written before bench/common.py)

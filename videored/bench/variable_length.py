@@ -22,10 +22,11 @@ from typing import Callable, Iterable
 
 import torch
 
-from videored.bench.speed import _device_name, _example_input
+from videored.bench.common import device_name, example_input, time_interleaved
+from videored.deprecation import warn_renamed
 from videored.models import create_model
-from videored.models.methods import budget_kwargs, topk_setting
-from videored.timing import time_interleaved
+from videored.models.budget import Budget, calibrate_interpreter
+from videored.models.methods import get_method
 
 
 def clip_ratios(mean: float, batch_size: int, spread: float) -> list[float]:
@@ -36,18 +37,10 @@ def clip_ratios(mean: float, batch_size: int, spread: float) -> list[float]:
 
 
 def per_clip_thresholds(model, x: torch.Tensor, ratios: list[float]) -> list[torch.Tensor]:
-    """(B, 1) thresholds per group so that clip b keeps ratios[b] of its patches in the end."""
-    thresholds: list[torch.Tensor] = []
-    for j in range(model.groups):
-        for interpreter, t in zip(model.interpreters, thresholds):
-            interpreter.threshold = t
-        with torch.inference_mode():
-            out = model(x, active_groups=j + 1)
-        alive = out.keep[j - 1] if j > 0 else torch.ones_like(out.keep[0])
-        t = [torch.quantile(out.scores[j][b][alive[b]].float(),
-                            1.0 - topk_setting(r, model.groups)) for b, r in enumerate(ratios)]
-        thresholds.append(torch.stack(t).view(-1, 1).to(x.device))
-    return thresholds
+    """(B, 1) thresholds per group so that clip b keeps ratios[b] of its patches in the end
+    (the one interpreter calibration, `budget.calibrate_interpreter`, per clip)."""
+    with torch.inference_mode():
+        return calibrate_interpreter(model, x, list(ratios))
 
 
 def _fused_sdpa_only(device: torch.device):
@@ -58,30 +51,37 @@ def _fused_sdpa_only(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
 
 
-def variable_length_table(model_name: str, *, batch_size: int = 8, keep_ratio: float = 0.5,
+def variable_length_table(model_name: str, *, batch_size: int = 8, kept_ratio: float = 0.5,
                           spread: float = 0.5, modes: Iterable[str] = ("pad", "bucket", "packed"),
                           device: str = "cpu", dtype: str = "fp32", warmup: int = 1,
                           runs: int = 3, model_kwargs: dict | None = None,
-                          progress: Callable[[str], None] | None = None) -> list[dict]:
-    """One row per ragged mode: interpreter (unequal counts) against random (equal counts)."""
+                          progress: Callable[[str], None] | None = None,
+                          keep_ratio: float | None = None) -> list[dict]:
+    """One row per ragged mode: interpreter (unequal counts) against random (equal counts), at
+    mean kept_ratio (keep_ratio: its old name, deprecated)."""
+    if keep_ratio is not None:
+        warn_renamed("keep_ratio", "kept_ratio", "variable_length_table")
+        kept_ratio = keep_ratio
     dev = torch.device(device)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     model = create_model(model_name, selector="interpreter", **(model_kwargs or {})).to(dev).eval()
-    x = _example_input(model, batch_size, dev)
-    ratios = clip_ratios(keep_ratio, batch_size, spread)
+    x = example_input(model, batch_size, dev)
+    ratios = clip_ratios(kept_ratio, batch_size, spread)
     thresholds = per_clip_thresholds(model, x, ratios)
     modes = list(modes)
+
+    budget = Budget(kept_ratio=kept_ratio)
 
     def call(selector: str, mode: str) -> Callable[[], object]:
         def fn():
             model.ragged = mode
-            if selector == "interpreter":
+            if get_method(selector).learned:
                 for interpreter, t in zip(model.interpreters, thresholds):
                     interpreter.threshold = t
             kernels = _fused_sdpa_only(dev) if mode == "jagged" else nullcontext()
             with torch.inference_mode(), kernels, torch.autocast(
                     dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                return model(x, **budget_kwargs(model, selector, kept_ratio=keep_ratio))
+                return model(x, **budget.forward_kwargs(model, get_method(selector)))
         return fn
 
     fns = {"random": call("random", "bucket")} | {m: call("interpreter", m) for m in modes}
@@ -96,8 +96,8 @@ def variable_length_table(model_name: str, *, batch_size: int = 8, keep_ratio: f
         kept = out.kept_ratio.float()
         backends = ("flash|efficient" if dev.type == "cuda" else "cpu default") if mode == "jagged" else "default"
         rows.append(dict(
-            model=model_name, batch_size=batch_size, keep_ratio=keep_ratio, spread=spread,
-            ragged=mode, device=_device_name(dev), dtype=dtype, sdpa_backends=backends,
+            model=model_name, batch_size=batch_size, kept_ratio_target=kept_ratio, spread=spread,
+            ragged=mode, device=device_name(dev), dtype=dtype, sdpa_backends=backends,
             clips_per_s=batch_size / seconds[mode], random_clips_per_s=batch_size / seconds["random"],
             relative_to_random=seconds["random"] / seconds[mode],
             flops_relative=random_gflops / float(out.gflops.float().mean()),

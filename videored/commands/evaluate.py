@@ -21,8 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from videored.deprecation import add_renamed_flag
 from videored.engine.run_interpretability import TABLE1_METHODS
-from videored.models.methods import EXPLANATIONS, MATCH_MODES, METHODS, get_method, parse_methods
+from videored.models.methods import EXPLANATIONS, MATCH_MODES, METHODS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match", default="ratio", choices=MATCH_MODES,
                    help="matched comparison: baselines reach the interpreter's kept ratio "
                         "(ratio) or its GMACs (gmacs), view by view")
-    p.add_argument("--kept-ratio", "--keep-ratio", dest="kept_ratio", type=float, default=None,
-                   help="a fixed budget instead: fraction of patch tokens reaching the last block "
-                        "for every baseline (--keep-ratio: old name, same meaning)")
+    add_renamed_flag(p, "--kept-ratio", "--keep-ratio", type=float, default=None,
+                     help="a fixed budget instead: fraction of patch tokens reaching the last "
+                          "block for every baseline (--keep-ratio: old name, deprecated)")
     p.add_argument("--split", default="test", help="csv split / image folder split to score")
     p.add_argument("--spatial-crops", type=int, default=3, help="video-1 views (paper: 3)")
     p.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
@@ -67,66 +68,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from videored.engine.config import ConfigError
-    from videored.engine.run_eval import config_for_checkpoint
+    from videored.engine.run_eval import eval_command
 
-    if args.masks is not None and not args.interpretability:
-        print("videored eval: --masks goes with --interpretability", file=sys.stderr)
-        return 2
-    table1 = args.masks is not None
-    default = TABLE1_METHODS if table1 else tuple(METHODS)
     try:
-        methods = parse_methods(args.methods or ",".join(default), explanations=table1)
-    except ValueError as err:
+        out = eval_command(checkpoint=args.checkpoint, config=args.config,
+                           overrides=args.overrides, out_dir=args.out, methods=args.methods,
+                           match=args.match, kept_ratio=args.kept_ratio, split=args.split,
+                           spatial_crops=args.spatial_crops, batch_size=args.batch_size,
+                           num_workers=args.num_workers, speed_runs=args.speed_runs,
+                           interpretability=args.interpretability, masks=args.masks,
+                           limit=args.limit, protocol=args.protocol,
+                           dense_checkpoint=args.dense_checkpoint)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as err:  # say what, no traceback
         print(f"videored eval: {err}", file=sys.stderr)
         return 2
-    if args.kept_ratio is not None and not 0.0 <= args.kept_ratio <= 1.0:
-        print(f"videored eval: --kept-ratio must be in [0, 1], got {args.kept_ratio}",
-              file=sys.stderr)
-        return 2
-    try:
-        cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"videored eval: config error: {err}", file=sys.stderr)
-        return 2
-    kept_view = args.protocol == "kept" or not table1  # explanations keep a fraction there
-    budgeted = [m for m in methods if (m in EXPLANATIONS and kept_view)
-                or (m not in EXPLANATIONS and get_method(m).budgeted)]
-    if "interpreter" not in methods and args.kept_ratio is None and budgeted:
-        print(f"videored eval: {', '.join(budgeted)} need --kept-ratio when 'interpreter' is not "
-              "evaluated (there is nothing to match)", file=sys.stderr)
-        return 2
-    out = args.out or Path(args.checkpoint).resolve().parent
-    if args.masks is not None:  # paper Table 1 only (new module: engine/run_interpretability)
-        from videored.engine.run_interpretability import run_interpretability
-
-        try:
-            run_interpretability(cfg, checkpoint=args.checkpoint, masks=args.masks, out_dir=out,
-                                 methods=methods, kept_ratio=args.kept_ratio,
-                                 match=args.match, protocol=args.protocol,
-                                 dense_checkpoint=args.dense_checkpoint,
-                                 batch_size=args.batch_size, num_workers=args.num_workers,
-                                 limit=args.limit)
-        except (ValueError, FileNotFoundError, KeyError, ImportError) as err:
-            print(f"videored eval: {err}", file=sys.stderr)
-            return 2
-        print((out / "results.md").read_text())
-        print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-        return 0
-    from videored.engine.run_eval import run_evaluation
-
-    try:
-        results = run_evaluation(cfg, checkpoint=args.checkpoint, out_dir=out, methods=methods,
-                                 kept_ratio=args.kept_ratio, match=args.match,
-                                 split=args.split,
-                                 spatial_crops=args.spatial_crops, batch_size=args.batch_size,
-                                 num_workers=args.num_workers, speed_runs=args.speed_runs,
-                                 interpretability=args.interpretability,
-                                 dense_checkpoint=args.dense_checkpoint)
-    except (ValueError, FileNotFoundError) as err:  # bad checkpoint / data: say what, no traceback
-        print(f"videored eval: {err}", file=sys.stderr)
-        return 2
-    if results is not None:  # rank 0
+    if out is not None:  # rank 0
         print((out / "results.md").read_text())
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0

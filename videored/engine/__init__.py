@@ -11,5 +11,4 @@ Modules (import what you need; nothing here runs at import):
   sampler      resumable DistributedSampler
   metrics_log  JSONL metrics (TensorBoard when installed)
   validation   greedy validation during training
-  bench_steps  micro-benchmark: interpreter-stage step vs finetune step
 """

@@ -15,6 +15,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from videored.models.budget import check_fraction, warn_renamed
+
 STAGE_KINDS = ("interpreter", "finetune", "supervised")
 
 
@@ -96,12 +98,13 @@ class ScheduleConfig:
     supervised_epochs: int = 0
     max_steps_per_epoch: Optional[int] = None  # cap (smoke runs); None: the whole epoch
     # `supervised` stages train through this reduction instead of densely (EViT's finetune
-    # recipe): "evit", or None (dense). keep_ratio: its final kept fraction (models/evit.py);
+    # recipe): "evit", or None (dense). kept_ratio: its final kept fraction (the budget
+    # vocabulary, models/budget.py; old key `keep_ratio`, still read with a warning);
     # keep_warmup_epochs [start, end]: keep everything until epoch `start` of the stage, then the
     # per-stage keep rate falls from 1 to its target along a cosine until `end` (EViT Sec. 4;
     # its code: [10, 100] of 300 epochs); [0, 0]: the target from the first step.
     reduction: Optional[str] = None
-    keep_ratio: float = 1.0
+    kept_ratio: float = 1.0
     keep_warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
@@ -162,7 +165,27 @@ def _format(err: OmegaConfBaseException, source: str) -> str:
     return f"{source}: key '{key}': {first}" if key else f"{source}: {first}"
 
 
+# Old names of budget keys (models/budget.py's vocabulary): still read, with one warning.
+RENAMED_KEYS = {("schedule", "keep_ratio"): "kept_ratio"}
+
+
+def _rename_old_keys(node: Any, source: str) -> Any:
+    """Move each old key of RENAMED_KEYS in `node` to its new name (warns once)."""
+    if not isinstance(node, DictConfig):
+        return node
+    for (section, old), new in RENAMED_KEYS.items():
+        sub = node.get(section)
+        if isinstance(sub, DictConfig) and old in sub:
+            if new in sub:
+                raise ConfigError(f"{source}: keys '{section}.{old}' (old name) and "
+                                  f"'{section}.{new}' both set; keep '{section}.{new}'")
+            warn_renamed(f"{section}.{old}", f"{section}.{new}", "config")
+            sub[new] = sub.pop(old)
+    return node
+
+
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    other = _rename_old_keys(other, source)
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
@@ -224,9 +247,10 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     if cfg.schedule.reduction not in (None, "evit"):
         raise ConfigError(f"key 'schedule.reduction': use evit or null, not "
                           f"{cfg.schedule.reduction!r} (tome is used training-free)")
-    if not 0.0 < cfg.schedule.keep_ratio <= 1.0:
-        raise ConfigError(f"key 'schedule.keep_ratio': must be in (0, 1], got "
-                          f"{cfg.schedule.keep_ratio}")
+    try:
+        check_fraction(cfg.schedule.kept_ratio, "kept_ratio")
+    except ValueError as err:
+        raise ConfigError(f"key 'schedule.kept_ratio': {err}") from None
     warm = list(cfg.schedule.keep_warmup_epochs)
     if len(warm) != 2 or not 0 <= warm[0] <= warm[1]:
         raise ConfigError(f"key 'schedule.keep_warmup_epochs': [start, end] with 0 <= start <= "

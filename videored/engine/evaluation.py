@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from videored.models.methods import MATCH_MODES, budget_kwargs
+from videored.models.budget import Budget, method_kwargs
+from videored.models.methods import get_method
 
 from .distributed import DistInfo, all_gather_object
 
@@ -37,45 +38,37 @@ class ViewPrediction:
     kept_ratio: float  # fraction of patch tokens that reached the last block
     gflops: float
     path: str = ""
-    keep_ratio: float | None = None  # per-selection setting a budgeted method ran at
+    setting: float | None = None  # the method's own setting it ran at (Method.setting_name)
     error: str = ""  # why decoding failed (failed views), as the dataset reports it
 
 
 @dataclass
 class ViewBudget:
-    """The budget of a budgeted method, view by view (one definition for eval and its speed).
+    """A `Budget` (models/budget.py) applied view by view: one definition for eval and its speed.
 
-    kept_ratio: one fixed target kept ratio for every view; else `per_view` maps a dataset index
-    to the reference method's kept ratio (match "ratio") or GMACs (match "gmacs") on that view.
+    per_view: for a matched budget, the reference method's value on each view, by dataset
+    index (its kept ratio for match "ratio", its GMACs for "gmacs"); None for a fixed budget.
     """
-    kept_ratio: float | None = None
+    budget: Budget
     per_view: dict[int, float] | None = None
-    match: str = "ratio"
 
     def __post_init__(self) -> None:
-        if self.match not in MATCH_MODES:
-            raise ValueError(f"match must be one of {MATCH_MODES}, got {self.match!r}")
-        if (self.kept_ratio is None) == (self.per_view is None):
-            raise ValueError("a ViewBudget needs exactly one of kept_ratio and per_view")
+        if self.budget.matched and self.per_view is None:
+            raise ValueError("a matched ViewBudget needs the reference's views (per_view)")
 
     @classmethod
-    def matching(cls, reference: list[ViewPrediction], match: str) -> "ViewBudget":
-        key = "kept_ratio" if match == "ratio" else "gflops"
-        return cls(per_view={v.index: getattr(v, key) for v in reference}, match=match)
+    def matching(cls, budget: Budget, reference: list[ViewPrediction]) -> "ViewBudget":
+        return cls(budget, {v.index: getattr(v, budget.reference_key) for v in reference})
 
     def forward_kwargs(self, model: nn.Module, method: str, index: torch.Tensor) -> dict:
         """model(x, **forward_kwargs(...)) runs `method` at this budget on the views `index`."""
-        if self.kept_ratio is not None:
-            return budget_kwargs(model, method, kept_ratio=self.kept_ratio)
-        target = torch.tensor([self.per_view[int(i)] for i in index], dtype=torch.float64)
-        if self.match == "ratio":
-            return budget_kwargs(model, method, kept_ratio=target)
-        return budget_kwargs(model, method, gmacs=target)
+        reference = None if self.per_view is None else torch.tensor(
+            [self.per_view[int(i)] for i in index], dtype=torch.float64)
+        return self.budget.forward_kwargs(model, get_method(method), batch=len(index),
+                                          reference=reference)
 
-    def describe(self, reference: str = "interpreter") -> dict:
-        if self.kept_ratio is not None:
-            return {"match": "fixed", "kept_ratio": self.kept_ratio}
-        return {"match": self.match, "reference": reference}
+    def describe(self) -> dict:
+        return self.budget.describe()
 
 
 class _Indexed(Dataset):
@@ -111,7 +104,7 @@ def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_s
     """Every view of `dataset` through `method` of the method table, gathered on all ranks.
 
     budget: where `method` is budgeted, its target per view (None: the model's default
-    keep_ratio). workers: the DataLoader's worker arguments (`builders.loader_workers`; None:
+    setting). workers: the DataLoader's worker arguments (`builders.loader_workers`; None:
     none). forward_kwargs go to the model as they are.
 
     Sharded with a DistributedSampler (which pads the last round with duplicates); the gathered
@@ -127,13 +120,13 @@ def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_s
     for batch in bar:
         x = batch["video"] if "video" in batch else batch["image"]
         kwargs = (budget.forward_kwargs(model, method, batch["index"]) if budget is not None
-                  else budget_kwargs(model, method))
+                  else method_kwargs(model, get_method(method)))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(x.to(dist.device), random_seeds=seed * 10_000_019 + batch["index"],
                         **kwargs, **forward_kwargs)
         probs = out.logits.float().softmax(dim=1).cpu()
         kept, gflops = out.kept_ratio.float().cpu(), out.gflops.float().cpu()
-        setting = kwargs.get("keep_ratio")
+        setting = kwargs.get("setting")
         if isinstance(setting, torch.Tensor):
             setting = setting.double().cpu().tolist()
         elif setting is not None:
@@ -146,7 +139,7 @@ def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_s
                 probs=probs[b], failed=bool(batch["failed"][b]), kept_ratio=float(kept[b]),
                 gflops=float(gflops[b]), path=str(batch["path"][b]),
                 error=str(batch["error"][b]),
-                keep_ratio=None if setting is None else setting[b]))
+                setting=None if setting is None else setting[b]))
     unique = {row.index: row for part in all_gather_object(rows) for row in part}
     return [unique[i] for i in sorted(unique)]
 
@@ -187,9 +180,10 @@ def aggregate(views: Iterable[ViewPrediction], num_classes: int) -> dict[str, An
         "clip1_top5_err": err("clip1_top5"), "video1_top5_err": err("video1_top5"),
         "kept_ratio": _mean(v.kept_ratio for v in scored_views),
         "gflops": _mean(v.gflops for v in scored_views),
-        # the per-selection setting budgeted methods ran at (None for the others)
-        "per_selection_keep_ratio": _mean(v.keep_ratio for v in scored_views
-                                          if v.keep_ratio is not None),
+        # the mean setting budgeted methods ran at (None for the others); its name is the
+        # method's `setting_name` (run_eval adds it). `per_selection_keep_ratio`: the old,
+        # deprecated key of the same number (it is a kept ratio for tome / evit)
+        "setting": _mean(v.setting for v in scored_views if v.setting is not None),
         "per_class_video1_acc": [100.0 * h / t if t else None
                                  for h, t in zip(per_class_hit, per_class_total)],
         "num_videos": len(by_video), "num_scored": n, "failed_videos": failed,

@@ -9,13 +9,14 @@ import torch
 _EPS = 1e-8  # keeps log() finite if a sigmoid saturates to exactly 0 or 1 in low precision
 
 
-def reward(correct: torch.Tensor, kept_fraction: torch.Tensor, tau: float, squared: bool = True) -> torch.Tensor:
+def reward(correct: torch.Tensor, kept_ratio: torch.Tensor, tau: float, squared: bool = True) -> torch.Tensor:
     """Per-sample reward (Eq. 2): `1 - k^2` if the prediction is correct else `-tau`.
 
-    correct: (B,) bool; kept_fraction: (B,) float, k = |u|_0 / N. `squared=False` gives `1 - k`
-    (the linear reward of supplement Table 3). Returns (B,) float.
+    correct: (B,) bool; kept_ratio: (B,) float, k = |u|_0 / N (the budget vocabulary's kept
+    ratio, models/budget.py). `squared=False` gives `1 - k` (the linear reward of supplement
+    Table 3). Returns (B,) float.
     """
-    k = kept_fraction.float()
+    k = kept_ratio.float()
     gain = 1.0 - (k * k if squared else k)
     return torch.where(correct.bool(), gain, torch.full_like(gain, -float(tau)))
 

@@ -1,13 +1,14 @@
 """The evaluation job behind `videored eval`: load, score every method, time them, write reports.
 
 Writes (rank 0) `results.json`: {"methods": {method: {clip1_err, video1_err, clip1_top5_err,
-video1_top5_err, clips_per_s, kept_ratio, gflops, per_selection_keep_ratio, budget,
+video1_top5_err, clips_per_s, kept_ratio, gflops, setting, setting_name, budget,
 per_class_video1_acc, ...}}, "budget": {"match": "ratio" | "gmacs" | "fixed", ...},
 "num_videos", "failed_videos", ...} and `results.md`, a table laid out like paper Table 4 (video)
-or Table 2 (images).
+or Table 2 (images). `per_selection_keep_ratio` is the old name of `setting` (deprecated: listed
+under "deprecated_keys"; for tome / evit the setting is a kept ratio, not a per-selection one).
 
-Matched comparison (the method table's budget vocabulary, `videored.models.methods`): without a
-fixed `kept_ratio`, every budgeted method matches the interpreter view by view, by kept ratio
+The budget (`videored.models.budget.Budget`): without a fixed `kept_ratio`, every budgeted
+method matches the learned reference (the interpreter) view by view, by kept ratio
 (match="ratio") or by GMACs (match="gmacs").
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from videored.models.methods import get_method
+from videored.models.budget import Budget
+from videored.models.methods import EXPLANATIONS, METHODS, get_method, parse_methods
 from videored.normalization import resolve_normalization
 from videored.tables import markdown_table
 
@@ -28,6 +30,56 @@ from .config import ConfigError, load_config, to_dict
 from .distributed import DistInfo, barrier, init_distributed
 from .evaluation import ViewBudget, aggregate, predict_views
 
+
+
+def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
+                 overrides: list[str] = (), out_dir: Optional[Path] = None,
+                 methods: Optional[str] = None, match: str = "ratio",
+                 kept_ratio: Optional[float] = None, masks: Optional[Path] = None,
+                 interpretability: bool = False, limit: Optional[int] = None,
+                 protocol: str = "benchmark", **evaluation: Any) -> Optional[Path]:
+    """`videored eval` after parsing: check the request, load the config, run paper Table 4
+    (`run_evaluation`) or, with masks, paper Table 1 (`run_interpretability`). Returns the
+    output folder on the rank that wrote it (None elsewhere); bad requests raise ValueError /
+    ConfigError naming the flag. evaluation: run_evaluation's other keyword arguments (split,
+    spatial_crops, batch_size, num_workers, speed_runs, dense_checkpoint)."""
+    from videored.engine.run_interpretability import TABLE1_METHODS
+
+    if masks is not None and not interpretability:
+        raise ValueError("--masks goes with --interpretability")
+    table1 = masks is not None
+    names = parse_methods(methods or ",".join(TABLE1_METHODS if table1 else METHODS),
+                          explanations=table1)
+    try:
+        budget = Budget.of(kept_ratio, match)
+    except ValueError as err:
+        raise ValueError(f"--kept-ratio: {err}") from None
+    try:
+        cfg = config_for_checkpoint(checkpoint, config, list(overrides))
+    except (ConfigError, FileNotFoundError) as err:
+        raise ConfigError(f"config error: {err}") from None
+    # Explanations need a kept fraction only where kept patches are scored (--protocol kept, or
+    # kept-patch masks without --masks); the benchmark protocol thresholds their maps itself.
+    kept_view = protocol == "kept" or not table1
+    budgeted = [m for m in names if (m in EXPLANATIONS and kept_view)
+                or (m not in EXPLANATIONS and get_method(m).budgeted)]
+    if budget.matched and budget.reference not in names and budgeted:
+        raise ValueError(f"{', '.join(budgeted)} need --kept-ratio when {budget.reference!r} is "
+                         "not evaluated (there is nothing to match)")
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).resolve().parent
+    if table1:
+        from videored.engine.run_interpretability import run_interpretability
+
+        run_interpretability(cfg, checkpoint=checkpoint, masks=masks, out_dir=out, methods=names,
+                             kept_ratio=kept_ratio, match=match, protocol=protocol,
+                             dense_checkpoint=evaluation.get("dense_checkpoint"),
+                             batch_size=evaluation.get("batch_size"),
+                             num_workers=evaluation.get("num_workers"), limit=limit)
+        return out
+    results = run_evaluation(cfg, checkpoint=checkpoint, out_dir=out, methods=names,
+                             kept_ratio=kept_ratio, match=match,
+                             interpretability=interpretability, **evaluation)
+    return out if results is not None else None
 
 
 def config_for_checkpoint(checkpoint: str | Path, config_path: Optional[str | Path],
@@ -55,7 +107,7 @@ def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: boo
     fresh_interpreters = [k for k in report.initialized if k.startswith("interpreters.")]
     if need_interpreter and fresh_interpreters:
         raise ValueError(f"{checkpoint} has no trained interpreter weights; evaluate it without "
-                         "'interpreter' in --methods (and give --keep-ratio)")
+                         "'interpreter' in --methods (and give --kept-ratio)")
     if report.dropped or any(k.startswith("head.") for k in report.initialized):
         raise ValueError(f"{checkpoint}: classification head does not fit "
                          f"model.num_classes={cfg.model.num_classes}")
@@ -76,7 +128,7 @@ def measure_speed(nets: dict, dataset, budgets: dict[str, Optional[ViewBudget]],
     def call(method: str):
         net, budget = nets[method], budgets[method]
         kwargs = budget.forward_kwargs(net, method, index) if budget is not None else (
-            {"selector": get_method(method).selector})
+            {"selector": get_method(method).selector})  # unbudgeted: no setting
 
         def run():
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -103,12 +155,14 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     baselines run on its weights and `interpreter` on `checkpoint`'s, as in paper Table 4 (the
     original model, and dropping applied to it, against the IA-RED² model).
     """
+    plan = Budget.of(kept_ratio, match)
     dist = init_distributed(cfg.run.device)
     amp = dist.device.type == "cuda" and cfg.run.precision == "bf16"
     video = is_video_model(cfg.model.name)
     if video:
         cfg.data.num_spatial_crops = spatial_crops
-    model = load_for_eval(cfg, checkpoint, "interpreter" in methods).to(dist.device).eval()
+    learned = [m for m in methods if get_method(m).learned]
+    model = load_for_eval(cfg, checkpoint, bool(learned)).to(dist.device).eval()
     dense = model if dense_checkpoint is None else load_for_eval(
         cfg, dense_checkpoint, need_interpreter=False).to(dist.device).eval()
     resolve_normalization(cfg, model, dense)  # the weights' own unless the config overrides it
@@ -117,12 +171,12 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     batch_size = batch_size or cfg.data.batch_size
     workers = loader_workers(cfg, num_workers)
 
-    # The interpreter runs first: its kept ratio (or GMACs) on each view is the baselines' budget.
-    learned = [m for m in methods if get_method(m).learned]
+    # The learned reference runs first: its kept ratio (or GMACs) on each view is the baselines'
+    # budget.
     budgeted = [m for m in methods if get_method(m).budgeted]
-    if budgeted and kept_ratio is None and "interpreter" not in methods:
-        raise ValueError(f"{budgeted} need a kept ratio: evaluate 'interpreter' too (they match "
-                         "it) or give a fixed kept ratio")
+    if budgeted and plan.matched and plan.reference not in methods:
+        raise ValueError(f"{budgeted} need a kept ratio: evaluate {plan.reference!r} too (they "
+                         "match it) or give a fixed kept ratio")
     order = sorted(methods, key=lambda m: not get_method(m).learned)
     nets = {m: model if m in learned else dense for m in methods}
     results: dict[str, dict[str, Any]] = {}
@@ -131,15 +185,17 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     for method in order:
         budget = None
         if method in budgeted:
-            budget = (ViewBudget(kept_ratio=kept_ratio) if kept_ratio is not None
-                      else ViewBudget.matching(reference_views, match))
+            budget = (ViewBudget.matching(plan, reference_views) if plan.matched
+                      else ViewBudget(plan))
         budgets[method] = budget
         views = predict_views(nets[method], dataset, dist=dist, batch_size=batch_size,
                               workers=workers, amp=amp, progress=f"eval {method}",
                               seed=cfg.run.seed, method=method, budget=budget)
-        if method == "interpreter":
+        if method == plan.reference:
             reference_views = views
         results[method] = aggregate(views, num_classes)
+        results[method]["setting_name"] = get_method(method).setting_name
+        results[method]["per_selection_keep_ratio"] = results[method]["setting"]  # deprecated
         results[method]["budget"] = None if budget is None else budget.describe()
         results[method]["weights"] = str(checkpoint if nets[method] is model or dense is model
                                          else dense_checkpoint)
@@ -159,8 +215,8 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     summary = {
         "checkpoint": str(checkpoint), "dense_checkpoint": str(dense_checkpoint or checkpoint),
         "split": split, "video": video,
-        "budget": ({"match": "fixed", "kept_ratio": kept_ratio} if kept_ratio is not None
-                   else {"match": match, "reference": "interpreter"}),
+        "budget": plan.describe(),
+        "deprecated_keys": {"per_selection_keep_ratio": "setting"},
         "device": str(dist.device), "world_size": dist.world_size,
         "num_videos": first["num_videos"], "failed_videos": first["failed_videos"],
         "failure_reasons": first["failure_reasons"],  # path -> the decoder's message and frame

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from videored.models.evit import evit_blocks, warmup_keep_ratio
+from videored.models.methods import get_method
 from videored.atomic_io import atomic_write_text
 
 from . import checkpoint as ckpt
@@ -343,17 +343,16 @@ class Trainer:
         return result
 
     def _reduction(self, stage: Stage, warmed_up: bool = False) -> dict:
-        """selector / keep_ratio of a supervised stage that trains through EViT ({} if dense):
-        the keep ratio of this step on the warm-up (schedule.keep_warmup_epochs)."""
+        """Forward arguments of a supervised stage that trains through a reduction ({} if
+        dense): the method's setting at this step of its training schedule
+        (`Method.train_schedule`, EViT's keep-rate warm-up over schedule.keep_warmup_epochs)."""
         s = self.cfg.schedule
         if stage.kind != "supervised" or s.reduction is None:
             return {}
         start, end = s.keep_warmup_epochs
         epoch = self.pos.epoch + self.pos.step / self.steps_per_epoch  # within this stage
         progress = 1.0 if warmed_up or end <= start else (epoch - start) / (end - start)
-        stages = len(evit_blocks(len(self.model.blocks)))
-        return {"selector": s.reduction,
-                "keep_ratio": warmup_keep_ratio(progress, s.keep_ratio, stages)}
+        return get_method(s.reduction).training_kwargs(self.model, s.kept_ratio, progress)
 
     def _count_nonfinite(self, what: str) -> None:
         self.nonfinite += 1

@@ -20,7 +20,7 @@ and timm's `Attention.forward` as projection -> attention core -> output:
 The attention core is a parameter (`attend`), so each caller picks its own: fused SDPA with an
 optional additive bias or boolean key mask (`sdpa_attend`), materialized probabilities
 (`ExplicitAttend`: explanations, EViT's cls row), or per-sample buckets of packed rows
-(`ragged.packed_attention`). Gated attention (timm >= 1.0.2x `Attention(gated=True)`) is supported
+(`ragged.packed_attend`). Gated attention (timm >= 1.0.2x `Attention(gated=True)`) is supported
 on every path; timm releases without `attn_dim` / `gate` are read with their defaults.
 
 Tensors are token-major here, (..., L, H, hd), so packed rows (L, H, hd) and batches

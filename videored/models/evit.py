@@ -12,13 +12,13 @@ Where: the paper puts the stages in the 4th, 7th and 10th of DeiT's 12 blocks (a
 `k * L // 4`. JointST uses the same rule (its ViT-B has 12 blocks: the 4th, 7th, 10th), so image
 and video models reduce at the same depths.
 
-Budget (`evit_schedule`): keep_ratio = fraction of the N patches kept as attentive tokens
+Budget (`evit_schedule`): kept_ratio = fraction of the N patches kept as attentive tokens
 after the last stage; the fused token rides along like cls (one more row, counted in the cost,
-not in the kept ratio). Stage s keeps k_s = round(N · keep_ratio^(s/S)) attentive rows (at
+not in the kept ratio). Stage s keeps k_s = round(N · kept_ratio^(s/S)) attentive rows (at
 least 1) plus the fused row: the same rate at every stage, as the paper's single keep rate κ
-(our keep_ratio ≈ κ^S; the paper's k = ceil(κ (n-1)) per stage differs by rounding). A stage
+(EViT's own setting; kept_ratio ≈ κ^S; the paper's k = ceil(κ (n-1)) per stage differs by rounding). A stage
 that would not shrink the sequence (k_s + 1 >= rows) keeps everything (no fusion), so
-keep_ratio 1 is the dense model. When an earlier fused row is among the attentive ones, one
+kept_ratio 1 is the dense model. When an earlier fused row is among the attentive ones, one
 patch fewer is kept.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from .budget import check_fraction
+
 
 def evit_blocks(depth: int) -> list[int]:
     """0-indexed blocks that reorganize tokens: [3, 6, 9] for 12 blocks (the paper's 4th, 7th,
@@ -34,18 +36,22 @@ def evit_blocks(depth: int) -> list[int]:
     return sorted({k * depth // 4 for k in (1, 2, 3)})
 
 
-def evit_schedule(num_patches: int, stages: int, keep_ratio: float) -> list[int]:
+def evit_schedule(num_patches: int, stages: int, kept_ratio: float) -> list[int]:
     """Attentive rows k_s kept by each of `stages` reorganizations (the fused row comes on top)."""
-    if not 0.0 <= keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
-    return [max(round(num_patches * keep_ratio ** (s / stages)), 1) for s in range(1, stages + 1)]
+    check_fraction(kept_ratio, where="evit_schedule")
+    return [max(round(num_patches * kept_ratio ** (s / stages)), 1) for s in range(1, stages + 1)]
 
 
-def warmup_keep_ratio(progress: float, keep_ratio: float, stages: int) -> float:
-    """EViT's keep-rate warm-up (Sec. 4): the per-stage rate goes from 1 to its target
-    keep_ratio ** (1/S) along a cosine as progress goes 0 -> 1 (clipped: before 0 everything is
-    kept, after 1 the target holds); returns the final fraction."""
-    target = keep_ratio ** (1.0 / stages)
+def keep_rate(kept_ratio: float, stages: int) -> float:
+    """EViT's keep rate κ per stage that leaves `kept_ratio` after `stages` stages."""
+    return kept_ratio ** (1.0 / stages)
+
+
+def warmup_kept_ratio(progress: float, kept_ratio: float, stages: int) -> float:
+    """EViT's keep-rate warm-up (Sec. 4): the per-stage keep rate goes from 1 to its target
+    κ = kept_ratio ** (1/S) along a cosine as progress goes 0 -> 1 (clipped: before 0 everything
+    is kept, after 1 the target holds); returns the kept_ratio of that point, rate ** S."""
+    target = keep_rate(kept_ratio, stages)
     t = min(max(progress, 0.0), 1.0)
     rate = target + (1.0 - target) * 0.5 * (1.0 + math.cos(math.pi * t))
     return rate ** stages
@@ -69,4 +75,7 @@ def fusion_map(attentive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return row_map, keep
 
 
-__all__ = ["attentive_rows", "evit_blocks", "evit_schedule", "fusion_map", "warmup_keep_ratio"]
+warmup_keep_ratio = warmup_kept_ratio  # the old name (same arguments, same value)
+
+__all__ = ["attentive_rows", "evit_blocks", "evit_schedule", "fusion_map", "keep_rate",
+           "warmup_kept_ratio", "warmup_keep_ratio"]

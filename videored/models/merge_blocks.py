@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
+from . import block_adapter as ba
 from . import flops
+from .budget import warn_renamed
 from .evit import attentive_rows, evit_blocks, evit_schedule, fusion_map
 from .merging import MergedTokens, patch_sizes, positions, regroup, unmerged
 from .tome import bipartite_soft_matching, tome_schedule
@@ -41,34 +42,42 @@ def attention_step(block: Block, seq: torch.Tensor, *, log_size: torch.Tensor | 
     log_size (B, L-1): added to the attention logits of the patch keys (ToMe's proportional
     attention; cls has size 1). keys (B, L, hd): the block's keys, mean over heads.
     cls_attn (B, L-1): softmax row of the cls query, cls->cls dropped, mean over heads.
+    The block is read through `block_adapter` (gated attention included).
     """
-    attn = block.attn
-    if getattr(attn, "gate", None) is not None:
-        raise ValueError("gated attention is not supported by the merging methods")
-    B, L, _ = seq.shape
-    H, hd = attn.num_heads, attn.head_dim
-    x = block.norm1(seq)
-    q, k, v = attn.qkv(x).reshape(B, L, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B,H,L,hd)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    B = seq.shape[0]
     bias = None
     if log_size is not None:  # (B, 1, 1, L), float: SDPA adds it to every query's logits
-        bias = torch.cat([log_size.new_zeros(B, 1), log_size], 1)[:, None, None, :].to(q.dtype)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(B, L, H * hd))))
-    seq = seq + block.drop_path1(block.ls1(out))
-    keys = k.mean(dim=1) if want_keys else None
+        bias = torch.cat([log_size.new_zeros(B, 1), log_size], 1)[:, None, None, :].to(seq.dtype)
+    seen: dict[str, torch.Tensor] = {}
+
+    def attend(q, k, v):  # (B, L, H, hd) each: fused SDPA, keeping q and k for the methods
+        seen["q"], seen["k"] = q, k
+        return ba.sdpa_attend(block.attn, bias)(q, k, v)
+
+    seq = ba.attention_half(block, seq, attend)
+    q, k = seen["q"], seen["k"]
+    keys = k.mean(dim=2) if want_keys else None  # (B, L, hd)
     cls_attn = None
     if want_cls_attn:
-        logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, H, 1, L)
-        if bias is not None:
-            logits = logits + bias
+        logits = ba.attention_logits(block.attn, q[:, :1], k, bias)  # (B, H, 1, L)
         cls_attn = logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)  # (B, L-1)
     return seq, keys, cls_attn
 
 
 def mlp_step(block: Block, seq: torch.Tensor) -> torch.Tensor:
-    return seq + block.drop_path2(block.ls2(block.mlp(block.norm2(seq))))
+    return ba.mlp_half(block, seq)
+
+
+def _renamed(kept_ratio: float | None, keep_ratio: float | None, where: str) -> float:
+    """kept_ratio, or its deprecated name keep_ratio (warns once)."""
+    if keep_ratio is not None:
+        if kept_ratio is not None:
+            raise TypeError(f"{where}: give kept_ratio only (keep_ratio is its old name)")
+        warn_renamed("keep_ratio", "kept_ratio", where)
+        return keep_ratio
+    if kept_ratio is None:
+        raise TypeError(f"{where}: missing kept_ratio")
+    return kept_ratio
 
 
 def _split(seq: torch.Tensor, tokens: MergedTokens) -> tuple[torch.Tensor, MergedTokens]:
@@ -112,22 +121,24 @@ def evit_macs(num_patches: int, depth: int, targets: dict[int, int], dim: int,
     return macs
 
 
-def evit_targets(num_patches: int, depth: int, keep_ratio: float,
+def evit_targets(num_patches: int, depth: int, kept_ratio: float,
                  stage_blocks: list[int] | None = None) -> dict[int, int]:
-    """{block: attentive rows k kept there} of EViT's stages at `keep_ratio` (see evit.py)."""
+    """{block: attentive rows k kept there} of EViT's stages at `kept_ratio` (see evit.py)."""
     stage_blocks = evit_blocks(depth) if stage_blocks is None else stage_blocks
-    return dict(zip(stage_blocks, evit_schedule(num_patches, len(stage_blocks), keep_ratio)))
+    return dict(zip(stage_blocks, evit_schedule(num_patches, len(stage_blocks), kept_ratio)))
 
 
 def run_tome(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
-             keep_ratio: float, mlp_ratio: float, groups: int = 1,
-             schedule: list[int] | None = None) -> MergeRun:
-    """ToMe over `blocks`; schedule: r per block (default `tome_schedule` of keep_ratio).
+             kept_ratio: float | None = None, mlp_ratio: float, groups: int = 1,
+             schedule: list[int] | None = None, keep_ratio: float | None = None) -> MergeRun:
+    """ToMe over `blocks`; schedule: r per block (default `tome_schedule` of kept_ratio;
+    keep_ratio: its old name).
     Reported after the last block of each of `groups` groups:
     scores = 1 / size of the row covering each patch (1: unmerged), keep = the positions the
     rows stand at (one per row, so keep.mean = rows / N)."""
     N, D = patches.shape[1], patches.shape[2]
-    schedule = tome_schedule(N, len(blocks), keep_ratio) if schedule is None else schedule
+    kept_ratio = _renamed(kept_ratio, keep_ratio, "run_tome")
+    schedule = tome_schedule(N, len(blocks), kept_ratio) if schedule is None else schedule
     report = _snapshot_blocks(len(blocks), groups)
     tokens = unmerged(patches)
     scores, keep = [], []
@@ -150,14 +161,15 @@ def run_tome(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
 
 
 def run_evit(blocks: list[Block], cls: torch.Tensor, patches: torch.Tensor, *,
-             keep_ratio: float, mlp_ratio: float, stage_blocks: list[int] | None = None
-             ) -> MergeRun:
+             kept_ratio: float | None = None, mlp_ratio: float,
+             stage_blocks: list[int] | None = None, keep_ratio: float | None = None) -> MergeRun:
     """EViT over `blocks`, reorganizing at `stage_blocks` (default `evit_blocks(depth)`).
     Reported at each stage: scores = the stage's cls attention of the row covering each patch,
     divided by its per-sample max; keep = the attentive patch positions (the fused row marks
     none, so keep.mean = attentive patches / N)."""
     N, D = patches.shape[1], patches.shape[2]
-    targets = evit_targets(N, len(blocks), keep_ratio, stage_blocks)
+    kept_ratio = _renamed(kept_ratio, keep_ratio, "run_evit")
+    targets = evit_targets(N, len(blocks), kept_ratio, stage_blocks)
     tokens = unmerged(patches)
     scores, keep = [], []
     for i, block in enumerate(blocks):

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from . import block_adapter as ba
 from .tokens import key_padding_mask
 
 RAGGED_MODES = ("auto", "pad", "bucket", "packed", "jagged")
@@ -93,9 +94,9 @@ def can_pack(blocks: Sequence[nn.Module]) -> bool:
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
     for blk in blocks:
-        attn = getattr(blk, "attn", None)
-        if attn is None or not getattr(attn, "fused_attn", False) or not hasattr(blk, "ls1"):
+        if not ba.has_fused_attention(blk):
             return False
+        attn = blk.attn
         for module in (blk, attn, getattr(attn, "attn_drop", None)):
             if module is not None and (module._forward_hooks or module._forward_pre_hooks):
                 return False
@@ -204,38 +205,42 @@ def packed_layout(keys: torch.Tensor, *, jagged: bool = False,
 
 
 def packed_block(blk: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
-    """timm `Block.forward` on packed rows x (L, D): the same layers, attention per sample."""
-    y = blk.ls1(packed_attention(blk.attn, blk.norm1(x), layout))
-    x = x + _drop_path(blk.drop_path1, y, layout.lengths)
-    return x + _drop_path(blk.drop_path2, blk.ls2(blk.mlp(blk.norm2(x))), layout.lengths)
+    """timm `Block.forward` on packed rows x (L, D): the block read through `block_adapter`,
+    attention per sample (`packed_attend`), stochastic depth drawn per sample."""
+    def drop(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        return _drop_path(module, y, layout.lengths)
+
+    x = ba.attention_half(blk, x, packed_attend(blk.attn, layout), drop=drop)
+    return ba.mlp_half(blk, x, drop=drop)
 
 
 def packed_attention(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """timm `Attention.forward` on packed rows x (L, D), each sample attending only to itself."""
-    L = x.shape[0]
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    q, k, v = attn.qkv(x).view(L, 3, attn.num_heads, attn.head_dim).unbind(1)  # (L, H, hd) each
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    dropout = attn.attn_drop.p if attn.training else 0.0
-    if layout.jagged:
-        def nested(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, j, hd), j jagged
-            return torch.nested.nested_tensor_from_jagged(
-                t.contiguous(), layout.offsets, min_seqlen=1, max_seqlen=layout.max_len).transpose(1, 2)
+    q, k, v = ba.qkv_heads(attn, x)  # (L, H, hd) each
+    return ba.attention_output(attn, packed_attend(attn, layout)(q, k, v), x)
 
-        out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v), dropout_p=dropout)
-        out = out.transpose(1, 2).values()  # (L, H, hd): back to packed rows
-    else:
+
+def packed_attend(attn: nn.Module, layout: PackedLayout) -> ba.Attend:
+    """The attention core on packed rows: q, k, v (L, H, hd) -> (L, H, hd), each sample's rows
+    attending only to that sample's keys (padded buckets, or nested jagged SDPA)."""
+    dropout = ba.dropout_p(attn)
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if layout.jagged:
+            def nested(t: torch.Tensor) -> torch.Tensor:  # (L, H, hd) -> (B, H, j, hd), j jagged
+                return torch.nested.nested_tensor_from_jagged(
+                    t.contiguous(), layout.offsets, min_seqlen=1,
+                    max_seqlen=layout.max_len).transpose(1, 2)
+
+            out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v), dropout_p=dropout)
+            return out.transpose(1, 2).values()  # (L, H, hd): back to packed rows
         parts = []
         for bucket in layout.buckets:  # (L, H, hd) -> (b, H, top, hd) by one gather each
             qb, kb, vb = (t[bucket.index].transpose(1, 2) for t in (q, k, v))
             o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bucket.mask, dropout_p=dropout)
             parts.append(o.transpose(1, 2).flatten(0, 1))  # (b * top, H, hd)
-        out = (parts[0] if len(parts) == 1 else torch.cat(parts)).index_select(0, layout.back)
-    out = out.reshape(L, attn.attn_dim)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out))
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).index_select(0, layout.back)
+    return attend
 
 
 def _drop_path(module: nn.Module, y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

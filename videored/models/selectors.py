@@ -10,37 +10,37 @@ one colour scale; only their order matters for selection.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
+from . import block_adapter as ba
+from .budget import check_fraction
 from .tokens import TokenSet
 
 
 
-def num_to_keep(counts: torch.Tensor, keep_ratio: float | torch.Tensor) -> torch.Tensor:
-    """Tokens kept per sample: round(keep_ratio * alive), at least 1. counts (B,) -> (B,).
+def num_to_keep(counts: torch.Tensor, keep_rate: float | torch.Tensor) -> torch.Tensor:
+    """Tokens kept per sample: round(keep_rate * alive), at least 1. counts (B,) -> (B,).
 
-    keep_ratio: one per-selection ratio, or one per sample (B,) (matched budgets). Computed in
+    keep_rate: one per-selection rate, or one per sample (B,) (matched budgets). Computed in
     float64 so the rule is the same wherever it is applied (model, cost prediction).
-    keep_ratio 0 is allowed (e.g. matching an interpreter that kept nothing) and keeps 1."""
-    ratio = torch.as_tensor(keep_ratio, dtype=torch.float64, device=counts.device)
-    if bool(((ratio < 0) | (ratio > 1)).any()):
-        shown = keep_ratio if ratio.ndim == 0 else ratio.tolist()
-        raise ValueError(f"keep_ratio must be in [0, 1], got {shown}")
-    return torch.clamp(torch.round(counts.double() * ratio).long(), min=1)
+    keep_rate 0 is allowed (e.g. matching an interpreter that kept nothing) and keeps 1."""
+    check_fraction(keep_rate, "keep_rate")
+    rate = torch.as_tensor(keep_rate, dtype=torch.float64, device=counts.device)
+    return torch.clamp(torch.round(counts.double() * rate).long(), min=1)
 
 
 def topk_keep(scores: torch.Tensor, tokens: TokenSet,
-              keep_ratio: float | torch.Tensor) -> torch.Tensor:
-    """Keep the round(keep_ratio * alive) highest-scoring real rows of each sample. -> (B, n) bool.
+              keep_rate: float | torch.Tensor) -> torch.Tensor:
+    """Keep the round(keep_rate * alive) highest-scoring real rows of each sample. -> (B, n) bool.
 
-    keep_ratio: float, or (B,) one per sample."""
+    keep_rate: float, or (B,) one per sample."""
     valid = tokens.valid_mask
-    k = num_to_keep(valid.sum(1), keep_ratio)  # (B,)
-    order = scores.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True)
+    k = num_to_keep(valid.sum(1), keep_rate)  # (B,)
+    # Stable: among tied scores the lowest row (earliest patch) wins, the same set on CPU and GPU
+    # and whatever else is in the batch.
+    order = scores.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(
         1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     return (rank < k.unsqueeze(1)) & valid
@@ -71,23 +71,11 @@ def attention_scores(block: Block, cls: torch.Tensor, tokens: TokenSet,
                      attn_mask: torch.Tensor | None) -> torch.Tensor:
     """Raw attention: cls -> patch attention of `block` (the group's first), mean over heads.
 
-    cls (B, 1, D), tokens.x (B, n, D) -> (B, n). Only the cls query and the keys are projected:
-    the full qkv of the block is computed again when the block runs (that cost is counted).
+    cls (B, 1, D), tokens.x (B, n, D) -> (B, n). attn_mask (B, 1, 1, 1+n) bool, True = real key.
+    Only the cls query and the keys are projected (`block_adapter.cls_attention`): the full qkv
+    of the block is computed again when the block runs (that cost is counted).
     """
-    attn = block.attn
-    H, hd = attn.num_heads, attn.head_dim
-    x = block.norm1(torch.cat([cls, tokens.x], dim=1))  # (B, 1+n, D)
-    w, b = attn.qkv.weight, attn.qkv.bias
-    inner = H * hd
-    q = F.linear(x[:, :1], w[:inner], None if b is None else b[:inner])  # (B, 1, H*hd)
-    k = F.linear(x, w[inner:2 * inner], None if b is None else b[inner:2 * inner])  # (B, 1+n, H*hd)
-    B, L, _ = k.shape
-    q = attn.q_norm(q.view(B, 1, H, hd).transpose(1, 2))  # (B, H, 1, hd)
-    k = attn.k_norm(k.view(B, L, H, hd).transpose(1, 2))  # (B, H, 1+n, hd)
-    logits = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, 1, 1+n)
-    if attn_mask is not None:  # (B, 1, 1, 1+n) bool, True = real key
-        logits = logits.masked_fill(~attn_mask, float("-inf"))
-    probs = logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)  # (B, n): drop cls->cls
+    probs = ba.cls_attention(block, torch.cat([cls, tokens.x], dim=1), attn_mask)  # (B, n)
     return _per_sample_unit_max(probs, tokens.valid_mask)
 
 

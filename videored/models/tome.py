@@ -9,8 +9,8 @@ size-weighted average, and the other A rows stay. The cls token is kept apart an
 to the logits of every key (proportional attention), so a row standing for s identical tokens
 gets the attention those s tokens would have had together.
 
-Budget (`tome_schedule`): keep_ratio = fraction of the N patch tokens left after the last
-block's merge. The R = N - round(keep_ratio * N) removals are spread over the blocks as evenly as
+Budget (`tome_schedule`): kept_ratio = fraction of the N patch tokens left after the last
+block's merge; ToMe's own setting is the r schedule derived from it. The R = N - round(kept_ratio * N) removals are spread over the blocks as evenly as
 integers allow (block l brings the total to floor(l R / L): ToMe's constant r, rounded so the
 budget is met exactly). Bipartite matching can at most halve the rows of a block, so L blocks
 cannot go below about N / 2^L; when later blocks could not catch up under that cap, earlier
@@ -23,12 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .budget import check_fraction
 
-def tome_schedule(num_patches: int, depth: int, keep_ratio: float) -> list[int]:
-    """r per block: how many patch rows each of the `depth` blocks merges away."""
-    if not 0.0 <= keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
-    total = num_patches - max(round(keep_ratio * num_patches), 1)
+
+def tome_schedule(num_patches: int, depth: int, kept_ratio: float) -> list[int]:
+    """r per block: how many patch rows each of the `depth` blocks merges away to leave
+    `kept_ratio` of the patches."""
+    check_fraction(kept_ratio, where="tome_schedule")
+    total = num_patches - max(round(kept_ratio * num_patches), 1)
     schedule, n, removed = [], num_patches, 0
     for layer in range(1, depth + 1):
         r = min(layer * total // depth - removed, n // 2)  # the even share, capped

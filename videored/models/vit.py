@@ -20,11 +20,13 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
 from . import flops
+from .budget import check_fraction, warn_renamed
+from .cost import embed_macs, group_macs, head_macs, to_gmacs
 from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
 from .methods import SELECTORS, SelectionInput
 from .ragged import check_ragged, run_blocks
-from .tokens import TokenSet, full_token_set, gather_kept, key_padding_mask, scatter_to_positions
+from .tokens import TokenSet, full_token_set, gather_kept, scatter_to_positions
 
 # Every checkpoint this model loads (DeiT/ViT, TimeSformer, mmaction2) was trained with LayerNorm
 # eps 1e-6; timm's Block default changed between releases, so it is never left to the default.
@@ -78,9 +80,10 @@ class TokenReductionViT(nn.Module):
             "temporal_difference"). Interpreter weights exist only when it is "interpreter"; the
             baselines can still be chosen per call (`model(x, selector=...)`).
         threshold: interpreter keeps token i iff I_i >= threshold (greedy decisions).
-        keep_ratio: per-selection setting of the top-k baselines: each selection keeps this
-            fraction of the alive tokens (kept_ratio ~ keep_ratio ** groups; see methods.py);
-            for the in-block reducers (tome, evit) the kept ratio itself.
+        setting: the default per-call setting of a budgeted method (`budget.py`): the
+            per-selection keep_rate of the top-k baselines (kept_ratio ~ keep_rate ** groups),
+            the kept ratio itself for the in-block reducers (tome, evit). `keep_ratio`: its old
+            name (deprecated, warns once).
         seed: seed of the random selector's generator (same seed, same sequence of masks).
         interpreter_heads: heads of the multi-head interpreter (default: num_heads).
         interpreter_init_keep: every informative score starts near this value (0.5: plain init).
@@ -100,15 +103,18 @@ class TokenReductionViT(nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  groups: int = 1, selector: str = "none", threshold: float = 0.5,
-                 keep_ratio: float = 0.5, seed: int = 0,
+                 setting: float = 0.5, seed: int = 0,
                  interpreter_heads: int | None = None,
                  interpreter_init_keep: float = 0.5, ragged: str = "auto",
-                 grad_checkpointing: bool = False) -> None:
+                 grad_checkpointing: bool = False, keep_ratio: float | None = None) -> None:
         super().__init__()
+        if keep_ratio is not None:
+            warn_renamed("keep_ratio", "setting", "TokenReductionViT")
+            setting = keep_ratio
         if groups < 1 or depth % groups:
             raise ValueError(f"depth {depth} must split into groups={groups} equal groups")
         self.selector = check_selector(selector)
-        self.groups, self.keep_ratio, self.seed = groups, keep_ratio, seed
+        self.groups, self.setting, self.seed = groups, check_fraction(setting, "setting"), seed
         self.embed_dim, self.mlp_ratio, self.patch_size = embed_dim, mlp_ratio, patch_size
         self.num_classes = num_classes
         self.ragged, self.grad_checkpointing = check_ragged(ragged), grad_checkpointing
@@ -124,7 +130,7 @@ class TokenReductionViT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.interpreters = None
-        if selector == "interpreter":
+        if SELECTORS[self.selector].learned:  # the learned method's weights: one per group
             self.interpreters = nn.ModuleList(
                 MultiHeadInterpreter(embed_dim, interpreter_heads or num_heads, threshold,
                                      interpreter_init_keep)
@@ -146,6 +152,11 @@ class TokenReductionViT(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.embed.num_patches
+
+    @property
+    def keep_ratio(self) -> float:
+        """The old name of `setting` (read-only)."""
+        return self.setting
 
     @property
     def threshold(self) -> float:
@@ -171,16 +182,20 @@ class TokenReductionViT(nn.Module):
         return self.head(self.head_drop(cls_features))
 
     def forward(self, x: torch.Tensor, *, sample: bool = False, active_groups: int | None = None,
-                selector: str | None = None, keep_ratio: float | None = None,
+                selector: str | None = None, setting: float | torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                random_seeds: torch.Tensor | None = None) -> ReductionOutput:
+                random_seeds: torch.Tensor | None = None,
+                keep_ratio: float | torch.Tensor | None = None) -> ReductionOutput:
         """x (B, C, T, H, W) for video, (B, C, H, W) for images.
 
         sample: the last active group's interpreter samples u ~ Bernoulli(I) (training);
             earlier groups decide greedily.
         active_groups: groups with index >= this keep every token (default: all select).
-        selector / keep_ratio: per-call overrides of the constructor's defaults; keep_ratio may
-            be a (B,) tensor, one per-selection ratio per sample (matched budgets).
+        selector / setting: per-call overrides of the constructor's defaults. setting is the
+            method's own knob (`Method.setting_name`: keep_rate per selection, or kept_ratio);
+            a (B,) tensor gives one per sample (matched budgets). `budget.Budget` /
+            `methods.budget_kwargs` turn a kept-ratio or GMACs budget into it.
+            keep_ratio: the old name of setting (deprecated, warns once).
         generator: CPU generator for interpreter samples and random scores (default: the global
             RNG for samples, a generator seeded with `seed` for the random selector).
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
@@ -188,66 +203,73 @@ class TokenReductionViT(nn.Module):
         """
         features, scores, keep, macs, source = self.forward_features(
             x, sample=sample, active_groups=active_groups, selector=selector,
-            keep_ratio=keep_ratio, generator=generator, random_seeds=random_seeds)
+            setting=setting, generator=generator, random_seeds=random_seeds,
+            keep_ratio=keep_ratio)
         logits = self.forward_head(features)
-        macs = macs + self.embed_dim * self.num_classes
         return ReductionOutput(logits=logits, scores=scores, keep=keep,
-                               gflops=(macs / 1e9).float(), source=source)
+                               gflops=to_gmacs(macs + head_macs(self)), source=source)
 
     def forward_features(self, x: torch.Tensor, *, sample: bool = False,
                          active_groups: int | None = None, selector: str | None = None,
-                         keep_ratio: float | None = None,
+                         setting: float | torch.Tensor | None = None,
                          generator: torch.Generator | None = None,
-                         random_seeds: torch.Tensor | None = None):
+                         random_seeds: torch.Tensor | None = None,
+                         keep_ratio: float | torch.Tensor | None = None):
         """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None).
 
         In-block reducers (tome, evit; training-free or finetuned through) ignore sample and
         active_groups."""
         selector = check_selector(selector or self.selector)
-        if selector == "interpreter" and self.interpreters is None:
+        if SELECTORS[selector].learned and self.interpreters is None:
             raise ValueError("this model was built without interpreters "
                              "(create it with selector='interpreter')")
-        keep_ratio = self.keep_ratio if keep_ratio is None else keep_ratio
+        name = "setting"
+        if keep_ratio is not None:  # the old name of the per-call setting
+            if setting is not None:
+                raise TypeError("give setting only (keep_ratio is its old name)")
+            warn_renamed("keep_ratio", "setting", "TokenReductionViT.forward")
+            setting, name = keep_ratio, "keep_ratio"
+        setting = self.setting if setting is None else check_fraction(setting, name)
         active = self.groups if active_groups is None else active_groups
         N = self.num_patches
         cls, patches = self.embed(x)  # (B, 1, D), (B, N, D)
         tokens = full_token_set(patches)
-        macs = torch.full((x.shape[0],), float(flops.patch_embed_macs(
-            N, self.patch_size, self.embed.patch_embed.proj.in_channels, self.embed_dim)),
-            device=x.device, dtype=torch.float64)
+        macs = torch.full((x.shape[0],), embed_macs(self), device=x.device, dtype=torch.float64)
         method = SELECTORS[selector]
         if method.reduce is not None:
             features, scores, keep, cost, source = self._reduce_in_blocks(
-                method, cls, patches, keep_ratio)
+                method, cls, patches, setting)
             return features, scores, keep, macs + cost, source
         all_scores, all_keep = [], []
         for j in range(self.groups):
             blocks = self.group_blocks(j)
+            scoring = torch.zeros_like(macs)
             if selector != "none" and j < active:
-                row_scores, row_keep, cost = self._select(
-                    selector, j, blocks[0], cls, tokens, keep_ratio,
+                row_scores, row_keep, scoring = self._select(
+                    selector, j, blocks[0], cls, tokens, setting,
                     sample=sample and j == active - 1, generator=generator,
                     random_seeds=None if random_seeds is None else random_seeds * self.groups + j)
-                macs = macs + cost
                 all_scores.append(scatter_to_positions(row_scores, tokens, N))
                 tokens = gather_kept(tokens, row_keep)
             else:  # pass-through: every alive token scores 1
                 all_scores.append(scatter_to_positions(tokens.valid_mask.to(cls.dtype), tokens, N))
             all_keep.append(scatter_to_positions(tokens.valid_mask.float(), tokens, N) > 0)
-            macs = macs + len(blocks) * flops.block_macs(
-                tokens.counts().double() + 1, self.embed_dim, self.mlp_ratio)
+            # the one cost chain (cost.py), the same the prediction without a forward follows
+            macs = macs + group_macs(scoring, tokens.counts(), len(blocks), self.embed_dim,
+                                     self.mlp_ratio)
             cls, tokens = self._run_blocks(blocks, cls, tokens)
         features = self.norm(torch.cat([cls, tokens.x], dim=1))[:, 0]  # norm is per token
         return features, all_scores, all_keep, macs, None
 
     # ---- internals ----
-    def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, keep_ratio):
-        """An in-block reducer over all blocks. A (B,) keep_ratio (matched budgets, one per
-        clip) runs each distinct ratio as its own sub-batch: every clip is really reduced to its
-        own count, and the sub-batches' results are put back in batch order."""
-        ratios = keep_ratio.tolist() if isinstance(keep_ratio, torch.Tensor) else None
+    def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, kept_ratio):
+        """An in-block reducer over all blocks (its setting is the kept ratio). A (B,)
+        kept_ratio (matched budgets, one per clip) runs each distinct ratio as its own
+        sub-batch: every clip is really reduced to its own count, and the sub-batches' results
+        are put back in batch order."""
+        ratios = kept_ratio.tolist() if isinstance(kept_ratio, torch.Tensor) else None
         if ratios is None or len(set(ratios)) == 1:
-            run = method.reduce(self, cls, patches, ratios[0] if ratios else keep_ratio)
+            run = method.reduce(self, cls, patches, ratios[0] if ratios else kept_ratio)
             features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
             macs = torch.full((cls.shape[0],), run.macs, dtype=torch.float64, device=cls.device)
             return features, run.scores, run.keep, macs, run.tokens.source
@@ -276,7 +298,7 @@ class TokenReductionViT(nn.Module):
         return seq[:, :1], TokenSet(x=seq[:, 1:], index=tokens.index, valid=tokens.valid)
 
     def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,
-                tokens: TokenSet, keep_ratio, *, sample: bool,
+                tokens: TokenSet, setting, *, sample: bool,
                 generator: torch.Generator | None, random_seeds: torch.Tensor | None):
         """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j:
         the method table's `select` of this selector, given explicit state."""
@@ -284,7 +306,7 @@ class TokenReductionViT(nn.Module):
             tokens=tokens, cls=cls, block=first_block, grid=self.grid,
             interpreter=None if self.interpreters is None else self.interpreters[j],
             sample=sample, generator=generator, seeded=self._random_generator(),
-            random_seeds=random_seeds), keep_ratio)
+            random_seeds=random_seeds), setting)
         zero = torch.zeros(tokens.x.shape[0], dtype=torch.float64, device=tokens.x.device)
         return chosen.scores, chosen.keep & tokens.valid_mask, chosen.macs.to(zero) + zero
 

@@ -1,6 +1,6 @@
 """Micro-benchmark (not a test): interpreter-stage step vs finetune-stage step.
 
-    python -m videored.engine.bench_steps [--frames 2] [--img 224] [--batch 2] [--rounds 5]
+    python -m videored.bench.steps [--frames 2] [--img 224] [--batch 2] [--rounds 5]
 
 The two steps exactly as the trainer runs them (`videored.engine.stages`), on a ViT-B-sized JointST
 model (group 0 of D=1, the video setting, where finetuning trains all 12 blocks):
@@ -20,8 +20,9 @@ from typing import Callable
 
 import torch
 
+from videored.bench.common import resolve_device, time_interleaved
+from videored.models.budget import calibrate_interpreter
 from videored.tables import markdown_table
-from videored.timing import time_interleaved
 
 
 def build(frames: int, img: int, device: torch.device):
@@ -33,14 +34,12 @@ def build(frames: int, img: int, device: torch.device):
 
 
 def calibrate(model, x: torch.Tensor) -> tuple[float, float]:
-    """Set the threshold so greedy keeps the fraction the sampled pass keeps on average (mean I)."""
+    """Set the threshold so greedy keeps the fraction the sampled pass keeps on average (mean I):
+    the one interpreter calibration (`budget.calibrate_interpreter`) at kept ratio mean I."""
     with torch.no_grad():
         _, tokens = model.embed(x)
-        scores = model.interpreters[0](tokens).flatten().float()
-    keep = scores.mean().item()
-    threshold = float(torch.quantile(scores.cpu(), 1.0 - keep))
-    model.interpreters[0].threshold = threshold
-    return threshold, keep
+        keep = model.interpreters[0](tokens).float().mean().item()
+    return calibrate_interpreter(model, x, keep)[0], keep
 
 
 def make_steps(model, x, y, amp: bool) -> dict[str, Callable[[], dict]]:
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build(args.frames, args.img, device)
     x = torch.randn(args.batch, 3, args.frames, args.img, args.img, device=device)

@@ -1,4 +1,4 @@
-"""Rendering time and file size of the figure layouts: `python -m videored.viz.render_bench`.
+"""Rendering time and file size of the figure layouts: `python -m videored.bench.render`.
 
 Frames are a real synthetic clip (`videored.data.render_video`) resized like the test transform;
 scores are random. Prints a markdown table (the numbers in docs/visualization.md).
