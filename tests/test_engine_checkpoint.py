@@ -12,8 +12,11 @@ from videored.engine.sampler import ResumableSampler
 
 
 def _state(tag: int) -> dict:
-    return {"format_version": ckpt.FORMAT_VERSION, "model": {"w": torch.full((2,), float(tag))},
-            "position": {"stage": 0}, "config": {}}
+    """A complete checkpoint dict (every schema field), told apart by its weight `w`."""
+    return ckpt.TrainingState(
+        model={"w": torch.full((2,), float(tag))}, optimizer=None, scheduler=None,
+        position={"stage": 0, "epoch": 0, "step": 0, "global_step": 0}, plan=[], sampler={},
+        rank_states=[], nonfinite=0, summary=[], world_size=1, batch_size=1, config={}).as_dict()
 
 
 def test_names_sort_in_training_order_and_prune(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -94,7 +94,8 @@ def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
         target_fps=d.target_fps, crop_size=cfg.model.img_size,
         train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
         num_temporal_views=d.num_temporal_views, backend=d.backend, sampling=d.sampling,
-        mean=norm.mean, std=norm.std)
+        mean=norm.mean, std=norm.std,
+        num_classes=cfg.model.num_classes)  # a label outside the head is a malformed line
     if split == "train":
         kwargs["clips_per_video"] = d.clips_per_video
     return VideoClipDataset(str(csv), **{**kwargs, **overrides})
@@ -133,6 +134,29 @@ def loader_workers(cfg: DictConfig, num_workers: int | None = None) -> dict[str,
         return {"num_workers": 0}
     return {"num_workers": n, "timeout": cfg.data.loader_timeout,
             "multiprocessing_context": cfg.data.multiprocessing_context}
+
+
+def batches_or_hang_error(loader: Iterable, batch_items: Callable[[int], list[int]], dataset: Any,
+                          start: int, timeout: float) -> Iterator[Any]:
+    """The batches of `loader`; when a worker sends nothing for `timeout` seconds
+    (data.loader_timeout, see `loader_workers`: a hung decoder) a RuntimeError naming the videos
+    of the batch it was loading. batch_items(k): the dataset indices of the k-th batch the loader
+    yields; start: the epoch step of the first batch (for the message)."""
+    received = 0
+    try:
+        for batch in loader:
+            yield batch
+            received += 1
+    except RuntimeError as err:
+        if "DataLoader timed out" not in str(err):
+            raise
+        paths = getattr(dataset, "paths", None)
+        names = [paths[i] if paths is not None else f"item {i}" for i in batch_items(received)]
+        raise RuntimeError(
+            f"no training batch for step {start + received} of the epoch after {timeout:g} s "
+            f"(data.loader_timeout): a DataLoader worker stopped answering while loading one of "
+            f"{', '.join(names)}. A decoder hang (decord can); check the file with `videored data "
+            "scan`, remove it from the list, or use data.backend=pyav") from err
 
 
 def num_items(batch: Any) -> int:

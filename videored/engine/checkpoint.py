@@ -1,15 +1,18 @@
-"""Training checkpoints: atomic writes, newest-valid lookup for `--resume auto`, RNG state capture.
+"""The checkpointer: the one schema of a training checkpoint, writing it atomically, finding the
+newest one that loads for `--resume auto`, pruning, and RNG state capture.
 
-A checkpoint is one `torch.save`d dict, the fields of `TrainingState` (this file owns the
-schema) plus `format_version`. Its file name encodes the training position it resumes from,
-`ckpt_s{stage}_e{epoch}_i{step}.pt` (zero padded), so names sort in training order.
+A checkpoint is one `torch.save`d dict, the fields of `TrainingState` plus `format_version`; the
+keys a file must hold are derived from the dataclass (`required_keys`), so the schema is written
+down once. Its file name encodes the training position it resumes from,
+`ckpt_s{stage}_e{epoch}_i{step}.pt` (zero padded), so names sort in training order. Files are
+read through `videored.torch_io.load_torch_file`, the one reader of `.pt` files.
 """
 from __future__ import annotations
 
 import random
 import re
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,10 +20,14 @@ import numpy as np
 import torch
 
 from videored.atomic_io import atomic_save  # noqa: F401  (re-exported: ckpt.atomic_save)
+from videored.torch_io import load_torch_file
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_s(\d+)_e(\d+)_i(\d+)\.pt$")
-REQUIRED_KEYS = ("format_version", "model", "position", "config")
+
+
+class NoUsableCheckpointError(RuntimeError):
+    """Checkpoints exist but none loads: resuming would silently restart from step 0."""
 
 
 @dataclass
@@ -37,6 +44,7 @@ class TrainingState:
     nonfinite    skipped non-finite steps so far;  summary  finished stages' rows
     world_size / batch_size  of the run that saved it;  config  the resolved experiment config
     substitutions  per finished epoch, the bad videos replaced by substitutes (absent before: [])
+    stage_updates  optimizer steps (not skipped) so far in the current stage (absent before: 0)
     """
     model: dict
     optimizer: Optional[dict]
@@ -51,6 +59,7 @@ class TrainingState:
     batch_size: int
     config: dict
     substitutions: list = field(default_factory=list)
+    stage_updates: int = 0  # optimizer steps taken so far in the current stage
 
     def as_dict(self) -> dict[str, Any]:
         """The dict written to disk (shallow: tensors are not copied)."""
@@ -58,12 +67,26 @@ class TrainingState:
                 **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
-    def from_dict(cls, state: dict, source: str = "checkpoint") -> "TrainingState":
-        optional = {"substitutions"}  # added later; older checkpoints resume with none recorded
-        missing = [f.name for f in fields(cls) if f.name not in state and f.name not in optional]
+    def from_dict(cls, state: Any, source: str = "checkpoint") -> "TrainingState":
+        """Check a loaded dict against the schema (a ValueError naming `source` and the missing
+        keys) and wrap it; fields with a default may be absent (older files)."""
+        if not isinstance(state, dict):
+            raise ValueError(f"{source}: not a videored training checkpoint (holds a "
+                             f"{type(state).__name__}, not a dict)")
+        missing = [k for k in required_keys() if k not in state]
         if missing:
-            raise ValueError(f"{source}: not a resumable training checkpoint (missing {missing})")
+            raise ValueError(f"{source}: not a videored training checkpoint (missing keys "
+                             f"{', '.join(missing)})")
+        if state["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"{source}: checkpoint format {state['format_version']} != {FORMAT_VERSION}")
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+def required_keys() -> list[str]:
+    """The keys every checkpoint file holds: `format_version` and each TrainingState field
+    without a default (fields added later get a default so that older files still resume)."""
+    return ["format_version"] + [f.name for f in fields(TrainingState)
+                                 if f.default is MISSING and f.default_factory is MISSING]
 
 
 def checkpoint_name(stage: int, epoch: int, step: int) -> str:
@@ -80,26 +103,32 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load and sanity-check one checkpoint; raises ValueError naming the file if it is unusable."""
+    """Load one checkpoint and check it against the schema; a ValueError whose one line names
+    the file and the reason if it is unusable."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torn/truncated/garbage files raise assorted errors
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise ValueError(f"{path}: not a videored training checkpoint (missing keys)")
-    if state["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state['format_version']} != {FORMAT_VERSION}")
+    state = load_torch_file(path, what="checkpoint")  # UnreadableFileError is a ValueError
+    TrainingState.from_dict(state, str(path))
     return state
 
 
 def find_latest(folder: str | Path) -> Optional[tuple[Path, dict]]:
-    """The newest checkpoint in `folder` that loads; unreadable ones are skipped with a warning."""
+    """The newest checkpoint in `folder` that loads (unreadable newer ones are skipped with a
+    warning); None when the folder holds no checkpoint. When it holds some and none loads this is
+    a NoUsableCheckpointError naming each file and why: a requeued job must never quietly start
+    over (and overwrite them)."""
+    failures = []
     for path in list_checkpoints(folder):
         try:
             return path, load_checkpoint(path)
         except ValueError as err:
+            failures.append(str(err))
             warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
+    if failures:
+        raise NoUsableCheckpointError(
+            f"{folder}: none of its {len(failures)} checkpoints loads, so the run cannot resume: "
+            + " | ".join(failures) + ". Restore a good file there, resume from one with "
+            "--resume PATH, or start over on purpose with --resume fresh (the old files are kept "
+            "under <out>/replaced/)")
     return None
 
 

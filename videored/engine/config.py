@@ -315,6 +315,41 @@ def config_from_dict(data: dict) -> DictConfig:
     return cfg
 
 
+# Keys that fix the shape of the model's weights or of its inputs: a run cannot resume with
+# other values (its weights would not load, or would be fed other clips).
+SHAPE_KEYS = ("model.name", "model.num_classes", "model.img_size", "model.num_frames", "model.depth",
+              "model.groups", "model.kwargs", "data.kind")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node and not prefix.startswith("model.kwargs"):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_changes(stored: dict, current: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, current value)} for every leaf that differs between the
+    config stored in a checkpoint and `current` (debug.* excluded: fault injection for tests).
+    model.kwargs compares as one value. The stored dict is first completed with this version's
+    defaults, so a key added since reads as its default."""
+    try:
+        before = to_dict(config_from_dict(stored))
+    except ConfigError:  # written by another version: compare what is there
+        before = stored
+    old, new = _flatten(before), _flatten(to_dict(current))
+    missing = object()
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if not k.startswith("debug.") and old.get(k, missing) != new.get(k, missing)}
+
+
+def shape_changes(changes: dict[str, tuple[Any, Any]]) -> list[str]:
+    """The keys of `changes` a resume cannot accept (SHAPE_KEYS)."""
+    return [k for k in changes if any(k == s or k.startswith(s + ".") for s in SHAPE_KEYS)]
+
+
 def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from videored.models.evit import evit_blocks, warmup_keep_ratio
 from videored.atomic_io import atomic_write_text
 
 from . import checkpoint as ckpt
-from .builders import build_optimizer, build_scheduler, loader_workers, stage_lr, unpack_batch
-from .config import save_config, to_dict
-from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier
+from .builders import (batches_or_hang_error, build_optimizer, build_scheduler, loader_workers, stage_lr,
+                       unpack_batch)
+from .config import config_changes, save_config, shape_changes, to_dict
+from .distributed import DistInfo, all_gather_object, any_rank, barrier, broadcast_object
 from .fault_injection import write_pause_hook
-from .metrics_log import MetricsLogger
+from .metrics_log import Meter, MetricsLogger
+from .run_folder import RunFolderError, RunLock, check_folder, remove_stale_temp_files
 from .sampler import ResumableSampler
 from .substitutions import SubstitutionTally
 from .stages import (Stage, StepResult, classification_step, interpreter_step, plan_stages,
@@ -39,7 +42,12 @@ from .validation import validate
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many steps had a non-finite loss or gradient (see run.max_nonfinite)."""
+    """Too many steps had a non-finite loss or gradient (see run.max_nonfinite), or a whole
+    stage had no finite step."""
+
+
+class ResumeConfigError(ValueError):
+    """The checkpoint cannot resume under this config (model/data shape changed)."""
 
 
 @dataclass
@@ -48,38 +56,6 @@ class Position:
     epoch: int = 0
     step: int = 0  # step within the epoch
     global_step: int = 0
-
-
-class Meter:
-    """Sums of per-sample metrics and the sample count; averaged across ranks on read.
-
-    Sums stay tensors on the training device so adding a step does not synchronize the GPU.
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-
-    def add(self, result: StepResult) -> None:
-        for k, v in result.sums.items():
-            v = v.detach().double()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.count += result.count
-
-    def global_means(self, device: torch.device) -> tuple[dict[str, float], int]:
-        keys = sorted(self.sums)
-        parts = [self.sums[k].to(device).reshape(1) for k in keys]
-        t = torch.cat(parts + [torch.tensor([float(self.count)], dtype=torch.float64, device=device)])
-        all_reduce_sum(t)  # every rank must call this at the same point
-        n = t[-1].item()
-        return {k: t[i].item() / max(n, 1.0) for i, k in enumerate(keys)}, int(n)
-
-    def state(self) -> dict:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
-
-    def load(self, state: dict) -> None:
-        self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in state["sums"].items()}
-        self.count = int(state["count"])
 
 
 class Trainer:
@@ -116,16 +92,34 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"training set of {len(train_set)} samples gives no full batch of "
                              f"{self.videos_per_step} per process x {dist.world_size} processes")
+        listed = getattr(train_set, "csv_path", "list")  # malformed lines count as bad videos
+        malformed = {f"{listed}:{line}": f"malformed line: {why}"
+                     for line, why in getattr(train_set, "malformed", [])}
         self.subs = SubstitutionTally(cfg.data.max_bad_fraction,
-                                      self.steps_per_epoch * self.videos_per_step * dist.world_size)
+                                      self.steps_per_epoch * self.videos_per_step * dist.world_size,
+                                      malformed)
+        self.subs.check_list(len(train_set))
         self.log = MetricsLogger(self.out, enabled=dist.is_main)
         self._resume_state: Optional[ckpt.TrainingState] = None
+        self.stage_updates = 0  # optimizer steps taken in the current stage (0 at its end: error)
+        self.config_changes: list[dict] = []  # what resumes changed (config_changes.json)
 
     # ---- resume ----
     def load_state(self, state: dict, source: str) -> None:
         """Restore from a checkpoint dict (`ckpt.TrainingState` fields); the RNG and optimizer
-        parts apply when the loop reaches the saved position."""
+        parts apply when the loop reaches the saved position.
+
+        The stored config is compared with this run's key by key: a change of a key that shapes
+        the weights or inputs (`config.SHAPE_KEYS`) is an error naming the keys; any other change
+        is printed and recorded (metrics.jsonl's resume row, config_changes.json, summary.json)."""
         saved = ckpt.TrainingState.from_dict(state, source)
+        changes = config_changes(saved.config, self.cfg)
+        fixed = shape_changes(changes)
+        if fixed:
+            raise ResumeConfigError(
+                f"{source}: cannot resume with a different model/data shape: "
+                + "; ".join(f"{k} was {changes[k][0]!r}, now {changes[k][1]!r}" for k in fixed)
+                + ". Undo these overrides, or start a new run with another --out")
         stored = [(s["kind"], s["group"], s["epochs"]) for s in saved.plan]
         current = [(s.kind, s.group, s.epochs) for s in self.plan]
         if stored != current:
@@ -137,13 +131,36 @@ class Trainer:
                           f"{saved.batch_size} ({saved_clips} clips per video), resuming with "
                           f"{self.dist.world_size} x {self.batch} ({clips} clips per video): "
                           "the data order after resume is not the uninterrupted one", stacklevel=2)
-        self.model.load_state_dict(saved.model)
+        try:
+            self.model.load_state_dict(saved.model)
+        except RuntimeError as err:  # e.g. a model.kwargs change the key list cannot see
+            first = str(err).splitlines()
+            raise ResumeConfigError(f"{source}: its weights do not fit this config's model: "
+                                    f"{' '.join(x.strip() for x in first[:3])[:400]}") from None
         self.pos = Position(**saved.position)
+        self.stage_updates = saved.stage_updates
         self.nonfinite = saved.nonfinite
         self.summary = list(saved.summary)
         self.subs.epochs = list(saved.substitutions)
         self._resume_state = saved
         self.log.rewind(self.pos.global_step, source)  # metrics.jsonl: no step logged twice
+        if changes:
+            self._record_config_changes(changes, source)
+
+    def _record_config_changes(self, changes: dict, source: str) -> None:
+        """Print, log and keep (config_changes.json, then summary.json) what a resume changed."""
+        row = {"global_step": self.pos.global_step, "checkpoint": source,
+               "changes": {k: {"before": a, "after": b} for k, (a, b) in changes.items()}}
+        self.config_changes.append(row)
+        if not self.dist.is_main:
+            return
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        print(f"videored train: resuming {source} with a changed config: {listed} "
+              f"(recorded in {self.out / 'config_changes.json'})", file=sys.stderr, flush=True)
+        self.log.log({"kind": "config_change", **row})
+        path = self.out / "config_changes.json"
+        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        atomic_write_text(json.dumps(earlier + [row], indent=2), path)
 
     def _apply_resume(self, optimizer, scheduler) -> None:
         """Optimizer/scheduler (mid-stage), running sums (mid-epoch) and this rank's RNG states."""
@@ -175,6 +192,7 @@ class Trainer:
                 sampler={"seed": self.cfg.run.seed, "epoch_key": self._epoch_key(p.stage, p.epoch),
                          "consumed_per_rank": p.step * self.videos_per_step},
                 rank_states=rank_states, nonfinite=self.nonfinite, summary=self.summary,
+                stage_updates=self.stage_updates,
                 substitutions=self.subs.epochs,
                 world_size=self.dist.world_size, batch_size=self.batch, config=to_dict(self.cfg))
             ckpt.atomic_save(state.as_dict(),
@@ -223,6 +241,7 @@ class Trainer:
             self.epoch_meter = Meter()
             last = epoch + 1 == stage.epochs
             if last:
+                self._check_stage_updated(stage)
                 self._end_stage(stage, train_means)
                 self.pos = Position(stage.index + 1, 0, 0, self.pos.global_step)
                 self._save()
@@ -231,6 +250,16 @@ class Trainer:
                 self._save(optimizer, scheduler)
         del net  # frees the DDP reducer and its gradient hooks before the next stage wraps again
         gc.collect()
+
+    def _check_stage_updated(self, stage: Stage) -> None:
+        """A stage whose every step was skipped (non-finite) trained nothing: stop, not exit 0."""
+        if self.stage_updates == 0:
+            steps = stage.epochs * self.steps_per_epoch
+            raise NonFiniteLossError(
+                f"stage {stage.name} made no update: all of its {steps} steps had a non-finite loss "
+                f"or gradient and were skipped ({self.nonfinite} skipped in the run so far); lower "
+                "optim.lr, set optim.clip_grad, or check the inputs")
+        self.stage_updates = 0
 
     def _end_stage(self, stage: Stage, train_means: dict) -> None:
         row: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, "group": stage.group,
@@ -274,6 +303,8 @@ class Trainer:
                     postfix = {k: f"{means[k]:.3f}" for k in ("loss", "reward", "kept", "acc") if k in means}
                     if means["substituted"]:
                         postfix["substituted"] = means["substituted"]
+                    if self.nonfinite:
+                        postfix["skipped"] = self.nonfinite
                     bar.set_postfix(postfix)
                 window, t0 = Meter(), time.perf_counter()
             every = self.cfg.run.ckpt_every_steps
@@ -286,26 +317,10 @@ class Trainer:
             bar.close()
 
     def _batches(self, start: int):
-        """The loader's batches from step `start`; a worker that sends nothing for
-        data.loader_timeout seconds (a hung decoder) stops the run naming that batch's videos."""
-        received = 0
-        try:
-            for batch in self.loader:
-                yield batch
-                received += 1
-        except RuntimeError as err:
-            if "DataLoader timed out" not in str(err):
-                raise
-            waiting = start + received
-            n = self.videos_per_step
-            order = list(self.sampler)[received * n:(received + 1) * n]  # its videos
-            paths = getattr(self.train_set, "paths", None)
-            names = [paths[i] if paths is not None else f"item {i}" for i in order]
-            raise RuntimeError(
-                f"no training batch for step {waiting} of the epoch after {self.cfg.data.loader_timeout:g} s "
-                f"(data.loader_timeout): a DataLoader worker stopped answering while loading one of "
-                f"{', '.join(names)}. A decoder hang (decord can); check the file with `videored data "
-                "scan`, remove it from the list, or use data.backend=pyav") from err
+        """The loader's batches from step `start`, a hung worker named (`builders.batches_or_hang_error`)."""
+        return batches_or_hang_error(self.loader, lambda k: list(self.sampler)[k * self.videos_per_step:
+                                                                               (k + 1) * self.videos_per_step],
+                                     self.train_set, start, self.cfg.data.loader_timeout)
 
     def _progress(self, stage: Stage, epoch: int, start: int):
         if not (self.dist.is_main and self.cfg.run.progress):
@@ -339,6 +354,7 @@ class Trainer:
             self._count_nonfinite("gradient")
             return None
         optimizer.step()
+        self.stage_updates += 1
         result.sums["grad_norm"] = norm.detach().float() * result.count
         return result
 
@@ -378,7 +394,7 @@ class Trainer:
     def _finish(self) -> dict:
         result = {"stages": self.summary, "global_steps": self.pos.global_step,
                   "nonfinite_steps": self.nonfinite, "world_size": self.dist.world_size,
-                  "substitutions": self.subs.summary()}
+                  "substitutions": self.subs.summary(), "config_changes": self._all_config_changes()}
         if self.dist.is_main:
             extra = {"config": to_dict(self.cfg), "summary": self.summary}
             hook = write_pause_hook(self.cfg.debug, self.out, "model")
@@ -393,6 +409,14 @@ class Trainer:
         return result
 
 
+    def _all_config_changes(self) -> list[dict]:
+        """Every resume's changes of this run (config_changes.json holds earlier resumes')."""
+        path = self.out / "config_changes.json"
+        if self.dist.is_main and path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        return list(self.config_changes)
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -404,13 +428,42 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_resume(resume: Optional[str], out_dir: str | Path) -> Optional[tuple[Path, dict]]:
-    """`auto`: the newest valid checkpoint in <out>/checkpoints (None if there is none);
-    a path: that checkpoint (an unreadable one is an error); None: start fresh."""
-    if resume is None:
+    """`auto`: the newest valid checkpoint in <out>/checkpoints (None if there is none; a
+    `ckpt.NoUsableCheckpointError` naming each file if there are some and none loads);
+    a path: that checkpoint (an unreadable one is an error); None or `fresh`: start fresh."""
+    if resume is None or resume == "fresh":
         return None
     if resume == "auto":
         return ckpt.find_latest(Path(out_dir) / "checkpoints")
     return Path(resume), ckpt.load_checkpoint(resume)
+
+
+def claim_run_folder(out: Path, resume: Optional[str], dist: DistInfo) -> Optional[RunLock]:
+    """Rank 0 takes `out`'s run lock, refuses a folder holding a run without `resume` (moves it
+    aside with `fresh`) and removes dead writers' temp files; every rank raises the same
+    RunFolderError when that fails. Returns the lock (rank 0) to release at the end."""
+    error, lock = None, None
+    if dist.is_main:
+        try:
+            lock = RunLock(out).acquire()
+            if lock.took_over:
+                print(f"videored train: took over the stale run lock of {out} ({lock.took_over})",
+                      file=sys.stderr, flush=True)
+            moved = check_folder(out, resume)
+            if moved is not None:
+                print(f"videored train: --resume fresh: the earlier run's files are now in {moved}",
+                      file=sys.stderr, flush=True)
+            for path in remove_stale_temp_files(out):
+                print(f"videored train: removed {path}, left by a writer that was killed mid-write",
+                      file=sys.stderr, flush=True)
+        except RunFolderError as err:
+            if lock is not None:
+                lock.release()
+            error = str(err)
+    error = broadcast_object(error)
+    if error is not None:
+        raise RunFolderError(error)
+    return lock
 
 
 def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
@@ -418,8 +471,9 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
           val_set: Optional[Dataset] = None) -> dict:
     """Run the configured stages; returns the summary also written to <out>/summary.json.
 
-    Joins the process group described by torchrun/SLURM variables (and leaves it at the end if
-    it joined it). model / train_set / val_set default to the config's builders.
+    resume: None (the folder must not hold a run), "auto", "fresh" or a checkpoint path (see
+    `videored train --help`). Joins the process group described by torchrun/SLURM variables (and leaves it at
+    the end if it joined it). model / train_set / val_set default to the config's builders.
     """
     import torch.distributed as tdist
 
@@ -430,7 +484,10 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
 
     owned = not (tdist.is_available() and tdist.is_initialized())
     dist = init_distributed(cfg.run.device)
+    lock = None
     try:
+        lock = claim_run_folder(Path(out_dir), resume, dist)
+        found = resolve_resume(resume, out_dir)  # before building: a refusal costs nothing
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
         resolve_normalization(cfg, model)  # the weights' own, unless the config overrides it
@@ -439,7 +496,6 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
             val_set = build_dataset(cfg, cfg.data.val_split)
         seed_everything(cfg.run.seed + 7919 * dist.rank)  # distinct Bernoulli samples per rank
         trainer = Trainer(cfg, out_dir, dist, model, train_set, val_set)
-        found = resolve_resume(resume, out_dir)
         if found is not None:
             path, state = found
             trainer.load_state(state, str(path))
@@ -450,5 +506,7 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
                   flush=True)
         return trainer.run()
     finally:
+        if lock is not None:
+            lock.release()
         if owned:
             cleanup()
