@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(gtsegs_ijcv.mat, a DAVIS-style folder, images/+masks/, or a .csv of "
                         "videos with masks); explanation baselines allowed")
     p.add_argument("--limit", type=int, default=None, help="with --masks: the first N items")
+    p.add_argument("--allow-resize", action="store_true",
+                   help="evaluate weights made for another img_size / num_frames than --config "
+                        "gives, interpolating their embeddings (default: an error)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
@@ -81,8 +84,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"videored eval: config error: {err}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # ValueError: unreadable file
+        print(f"videored eval: error: {err}", file=sys.stderr)
         return 2
     budgeted = [m for m in methods if m in EXPLANATIONS or get_method(m).budgeted]
     if "interpreter" not in methods and args.kept_ratio is None and budgeted:
@@ -115,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
                                  spatial_crops=args.spatial_crops, batch_size=args.batch_size,
                                  num_workers=args.num_workers, speed_runs=args.speed_runs,
                                  interpretability=args.interpretability,
-                                 dense_checkpoint=args.dense_checkpoint)
+                                 dense_checkpoint=args.dense_checkpoint,
+                                 allow_resize=args.allow_resize)
     except (ValueError, FileNotFoundError) as err:  # bad checkpoint / data: say what, no traceback
         print(f"videored eval: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from videored.normalization import config_normalization
+from videored.torch_io import load_torch_file
 
 VIDEO_MODEL_PREFIX = "timesformer"
 
@@ -33,13 +34,33 @@ def build_model(cfg: DictConfig, selector: str = "interpreter") -> nn.Module:
         kwargs["num_frames"] = m.num_frames
     if m.depth is not None:
         kwargs["depth"] = m.depth
-    kwargs.update(OmegaConf.to_container(m.kwargs, resolve=True))
+    extra = OmegaConf.to_container(m.kwargs, resolve=True)
+    check_model_kwargs(m.name, extra)
+    kwargs.update(extra)
     model = create_model(m.name, pretrained_path=m.pretrained_path,
                          time_embed_resize=m.time_embed_resize, **kwargs)
     # a training-time switch, not part of the architecture: set after construction so that it
     # does not travel into saved model files (model_config)
     model.set_grad_checkpointing(m.grad_checkpointing)
     return model
+
+
+def check_model_kwargs(name: str, extra: dict[str, Any]) -> None:
+    """A ConfigError naming each `model.kwargs` key the model's constructor does not take."""
+    import inspect
+
+    from videored.models import TokenReductionViT
+
+    from .config import ConfigError
+
+    params = inspect.signature(TokenReductionViT.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(k for k, p in params.items() if k != "self" and p.kind is p.KEYWORD_ONLY)
+    unknown = sorted(k for k in extra if k not in accepted)
+    if unknown:
+        raise ConfigError(f"key 'model.kwargs': {name} takes no argument {', '.join(map(repr, unknown))}; "
+                          f"it takes {', '.join(accepted)}")
 
 
 class TensorFileDataset(Dataset):
@@ -50,7 +71,7 @@ class TensorFileDataset(Dataset):
     """
 
     def __init__(self, path: str | Path, split: str = "train") -> None:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_torch_file(path, what="tensor file (data.kind=tensor_file)")
         if split in data and isinstance(data[split], dict):
             data = data[split]
         if "x" not in data or "y" not in data:
