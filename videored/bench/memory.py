@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from videored.bench.speed import _device_name, _example_input, _peak_mb, _reset_peak, _sync
+from videored.bench.speed import _device_name, _example_input
+from videored.timing import _peak_mb, _reset_peak, _sync
 from videored.tables import markdown_table
 
 COLUMNS = [("model", "model", "s"), ("batch_size", "batch", "d"), ("keep_ratio", "keep", ".1f"),
