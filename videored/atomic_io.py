@@ -35,7 +35,10 @@ _holding = threading.local()  # nesting depth of signals_deferred in this thread
 
 class WriteError(OSError):
     """A write that failed; the one-line message names the file and the cause. The file's
-    previous version (if any) is untouched and no temp file is left."""
+    previous version (if any) is untouched and no temp file is left. `errno` is the cause's."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N] " prefix
+        return str(self.strerror)
 
 
 _FULL = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",

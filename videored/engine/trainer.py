@@ -113,13 +113,7 @@ class Trainer:
         the weights or inputs (`config.SHAPE_KEYS`) is an error naming the keys; any other change
         is printed and recorded (metrics.jsonl's resume row, config_changes.json, summary.json)."""
         saved = ckpt.TrainingState.from_dict(state, source)
-        changes = config_changes(saved.config, self.cfg)
-        fixed = shape_changes(changes)
-        if fixed:
-            raise ResumeConfigError(
-                f"{source}: cannot resume with a different model/data shape: "
-                + "; ".join(f"{k} was {changes[k][0]!r}, now {changes[k][1]!r}" for k in fixed)
-                + ". Undo these overrides, or start a new run with another --out")
+        changes = resumable_changes(saved.config, self.cfg, source)
         stored = [(s["kind"], s["group"], s["epochs"]) for s in saved.plan]
         current = [(s.kind, s.group, s.epochs) for s in self.plan]
         if stored != current:
@@ -427,6 +421,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resumable_changes(stored: dict, cfg: DictConfig, source: str) -> dict:
+    """The config changes between a checkpoint's config and `cfg` ({key: (before, after)});
+    a ResumeConfigError naming the keys when one fixes the model/data shape."""
+    changes = config_changes(stored, cfg)
+    fixed = shape_changes(changes)
+    if fixed:
+        raise ResumeConfigError(
+            f"{source}: cannot resume with a different model/data shape: "
+            + "; ".join(f"{k} was {changes[k][0]!r}, now {changes[k][1]!r}" for k in fixed)
+            + ". Undo these overrides, or start a new run with another --out")
+    return changes
+
+
 def resolve_resume(resume: Optional[str], out_dir: str | Path) -> Optional[tuple[Path, dict]]:
     """`auto`: the newest valid checkpoint in <out>/checkpoints (None if there is none; a
     `ckpt.NoUsableCheckpointError` naming each file if there are some and none loads);
@@ -488,6 +495,8 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
     try:
         lock = claim_run_folder(Path(out_dir), resume, dist)
         found = resolve_resume(resume, out_dir)  # before building: a refusal costs nothing
+        if found is not None:
+            resumable_changes(found[1]["config"], cfg, str(found[0]))  # and writes nothing
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
         resolve_normalization(cfg, model)  # the weights' own, unless the config overrides it
