@@ -22,7 +22,8 @@ from _engine_utils import REPO, random_tensor_file, run_cli, tiny_config, weight
 from videored.engine import checkpoint as ckpt
 from videored.engine.config import ConfigError, load_config, save_config
 from videored.engine.run_folder import LOCK_NAME, RunFolderError, RunLock
-from videored.engine.trainer import NonFiniteLossError, ResumeConfigError, train
+from videored.engine.checkpoint import ResumeConfigError
+from videored.engine.trainer import NonFiniteLossError, train
 from videored.torch_io import UnreadableFileError, load_torch_file
 
 

@@ -35,10 +35,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"videored train: config error: {err}", file=sys.stderr)
         return 2
     out = args.out or f"runs/{cfg.run.name}"
-    from videored.engine.checkpoint import NoUsableCheckpointError
+    from videored.engine.checkpoint import NoUsableCheckpointError, ResumeConfigError
     from videored.engine.run_folder import RunFolderError
     from videored.engine.substitutions import TooManyBadVideosError
-    from videored.engine.trainer import NonFiniteLossError, ResumeConfigError
+    from videored.engine.trainer import NonFiniteLossError
     from videored.atomic_io import WriteError
     from videored.torch_io import UnreadableFileError
 

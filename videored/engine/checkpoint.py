@@ -14,13 +14,19 @@ import re
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from videored.atomic_io import atomic_save  # noqa: F401  (re-exported: ckpt.atomic_save)
+from omegaconf import DictConfig
+from torch import nn
+
+from videored.atomic_io import WriteHook, atomic_save
 from videored.torch_io import load_torch_file
+
+from .config import config_changes, shape_changes
+from .distributed import DistInfo, all_gather_object, barrier
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_s(\d+)_e(\d+)_i(\d+)\.pt$")
@@ -28,6 +34,10 @@ _NAME = re.compile(r"^ckpt_s(\d+)_e(\d+)_i(\d+)\.pt$")
 
 class NoUsableCheckpointError(RuntimeError):
     """Checkpoints exist but none loads: resuming would silently restart from step 0."""
+
+
+class ResumeConfigError(ValueError):
+    """The checkpoint cannot resume under this config (model/data shape changed)."""
 
 
 @dataclass
@@ -160,3 +170,97 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumable_changes(stored: dict, cfg: DictConfig, source: str) -> dict[str, tuple[Any, Any]]:
+    """The config changes between a checkpoint's config and `cfg` ({key: (before, after)});
+    a ResumeConfigError naming the keys when one fixes the model/data shape."""
+    changes = config_changes(stored, cfg)
+    fixed = shape_changes(changes)
+    if fixed:
+        raise ResumeConfigError(
+            f"{source}: cannot resume with a different model/data shape: "
+            + "; ".join(f"{k} was {changes[k][0]!r}, now {changes[k][1]!r}" for k in fixed)
+            + ". Undo these overrides, or start a new run with another --out")
+    return changes
+
+
+def resolve_resume(resume: Optional[str], run_dir: str | Path) -> Optional[tuple[Path, dict]]:
+    """`auto`: the newest valid checkpoint in <run>/checkpoints (None if there is none; a
+    NoUsableCheckpointError naming each file if there are some and none loads);
+    a path: that checkpoint (an unreadable one is an error); None or `fresh`: start fresh."""
+    if resume is None or resume == "fresh":
+        return None
+    if resume == "auto":
+        return find_latest(Path(run_dir) / "checkpoints")
+    return Path(resume), load_checkpoint(resume)
+
+
+class Checkpointer:
+    """Save and resume of one run, in `folder` (<run>/checkpoints).
+
+    `save` gathers every rank's part (RNG states, running sums), and rank 0 writes the loop's
+    `TrainingState` atomically under its position's name and prunes to the newest `keep`.
+    `restore` checks a stored state against this run (config, stage plan, weights) and loads the
+    weights; its optimizer, scheduler and RNG parts belong to the stage being resumed, so the loop
+    takes them with `resume_stage` once it has built that stage's optimizer.
+    """
+
+    def __init__(self, folder: Path, keep: int, dist: DistInfo,
+                 hook: Callable[[], Optional[WriteHook]] = lambda: None) -> None:
+        self.folder, self.keep, self.dist, self.hook = Path(folder), keep, dist, hook
+        self._pending: Optional[TrainingState] = None
+
+    def save(self, position: tuple[int, int, int], rank_state: dict,
+             build: Callable[[list[dict]], TrainingState]) -> None:
+        """position: (stage, epoch, step) it resumes from; rank_state: this rank's part;
+        build(rank_states): the state to write (called on rank 0 only). Every rank calls this."""
+        rank_states = all_gather_object(rank_state)
+        if self.dist.is_main:
+            atomic_save(build(rank_states).as_dict(), self.folder / checkpoint_name(*position),
+                        hook=self.hook())
+            prune(self.folder, self.keep)
+        barrier()
+
+    def restore(self, state: dict, source: str, *, cfg: DictConfig, model: nn.Module,
+                plan: list[tuple[str, int, int]], batch_size: int
+                ) -> tuple[TrainingState, dict[str, tuple[Any, Any]]]:
+        """Check `state` (a loaded checkpoint) against this run and load its weights into
+        `model`; returns it with the config changes ({key: (before, after)}, none of a shape key).
+        plan: the run's stages as (kind, group, epochs)."""
+        saved = TrainingState.from_dict(state, source)
+        changes = resumable_changes(saved.config, cfg, source)
+        stored = [(s["kind"], s["group"], s["epochs"]) for s in saved.plan]
+        if stored != plan:
+            raise ValueError(f"{source}: its stage plan {stored} differs from this config's {plan}")
+        saved_clips = saved.config.get("data", {}).get("clips_per_video", 1)
+        clips, world = cfg.data.clips_per_video, self.dist.world_size
+        if (saved.world_size, saved.batch_size, saved_clips) != (world, batch_size, clips):
+            warnings.warn(f"{source}: saved with {saved.world_size} processes x batch "
+                          f"{saved.batch_size} ({saved_clips} clips per video), resuming with "
+                          f"{world} x {batch_size} ({clips} clips per video): "
+                          "the data order after resume is not the uninterrupted one", stacklevel=3)
+        try:
+            model.load_state_dict(saved.model)
+        except RuntimeError as err:  # e.g. a model.kwargs change the key list cannot see
+            first = " ".join(x.strip() for x in str(err).splitlines()[:3])
+            raise ResumeConfigError(f"{source}: its weights do not fit this config's model: "
+                                    f"{first[:400]}") from None
+        self._pending = saved
+        return saved, changes
+
+    def resume_stage(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> Optional[dict]:
+        """At the first stage after `restore`: load the optimizer / scheduler (mid-stage) and this
+        rank's RNG states; returns this rank's other parts ({"meter", "substitutions"}) when the
+        world size is the saved one, else None (also when nothing is pending)."""
+        saved, self._pending = self._pending, None
+        if saved is None:
+            return None
+        if saved.optimizer is not None:
+            optimizer.load_state_dict(saved.optimizer)
+            scheduler.load_state_dict(saved.scheduler)
+        if len(saved.rank_states) != self.dist.world_size:
+            return None
+        mine = saved.rank_states[self.dist.rank]
+        set_rng_state(mine["rng"])
+        return mine

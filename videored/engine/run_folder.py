@@ -19,10 +19,13 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Optional
+
+from .distributed import DistInfo, broadcast_object
 
 LOCK_NAME = "run.lock"
 RUN_FILES = ("checkpoints", "model.pt", "summary.json", "metrics.jsonl")
@@ -172,3 +175,31 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def claim_run_folder(out: Path, resume: Optional[str], dist: DistInfo) -> Optional[RunLock]:
+    """Rank 0 takes `out`'s run lock, refuses a folder holding a run without `resume` (moves it
+    aside with `fresh`) and removes dead writers' temp files; every rank raises the same
+    RunFolderError when that fails. Returns the lock (rank 0) to release at the end."""
+    error, lock = None, None
+    if dist.is_main:
+        try:
+            lock = RunLock(out).acquire()
+            if lock.took_over:
+                print(f"videored train: took over the stale run lock of {out} ({lock.took_over})",
+                      file=sys.stderr, flush=True)
+            moved = check_folder(out, resume)
+            if moved is not None:
+                print(f"videored train: --resume fresh: the earlier run's files are now in {moved}",
+                      file=sys.stderr, flush=True)
+            for path in remove_stale_temp_files(out):
+                print(f"videored train: removed {path}, left by a writer that was killed mid-write",
+                      file=sys.stderr, flush=True)
+        except RunFolderError as err:
+            if lock is not None:
+                lock.release()
+            error = str(err)
+    error = broadcast_object(error)
+    if error is not None:
+        raise RunFolderError(error)
+    return lock

@@ -29,11 +29,11 @@ from videored.atomic_io import atomic_write_text
 from . import checkpoint as ckpt
 from .builders import (batches_or_hang_error, build_optimizer, build_scheduler, loader_workers, stage_lr,
                        unpack_batch)
-from .config import config_changes, save_config, shape_changes, to_dict
-from .distributed import DistInfo, all_gather_object, any_rank, barrier, broadcast_object
+from .config import save_config, to_dict
+from .distributed import DistInfo, any_rank, barrier
 from .fault_injection import write_pause_hook
 from .metrics_log import Meter, MetricsLogger
-from .run_folder import RunFolderError, RunLock, check_folder, remove_stale_temp_files
+from .run_folder import claim_run_folder
 from .sampler import ResumableSampler
 from .substitutions import SubstitutionTally
 from .stages import (Stage, StepResult, classification_step, interpreter_step, plan_stages,
@@ -46,8 +46,6 @@ class NonFiniteLossError(RuntimeError):
     stage had no finite step."""
 
 
-class ResumeConfigError(ValueError):
-    """The checkpoint cannot resume under this config (model/data shape changed)."""
 
 
 @dataclass
@@ -100,43 +98,25 @@ class Trainer:
                                       malformed)
         self.subs.check_list(len(train_set))
         self.log = MetricsLogger(self.out, enabled=dist.is_main)
-        self._resume_state: Optional[ckpt.TrainingState] = None
+        self.checkpointer = ckpt.Checkpointer(
+            self.ckpt_dir, cfg.run.keep_checkpoints, dist,
+            hook=lambda: write_pause_hook(cfg.debug, self.out, "checkpoint"))
         self.stage_updates = 0  # optimizer steps taken in the current stage (0 at its end: error)
         self.config_changes: list[dict] = []  # what resumes changed (config_changes.json)
 
     # ---- resume ----
     def load_state(self, state: dict, source: str) -> None:
-        """Restore from a checkpoint dict (`ckpt.TrainingState` fields); the RNG and optimizer
-        parts apply when the loop reaches the saved position.
-
-        The stored config is compared with this run's key by key: a change of a key that shapes
-        the weights or inputs (`config.SHAPE_KEYS`) is an error naming the keys; any other change
-        is printed and recorded (metrics.jsonl's resume row, config_changes.json, summary.json)."""
-        saved = ckpt.TrainingState.from_dict(state, source)
-        changes = resumable_changes(saved.config, self.cfg, source)
-        stored = [(s["kind"], s["group"], s["epochs"]) for s in saved.plan]
-        current = [(s.kind, s.group, s.epochs) for s in self.plan]
-        if stored != current:
-            raise ValueError(f"{source}: its stage plan {stored} differs from this config's {current}")
-        saved_clips = saved.config.get("data", {}).get("clips_per_video", 1)
-        clips = self.cfg.data.clips_per_video
-        if (saved.world_size, saved.batch_size, saved_clips) != (self.dist.world_size, self.batch, clips):
-            warnings.warn(f"{source}: saved with {saved.world_size} processes x batch "
-                          f"{saved.batch_size} ({saved_clips} clips per video), resuming with "
-                          f"{self.dist.world_size} x {self.batch} ({clips} clips per video): "
-                          "the data order after resume is not the uninterrupted one", stacklevel=2)
-        try:
-            self.model.load_state_dict(saved.model)
-        except RuntimeError as err:  # e.g. a model.kwargs change the key list cannot see
-            first = str(err).splitlines()
-            raise ResumeConfigError(f"{source}: its weights do not fit this config's model: "
-                                    f"{' '.join(x.strip() for x in first[:3])[:400]}") from None
+        """Restore from a checkpoint dict (`ckpt.Checkpointer.restore` checks it: config drift,
+        stage plan, weights); the RNG and optimizer parts apply when the loop reaches the saved
+        stage. Config changes that a resume accepts are printed and recorded."""
+        plan = [(s.kind, s.group, s.epochs) for s in self.plan]
+        saved, changes = self.checkpointer.restore(state, source, cfg=self.cfg, model=self.model,
+                                                   plan=plan, batch_size=self.batch)
         self.pos = Position(**saved.position)
         self.stage_updates = saved.stage_updates
         self.nonfinite = saved.nonfinite
         self.summary = list(saved.summary)
         self.subs.epochs = list(saved.substitutions)
-        self._resume_state = saved
         self.log.rewind(self.pos.global_step, source)  # metrics.jsonl: no step logged twice
         if changes:
             self._record_config_changes(changes, source)
@@ -157,43 +137,31 @@ class Trainer:
         atomic_write_text(json.dumps(earlier + [row], indent=2), path)
 
     def _apply_resume(self, optimizer, scheduler) -> None:
-        """Optimizer/scheduler (mid-stage), running sums (mid-epoch) and this rank's RNG states."""
-        saved, self._resume_state = self._resume_state, None
-        if saved is None:
-            return
-        if saved.optimizer is not None:
-            optimizer.load_state_dict(saved.optimizer)
-            scheduler.load_state_dict(saved.scheduler)
-        ranks = saved.rank_states
-        if len(ranks) == self.dist.world_size:
-            ckpt.set_rng_state(ranks[self.dist.rank]["rng"])
-            self.epoch_meter.load(ranks[self.dist.rank]["meter"])
-            if "substitutions" in ranks[self.dist.rank]:
-                self.subs.load_rank_state(ranks[self.dist.rank]["substitutions"])
+        """Optimizer/scheduler (mid-stage), this rank's RNG states and running sums (mid-epoch)."""
+        mine = self.checkpointer.resume_stage(optimizer, scheduler)
+        if mine is not None:
+            self.epoch_meter.load(mine["meter"])
+            if "substitutions" in mine:
+                self.subs.load_rank_state(mine["substitutions"])
 
-    # ---- checkpoints ----
     def _save(self, optimizer=None, scheduler=None) -> None:
-        rank_states = all_gather_object({"rng": ckpt.rng_state(), "meter": self.epoch_meter.state(),
-                                         "substitutions": self.subs.rank_state()})
-        if self.dist.is_main:
-            p = self.pos
-            state = ckpt.TrainingState(
+        p = self.pos
+
+        def state(rank_states: list[dict]) -> ckpt.TrainingState:
+            return ckpt.TrainingState(
                 model=self.model.state_dict(),
                 optimizer=optimizer.state_dict() if optimizer is not None else None,
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
-                position=vars(p).copy(),
-                plan=[vars(s).copy() for s in self.plan],
+                position=vars(p).copy(), plan=[vars(s).copy() for s in self.plan],
                 sampler={"seed": self.cfg.run.seed, "epoch_key": self._epoch_key(p.stage, p.epoch),
                          "consumed_per_rank": p.step * self.videos_per_step},
                 rank_states=rank_states, nonfinite=self.nonfinite, summary=self.summary,
-                stage_updates=self.stage_updates,
-                substitutions=self.subs.epochs,
+                stage_updates=self.stage_updates, substitutions=self.subs.epochs,
                 world_size=self.dist.world_size, batch_size=self.batch, config=to_dict(self.cfg))
-            ckpt.atomic_save(state.as_dict(),
-                             self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step),
-                             hook=write_pause_hook(self.cfg.debug, self.out, "checkpoint"))
-            ckpt.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
-        barrier()
+
+        mine = {"rng": ckpt.rng_state(), "meter": self.epoch_meter.state(),
+                "substitutions": self.subs.rank_state()}
+        self.checkpointer.save((p.stage, p.epoch, p.step), mine, state)
 
     # ---- the loop ----
     def run(self) -> dict:
@@ -421,58 +389,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resumable_changes(stored: dict, cfg: DictConfig, source: str) -> dict:
-    """The config changes between a checkpoint's config and `cfg` ({key: (before, after)});
-    a ResumeConfigError naming the keys when one fixes the model/data shape."""
-    changes = config_changes(stored, cfg)
-    fixed = shape_changes(changes)
-    if fixed:
-        raise ResumeConfigError(
-            f"{source}: cannot resume with a different model/data shape: "
-            + "; ".join(f"{k} was {changes[k][0]!r}, now {changes[k][1]!r}" for k in fixed)
-            + ". Undo these overrides, or start a new run with another --out")
-    return changes
-
-
-def resolve_resume(resume: Optional[str], out_dir: str | Path) -> Optional[tuple[Path, dict]]:
-    """`auto`: the newest valid checkpoint in <out>/checkpoints (None if there is none; a
-    `ckpt.NoUsableCheckpointError` naming each file if there are some and none loads);
-    a path: that checkpoint (an unreadable one is an error); None or `fresh`: start fresh."""
-    if resume is None or resume == "fresh":
-        return None
-    if resume == "auto":
-        return ckpt.find_latest(Path(out_dir) / "checkpoints")
-    return Path(resume), ckpt.load_checkpoint(resume)
-
-
-def claim_run_folder(out: Path, resume: Optional[str], dist: DistInfo) -> Optional[RunLock]:
-    """Rank 0 takes `out`'s run lock, refuses a folder holding a run without `resume` (moves it
-    aside with `fresh`) and removes dead writers' temp files; every rank raises the same
-    RunFolderError when that fails. Returns the lock (rank 0) to release at the end."""
-    error, lock = None, None
-    if dist.is_main:
-        try:
-            lock = RunLock(out).acquire()
-            if lock.took_over:
-                print(f"videored train: took over the stale run lock of {out} ({lock.took_over})",
-                      file=sys.stderr, flush=True)
-            moved = check_folder(out, resume)
-            if moved is not None:
-                print(f"videored train: --resume fresh: the earlier run's files are now in {moved}",
-                      file=sys.stderr, flush=True)
-            for path in remove_stale_temp_files(out):
-                print(f"videored train: removed {path}, left by a writer that was killed mid-write",
-                      file=sys.stderr, flush=True)
-        except RunFolderError as err:
-            if lock is not None:
-                lock.release()
-            error = str(err)
-    error = broadcast_object(error)
-    if error is not None:
-        raise RunFolderError(error)
-    return lock
-
-
 def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
           model: Optional[nn.Module] = None, train_set: Optional[Dataset] = None,
           val_set: Optional[Dataset] = None) -> dict:
@@ -494,9 +410,9 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
     lock = None
     try:
         lock = claim_run_folder(Path(out_dir), resume, dist)
-        found = resolve_resume(resume, out_dir)  # before building: a refusal costs nothing
+        found = ckpt.resolve_resume(resume, out_dir)  # before building: a refusal costs nothing
         if found is not None:
-            resumable_changes(found[1]["config"], cfg, str(found[0]))  # and writes nothing
+            ckpt.resumable_changes(found[1]["config"], cfg, str(found[0]))  # and writes nothing
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
         resolve_normalization(cfg, model)  # the weights' own, unless the config overrides it
