@@ -1,9 +1,10 @@
 """The Algorithm-1 stage loop: stages -> epochs -> steps, with exact resume, DDP and logging.
 
-Training position = (stage, epoch, step): the next step to run. A checkpoint stores it with the
-model, optimizer, scheduler, every rank's RNG states and running epoch sums, so a run resumed
-from it replays the remaining steps exactly: the sampler's order is a pure function of
-(seed, stage, epoch) and skips the samples already consumed.
+Training position = (stage, epoch, step): the next step to run. A checkpoint (written and read by
+`checkpoint.Checkpointer`) stores it with the model, optimizer, scheduler, every rank's RNG states
+and running epoch sums, so a run resumed from it replays the remaining steps exactly: the
+sampler's order is a pure function of (seed, stage, epoch) and skips the samples already consumed.
+`train()` first claims the run folder (`run_folder`: lock, no silent restart over a run).
 """
 from __future__ import annotations
 
@@ -44,8 +45,6 @@ from .validation import validate
 class NonFiniteLossError(RuntimeError):
     """Too many steps had a non-finite loss or gradient (see run.max_nonfinite), or a whole
     stage had no finite step."""
-
-
 
 
 @dataclass
