@@ -227,7 +227,7 @@ def test_required_value_marked_in_a_file_stays_required(tmp_path):
         load_config(tmp_path / "child.yaml", ["model.pretrained_path=???"])
 
 
-def test_bad_epochs_and_unknown_model_kwargs_are_config_errors(tmp_path):
+def test_bad_epochs_unknown_model_kwargs_and_unreadable_weights_are_clean_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"'schedule\.finetune_epochs': epochs must be >= 0, got -1"):
         tiny_config("data.root=/x", "schedule.finetune_epochs=-1")
     data = random_tensor_file(tmp_path / "d.pt", n=8)
@@ -238,6 +238,14 @@ def test_bad_epochs_and_unknown_model_kwargs_are_config_errors(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "key 'model.kwargs'" in res.stderr and "'no_such_arg'" in res.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # an unreadable pretrained file: one line naming it
+    torn = tmp_path / "dense.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}}, torn)
+    torn.write_bytes(torn.read_bytes()[:500])
+    res = run_cli(["train", "--config", str(config), "--out", str(tmp_path / "run2"),
+                   f"model.pretrained_path={torn}"])
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{torn}: not a readable weights file: truncated or damaged" in res.stderr
 
 
 # ---- 6. NaN losses ----

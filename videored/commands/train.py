@@ -40,12 +40,13 @@ def main(args: argparse.Namespace) -> int:
     from videored.engine.substitutions import TooManyBadVideosError
     from videored.engine.trainer import NonFiniteLossError
     from videored.atomic_io import WriteError
+    from videored.models.formats import CheckpointFormatError
     from videored.torch_io import UnreadableFileError
 
     try:
         summary = train(cfg, out, resume=args.resume)
     except (RunFolderError, NoUsableCheckpointError, ResumeConfigError, UnreadableFileError,
-            ConfigError) as err:  # refused before training: nothing was written
+            CheckpointFormatError, ConfigError) as err:  # refused before training: nothing written
         print(f"videored train: error: {err}", file=sys.stderr)
         return 2
     except (TooManyBadVideosError, NonFiniteLossError, WriteError) as err:
