@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from _engine_utils import REPO, random_tensor_file, run_cli, tiny_config, weights
+from _engine_utils import REPO, assert_same_weights, random_tensor_file, run_cli, tiny_config, weights
 from videored.engine import checkpoint as ckpt
 from videored.engine.config import ConfigError, load_config, save_config
 from videored.engine.run_folder import LOCK_NAME, RunFolderError, RunLock
@@ -147,11 +147,14 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_stale_ones(tmp_path, monke
         assert not (tmp_path / name / LOCK_NAME).exists()
 
 
-def test_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+def test_second_run_is_refused_while_the_first_runs_and_a_kill_9_leaves_nothing_behind(tmp_path):
     data = random_tensor_file(tmp_path / "d.pt", n=8)
+    reference = tmp_path / "ref"
+    train(_cfg(data, "run.ckpt_every_steps=1"), reference)  # uninterrupted, in this process
     config = tmp_path / "exp.yaml"
-    # the first run pauses 20 s inside its first checkpoint write, holding the lock
-    save_config(_cfg(data, "debug.pause_write_at=start", "debug.pause_write_s=20"), config)
+    # the first run pauses 60 s in the middle of its first checkpoint write, holding the lock
+    save_config(_cfg(data, "run.ckpt_every_steps=1", "debug.pause_write_at=middle",
+                     "debug.pause_write_s=60"), config)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     first = subprocess.Popen([sys.executable, "-m", "videored.cli", "train", "--config", str(config),
@@ -166,10 +169,20 @@ def test_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path)
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert f"in use by another run (pid {first.pid} on {socket.gethostname()}" in second.stderr
     finally:
-        out, err = first.communicate(timeout=180)
-    assert first.returncode == 0, err[-2000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["global_steps"] == 4 and not (run / LOCK_NAME).exists()
+        first.kill()  # kill -9 inside torch.save: no cleanup runs
+        first.communicate(timeout=60)
+    tmp = run / "checkpoints" / (ckpt.checkpoint_name(0, 0, 1) + f".tmp.{first.pid}")
+    assert tmp.stat().st_size > 0 and ckpt.list_checkpoints(run / "checkpoints") == []
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == first.pid
+
+    # the requeue: the dead owner's lock is taken over, its half-written temp file removed, and
+    # (no checkpoint was completed) the run starts from step 0 and ends as the uninterrupted one
+    again = run_cli(["train", "--config", str(config), "--out", str(run), "--resume", "auto"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"took over the stale run lock of {run} (process {first.pid} on " in again.stderr
+    assert f"removed {tmp}, left by a writer that was killed mid-write" in again.stderr
+    assert not tmp.exists() and not (run / LOCK_NAME).exists()
+    assert_same_weights(reference / "model.pt", run / "model.pt")
 
 
 # ---- 4. a changed config on resume ----
