@@ -12,6 +12,7 @@ Launcher flags are parsed here; every other argument (--config, --checkpoint, --
 dotted overrides, ...) is handed to `videored <command>` unchanged, with `--out <job-dir>` added.
 `--cluster local` runs the same job as local processes, `debug` in this process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,10 +33,44 @@ from .queue import wait_for_jobs
 
 SWEEP_MANIFEST = "sweep.json"
 
+PASS_THROUGH = """\
+Every argument not listed above is handed to `videored {command}` unchanged (checked with its
+own parser before anything is submitted), with `--out <job-dir>` added: e.g. --config C,
+--checkpoint F, --dense-checkpoint F, --methods a,b, dotted overrides key=value. See
+`videored {command} --help`. {requeue}"""
+REQUEUE = {
+    "train": "A job stopped by preemption or --timeout is requeued and continues from its newest "
+             "checkpoint (--resume auto), up to --max-timeouts times.",
+    "eval": "Evaluation keeps no state: a job stopped by --timeout starts again from the first "
+            "video, so give it a --timeout that covers the whole evaluation.",
+}
+
 
 def default_cluster() -> str:
     """slurm where `sbatch` is on PATH, else local processes."""
     return "slurm" if shutil.which("sbatch") else "local"
+
+
+def resolve_cluster(requested: Optional[str]) -> str:
+    """The cluster to submit to: `--cluster slurm` without `sbatch` is an error; with no
+    --cluster, the fallback to local processes is said on stderr."""
+    if requested == "slurm" and not shutil.which("sbatch"):
+        raise ValueError("--cluster slurm: `sbatch` is not on PATH (is this a SLURM login node? "
+                         "is the slurm module loaded?); use --cluster local to run here")
+    if requested is None and default_cluster() == "local":
+        print("python -m slurm.submit: no `sbatch` on PATH: running as local processes on this "
+              "machine (--cluster local); pass --cluster slurm to insist on SLURM",
+              file=sys.stderr, flush=True)
+    return requested or default_cluster()
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown after each flag's help (not for flags without one), epilogs kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def parse_mem(text: str) -> float:
@@ -93,19 +129,25 @@ def _add_resource_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--job-dir", required=True, type=Path,
                    help="run directory (videored --out) and home of the submitit logs")
     g.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
-                   help="default: slurm when sbatch is on PATH, else local")
+                   help="default: slurm when sbatch is on PATH, else local processes (said on "
+                        "stderr); slurm without sbatch is an error; debug: in this process")
     g.add_argument("--job-name", default=None, help="default: videored-<command>")
-    g.add_argument("--nodes", type=int, default=1)
-    g.add_argument("--gpus-per-node", type=int, default=0)
+    g.add_argument("--nodes", type=int, default=1, help="nodes (SLURM --nodes)")
+    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0: CPU tasks")
     g.add_argument("--tasks-per-node", type=int, default=None,
                    help="processes per node (default: one per GPU, or 1 on CPU)")
-    g.add_argument("--cpus-per-task", type=int, default=None)
-    g.add_argument("--mem", type=parse_mem, default=None, help="memory per node, e.g. 64G")
-    g.add_argument("--timeout", type=int, default=60, help="minutes (SLURM --time)")
-    g.add_argument("--partition", default=None)
-    g.add_argument("--account", default=None)
-    g.add_argument("--qos", default=None)
-    g.add_argument("--constraint", default=None)
+    g.add_argument("--cpus-per-task", type=int, default=None,
+                   help="CPUs per process (default: the cluster's, often 1): give it data.num_workers "
+                        "+ 1 or the loader starves; also sets OMP_NUM_THREADS")
+    g.add_argument("--mem", type=parse_mem, default=None,
+                   help="memory per node, e.g. 64G (default: the cluster's)")
+    g.add_argument("--timeout", type=int, default=60,
+                   help="minutes (SLURM --time) each run of the job may take; after it the job is "
+                        "requeued (train resumes, eval starts over)")
+    g.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
+    g.add_argument("--account", default=None, help="SLURM account")
+    g.add_argument("--qos", default=None, help="SLURM QOS")
+    g.add_argument("--constraint", default=None, help="SLURM node constraint, e.g. volta32gb")
     g.add_argument("--signal-delay", type=int, default=120,
                    help="seconds between SLURM's USR2 warning and the kill at timeout")
     g.add_argument("--max-timeouts", type=int, default=10,
@@ -114,27 +156,38 @@ def _add_resource_flags(p: argparse.ArgumentParser) -> None:
                    help="wait for the job(s) to finish (always on for local and debug)")
 
 
+def _epilog(command: str, requeue: str) -> str:
+    return "\n\n".join(textwrap.fill(" ".join(part.split()), 88)
+                        for part in (PASS_THROUGH.format(command=command, requeue=""), requeue))
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a forwarded videored flag must never be taken for a prefix of ours.
-    parser = argparse.ArgumentParser(prog="python -m slurm.submit", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="python -m slurm.submit", description=__doc__,
+                                     allow_abbrev=False, formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (("train", "submit `videored train`"), ("eval", "submit `videored eval`")):
-        _add_resource_flags(sub.add_parser(name, help=text, description=text, allow_abbrev=False))
-    sweep = sub.add_parser("sweep", help="job array over a grid of config overrides", allow_abbrev=False)
+        _add_resource_flags(sub.add_parser(
+            name, help=text, description=text, allow_abbrev=False, formatter_class=_HelpFormatter,
+            epilog=_epilog(name, REQUEUE[name])))
+    sweep = sub.add_parser("sweep", help="job array over a grid of config overrides", allow_abbrev=False,
+                           formatter_class=_HelpFormatter,
+                           epilog=_epilog("train|eval (--command)", " ".join(REQUEUE.values())))
     _add_resource_flags(sweep)
     sweep.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                        help="one axis per KEY; every combination is one array task")
-    sweep.add_argument("--command", choices=("train", "eval"), default="train")
+    sweep.add_argument("--command", choices=("train", "eval"), default="train",
+                       help="the videored command every array task runs")
     sweep.add_argument("--array-parallelism", type=int, default=256,
                        help="array tasks allowed to run at once")
-    col = sub.add_parser("collect", help="summary table of a sweep", allow_abbrev=False)
-    col.add_argument("--job-dir", required=True, type=Path)
+    col = sub.add_parser("collect", help="summary table of a sweep", allow_abbrev=False,
+                         formatter_class=_HelpFormatter)
+    col.add_argument("--job-dir", required=True, type=Path, help="the sweep's --job-dir")
     return parser
 
 
 def build_executor(args: argparse.Namespace, folder: Path, command: str) -> submitit.AutoExecutor:
-    cluster = args.cluster or default_cluster()
+    cluster = resolve_cluster(args.cluster)
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                      slurm_max_num_timeout=args.max_timeouts)
     tasks = args.tasks_per_node or max(args.gpus_per_node, 1)

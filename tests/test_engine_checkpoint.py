@@ -12,8 +12,11 @@ from videored.engine.sampler import ResumableSampler
 
 
 def _state(tag: int) -> dict:
-    return {"format_version": ckpt.FORMAT_VERSION, "model": {"w": torch.full((2,), float(tag))},
-            "position": {"stage": 0}, "config": {}}
+    """A complete checkpoint dict (every schema field), told apart by its weight `w`."""
+    return ckpt.TrainingState(
+        model={"w": torch.full((2,), float(tag))}, optimizer=None, scheduler=None,
+        position={"stage": 0, "epoch": 0, "step": 0, "global_step": 0}, plan=[], sampler={},
+        rank_states=[], nonfinite=0, summary=[], world_size=1, batch_size=1, config={}).as_dict()
 
 
 def test_names_sort_in_training_order_and_prune(tmp_path):
@@ -99,3 +102,21 @@ def test_read_env(monkeypatch):
     monkeypatch.setenv("RANK", "one")
     with pytest.raises(ValueError, match="RANK='one'"):
         read_env()
+
+
+def test_schema_is_the_dataclass_and_older_files_still_load(tmp_path):
+    # the required keys are the fields without a default, written down nowhere else
+    assert ckpt.required_keys() == ["format_version", "model", "optimizer", "scheduler", "position",
+                                    "plan", "sampler", "rank_states", "nonfinite", "summary",
+                                    "world_size", "batch_size", "config"]
+    older = _state(3)
+    del older["substitutions"], older["stage_updates"]  # fields added after format 1 shipped
+    ckpt.atomic_save(older, tmp_path / "old.pt")
+    state = ckpt.TrainingState.from_dict(ckpt.load_checkpoint(tmp_path / "old.pt"))
+    assert state.substitutions == [] and state.stage_updates == 0
+    broken = _state(4)
+    del broken["optimizer"], broken["plan"]
+    ckpt.atomic_save(broken, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match=r"broken\.pt: not a videored training checkpoint "
+                                         r"\(missing keys optimizer, plan\)"):
+        ckpt.load_checkpoint(tmp_path / "broken.pt")

@@ -53,3 +53,28 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     # the per-stage training metrics were averaged over both ranks
     for a, b in zip(single["stages"][:2], two["stages"][:2]):
         assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-5)
+
+
+def test_two_processes_refuse_a_folder_holding_a_run_together(tmp_path):
+    """Rank 0 checks the folder and holds the lock; every rank gets its verdict (no rank waits
+    forever at the next collective) and exits with the same one-line error."""
+    data = random_tensor_file(tmp_path / "d.pt", n=8)
+    cfg = tiny_config(f"data.root={data}", "data.kind=tensor_file", "data.batch_size=2",
+                      "schedule.stages=[supervised]", "schedule.supervised_epochs=1")
+    train(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "model.pt").read_bytes()
+    config = tmp_path / "two.yaml"
+    save_config(cfg, config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                "OMP_NUM_THREADS": "1"})
+    procs = [subprocess.Popen([sys.executable, "-m", "videored.cli", "train", "--config", str(config),
+                               "--out", str(tmp_path / "run")], cwd=REPO,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 2 and "already holds a run" in err and "Traceback" not in err, err[-2000:]
+    assert (tmp_path / "run" / "model.pt").read_bytes() == before
+    assert not (tmp_path / "run" / "run.lock").exists()

@@ -78,8 +78,10 @@ def _args(tmp_path, *extra):
 @pytest.fixture
 def without_srun(monkeypatch):
     """These tests read the sbatch script submitit writes; that needs no cluster, but submitit's
-    SlurmExecutor refuses to start where `srun` is not on PATH. Pretend it is."""
+    SlurmExecutor refuses to start where `srun` is not on PATH, and the launcher where `sbatch`
+    is not. Pretend they are."""
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    monkeypatch.setattr(submit, "resolve_cluster", lambda requested: requested or "slurm")
 
 
 def test_resource_flags_reach_the_sbatch_script(tmp_path, without_srun):
@@ -101,6 +103,31 @@ def test_cpu_jobs_default_to_one_task_per_node(tmp_path, without_srun):
     script = submit.build_executor(args, tmp_path, "train")._executor._make_submission_file_text("x", "%j")
     assert "#SBATCH --ntasks-per-node=1" in script
     assert "--gpus-per-node" not in script
+
+
+def test_cluster_slurm_without_sbatch_is_an_error_and_the_local_fallback_is_said(tmp_path, monkeypatch,
+                                                                                 capsys):
+    monkeypatch.setattr(submit.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit):
+        submit.main(["train", "--cluster", "slurm", "--job-dir", str(tmp_path), "--config", "c.yaml"])
+    assert "--cluster slurm: `sbatch` is not on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "submitit").exists()
+    assert submit.resolve_cluster(None) == "local"
+    assert "no `sbatch` on PATH: running as local processes" in capsys.readouterr().err
+    assert submit.resolve_cluster("local") == "local" and capsys.readouterr().err == ""
+
+
+def test_help_shows_defaults_and_what_is_passed_through(capsys):
+    for action, words in (("train", ["(default: 60)", "(default: 10)", "--resume auto"]),
+                          ("eval", ["(default: 60)", "starts again from the first video"]),
+                          ("sweep", ["(default: 256)", "(default: train)"])):
+        with pytest.raises(SystemExit):
+            submit.main([action, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "Every argument not listed above is handed to `videored" in text
+        assert "--dense-checkpoint" in text and "(default: None)" not in text
+        for word in words:
+            assert word in text, (action, word)
 
 
 def test_launcher_rejects_out_and_bad_videored_arguments(tmp_path, capsys):

@@ -11,7 +11,9 @@ arrival order, right after the file is in place: the handler then sees a complet
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -29,6 +31,30 @@ _DEFERRED_NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
 WriteHook = Callable[[str], None]
 
 _holding = threading.local()  # nesting depth of signals_deferred in this thread
+
+
+class WriteError(OSError):
+    """A write that failed; the one-line message names the file and the cause. The file's
+    previous version (if any) is untouched and no temp file is left. `errno` is the cause's."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N] " prefix
+        return str(self.strerror)
+
+
+_FULL = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+         errno.EFBIG: "file size limit reached"}
+
+
+def _write_error(path: Path, err: OSError, needed: int) -> WriteError:
+    """A WriteError for `err`: "disk full at PATH, N MB needed (M MB free)" and the like."""
+    if err.errno in _FULL:
+        try:
+            free = f", {shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there"
+        except OSError:
+            free = ""
+        return WriteError(err.errno, f"{_FULL[err.errno]} at {path}, {needed / 2**20:.1f} MB needed"
+                                     f"{free}; nothing was overwritten")
+    return WriteError(err.errno, f"cannot write {path}: {err.strerror or err}; nothing was overwritten")
 
 
 def _deferrable_signals() -> list[signal.Signals]:
@@ -90,16 +116,23 @@ def _tensor_bytes(obj: Any) -> int:
     return sum(seen.values())
 
 
-class _HookedWriter:
-    """A write-only file wrapper that calls hook("middle") once, when about half is written."""
+class _Writer:
+    """A write-only file wrapper that keeps the first OSError of a write (torch.save turns it into
+    "inline_container.cc: unexpected pos", which names neither the file nor the cause) and, with a
+    hook, calls hook("middle") once, when about half is written."""
 
-    def __init__(self, fh, hook: WriteHook, half: int) -> None:
+    def __init__(self, fh, hook: Optional[WriteHook] = None, half: int = 0) -> None:
         self._fh, self._hook, self._half, self._written, self._fired = fh, hook, half, 0, False
+        self.error: Optional[OSError] = None
 
     def write(self, data) -> int:
-        n = self._fh.write(data)
+        try:
+            n = self._fh.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
         self._written += n
-        if not self._fired and self._written >= self._half:
+        if self._hook is not None and not self._fired and self._written >= self._half:
             self._fired = True
             self._hook("middle")
         return n
@@ -108,22 +141,33 @@ class _HookedWriter:
         self._fh.flush()
 
 
-def _write_atomically(path: str | Path, binary: bool, write: Callable[[Any], None],
-                      hook: Optional[WriteHook] = None) -> None:
+def _write_atomically(path: str | Path, binary: bool, write: Callable[[_Writer], None],
+                      hook: Optional[WriteHook] = None, needed: int = 0) -> None:
+    """needed: the bytes the write takes (for a disk-full message)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     with signals_deferred(str(path)):
+        fh = None
         try:
-            with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as raw:
+                fh = _Writer(raw, hook, needed // 2)
                 if hook is not None:
                     hook("start")
                 write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+                raw.flush()
+                os.fsync(raw.fileno())
                 if hook is not None:
                     hook("end")
             os.replace(tmp, path)
+        except OSError as err:
+            if isinstance(err, WriteError):
+                raise
+            raise _write_error(path, err, needed) from None
+        except RuntimeError:  # torch.save's own wrapping of a failed write
+            if fh is not None and fh.error is not None:
+                raise _write_error(path, fh.error, needed) from None
+            raise
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -133,15 +177,14 @@ def atomic_save(obj: Any, path: str | Path, hook: Optional[WriteHook] = None) ->
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`, with
     preemption signals held until the rename is done (see the module notes).
 
-    A crash mid-write leaves at most a stray `*.tmp.<pid>` file, never a torn `path`.
+    A crash mid-write leaves at most a stray `*.tmp.<pid>` file, never a torn `path` (a resumed
+    run removes those: `videored.engine.run_folder`). A failed write (disk full, quota, ulimit -f)
+    is a `WriteError` naming `path`, the cause and the MB needed.
     hook: fault injection for tests, called at the "start", "middle" and "end" of the write.
     """
-    def write(fh) -> None:
-        torch.save(obj, fh if hook is None else _HookedWriter(fh, hook, max(1, _tensor_bytes(obj) // 2)))
-
-    _write_atomically(path, True, write, hook)
+    _write_atomically(path, True, lambda fh: torch.save(obj, fh), hook, needed=max(2, _tensor_bytes(obj)))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     """Write a text file (e.g. summary.json) with the same guarantees as `atomic_save`."""
-    _write_atomically(path, False, lambda fh: fh.write(text))
+    _write_atomically(path, False, lambda fh: fh.write(text), needed=len(text.encode("utf-8")))

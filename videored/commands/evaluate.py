@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --masks: score maps as the public ImageNet-Segmentation benchmark "
                         "does (bilinear, min-max, mean threshold; + mAP), or the kept-patch "
                         "masks (the token-reduction view); see docs/evaluation.md")
+    p.add_argument("--allow-resize", action="store_true",
+                   help="evaluate weights made for another img_size / num_frames than --config "
+                        "gives, interpolating their embeddings (default: an error)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
@@ -77,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
                            spatial_crops=args.spatial_crops, batch_size=args.batch_size,
                            num_workers=args.num_workers, speed_runs=args.speed_runs,
                            interpretability=args.interpretability, masks=args.masks,
-                           limit=args.limit, protocol=args.protocol,
+                           limit=args.limit, protocol=args.protocol, allow_resize=args.allow_resize,
                            dense_checkpoint=args.dense_checkpoint)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as err:  # say what, no traceback
         print(f"videored eval: {err}", file=sys.stderr)

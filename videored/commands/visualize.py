@@ -74,7 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _training_data_config(path: Path) -> dict:
     """The `data` section of the experiment config stored in a model file ({} if none)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    from videored.torch_io import load_torch_file
+
+    obj = load_torch_file(path, what="model file", mmap=True)
     config = obj.get("config") if isinstance(obj, dict) else None
     return dict(config.get("data") or {}) if isinstance(config, dict) else {}
 
@@ -98,7 +100,10 @@ def main(args: argparse.Namespace) -> int:
     from videored.viz.panels import is_learned
 
     overrides = {} if args.threshold is None else {"threshold": args.threshold}
-    model = load_model_file(args.checkpoint, **overrides).to(args.device).eval()
+    try:
+        model = load_model_file(args.checkpoint, **overrides).to(args.device).eval()
+    except ValueError as err:  # unreadable or foreign file: one line naming it (torch_io)
+        raise SystemExit(f"videored visualize: error: {err}") from None
     if args.kept_ratio is not None and not 0 < args.kept_ratio <= 1:
         raise SystemExit(f"--kept-ratio must be in (0, 1], got {args.kept_ratio}")
     if args.zoom < 1:

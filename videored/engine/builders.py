@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from videored.normalization import config_normalization
+from videored.torch_io import load_torch_file
 
 VIDEO_MODEL_PREFIX = "timesformer"
 
@@ -33,13 +34,33 @@ def build_model(cfg: DictConfig, selector: str = "interpreter") -> nn.Module:
         kwargs["num_frames"] = m.num_frames
     if m.depth is not None:
         kwargs["depth"] = m.depth
-    kwargs.update(OmegaConf.to_container(m.kwargs, resolve=True))
+    extra = OmegaConf.to_container(m.kwargs, resolve=True)
+    check_model_kwargs(m.name, extra)
+    kwargs.update(extra)
     model = create_model(m.name, pretrained_path=m.pretrained_path,
                          time_embed_resize=m.time_embed_resize, **kwargs)
     # a training-time switch, not part of the architecture: set after construction so that it
     # does not travel into saved model files (model_config)
     model.set_grad_checkpointing(m.grad_checkpointing)
     return model
+
+
+def check_model_kwargs(name: str, extra: dict[str, Any]) -> None:
+    """A ConfigError naming each `model.kwargs` key the model's constructor does not take."""
+    import inspect
+
+    from videored.models import TokenReductionViT
+
+    from .config import ConfigError
+
+    params = inspect.signature(TokenReductionViT.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(k for k, p in params.items() if k != "self" and p.kind is p.KEYWORD_ONLY)
+    unknown = sorted(k for k in extra if k not in accepted)
+    if unknown:
+        raise ConfigError(f"key 'model.kwargs': {name} takes no argument {', '.join(map(repr, unknown))}; "
+                          f"it takes {', '.join(accepted)}")
 
 
 class TensorFileDataset(Dataset):
@@ -50,7 +71,7 @@ class TensorFileDataset(Dataset):
     """
 
     def __init__(self, path: str | Path, split: str = "train") -> None:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_torch_file(path, what="tensor file (data.kind=tensor_file)")
         if split in data and isinstance(data[split], dict):
             data = data[split]
         if "x" not in data or "y" not in data:
@@ -94,7 +115,8 @@ def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
         target_fps=d.target_fps, crop_size=cfg.model.img_size,
         train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
         num_temporal_views=d.num_temporal_views, backend=d.backend, sampling=d.sampling,
-        mean=norm.mean, std=norm.std)
+        mean=norm.mean, std=norm.std,
+        num_classes=cfg.model.num_classes)  # a label outside the head is a malformed line
     if split == "train":
         kwargs["clips_per_video"] = d.clips_per_video
     return VideoClipDataset(str(csv), **{**kwargs, **overrides})
@@ -133,6 +155,29 @@ def loader_workers(cfg: DictConfig, num_workers: int | None = None) -> dict[str,
         return {"num_workers": 0}
     return {"num_workers": n, "timeout": cfg.data.loader_timeout,
             "multiprocessing_context": cfg.data.multiprocessing_context}
+
+
+def batches_or_hang_error(loader: Iterable, batch_items: Callable[[int], list[int]], dataset: Any,
+                          start: int, timeout: float) -> Iterator[Any]:
+    """The batches of `loader`; when a worker sends nothing for `timeout` seconds
+    (data.loader_timeout, see `loader_workers`: a hung decoder) a RuntimeError naming the videos
+    of the batch it was loading. batch_items(k): the dataset indices of the k-th batch the loader
+    yields; start: the epoch step of the first batch (for the message)."""
+    received = 0
+    try:
+        for batch in loader:
+            yield batch
+            received += 1
+    except RuntimeError as err:
+        if "DataLoader timed out" not in str(err):
+            raise
+        paths = getattr(dataset, "paths", None)
+        names = [paths[i] if paths is not None else f"item {i}" for i in batch_items(received)]
+        raise RuntimeError(
+            f"no training batch for step {start + received} of the epoch after {timeout:g} s "
+            f"(data.loader_timeout): a DataLoader worker stopped answering while loading one of "
+            f"{', '.join(names)}. A decoder hang (decord can); check the file with `videored data "
+            "scan`, remove it from the list, or use data.backend=pyav") from err
 
 
 def num_items(batch: Any) -> int:

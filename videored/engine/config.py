@@ -241,6 +241,12 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
         raise ConfigError(f"key 'run.precision': use bf16 or fp32, not {cfg.run.precision!r}")
     if cfg.run.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"key 'run.device': use auto, cpu or cuda, not {cfg.run.device!r}")
+    for key in ("interpreter_epochs", "finetune_epochs", "supervised_epochs"):
+        if cfg.schedule[key] < 0:
+            raise ConfigError(f"key 'schedule.{key}': epochs must be >= 0, got {cfg.schedule[key]}")
+    if cfg.schedule.max_steps_per_epoch is not None and cfg.schedule.max_steps_per_epoch < 1:
+        raise ConfigError(f"key 'schedule.max_steps_per_epoch': >= 1 or null, got "
+                          f"{cfg.schedule.max_steps_per_epoch}")
     groups = cfg.schedule.groups
     if groups is not None and any(not 0 <= g < cfg.model.groups for g in groups):
         raise ConfigError(f"key 'schedule.groups': {list(groups)} outside 0..{cfg.model.groups - 1}")
@@ -318,18 +324,44 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
     cfg = OmegaConf.structured(ExperimentConfig)
     if base is not None:
         cfg = _merge(cfg, OmegaConf.create(base), "stored config")
+    # `???` in a file marks a value the user must give. OmegaConf's merge lets `???` override
+    # nothing (a typed default such as None stays), so the marks are tracked here: key -> file.
+    required: dict[str, str] = {}
+    layers: list[tuple[str, DictConfig]] = []
     if path is not None:
-        for file, node in _read_chain(resolve_config_path(path)):
-            cfg = _merge(cfg, node, str(file))
+        layers += [(str(file), node) for file, node in _read_chain(resolve_config_path(path))]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+        layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
+    for source, node in layers:
+        marked = OmegaConf.missing_keys(node)
+        required = {k: v for k, v in required.items() if k not in _leaf_keys(node) or k in marked}
+        required.update({k: source for k in marked if k not in required})
+        cfg = _merge(cfg, node, source)
     validate(cfg)
+    for key, source in sorted(required.items()):
+        raise ConfigError(f"{source}: key '{key}' is required (marked ???) but not set; give it "
+                          f"on the command line, e.g. {key}=VALUE")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{path}: required keys not set: {', '.join(missing)}")
     return cfg
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> set[str]:
+    """Dotted keys of every leaf value of `node` (`???` ones included)."""
+    keys = set()
+    for k in node.keys():
+        if OmegaConf.is_missing(node, k):
+            keys.add(f"{prefix}{k}")
+            continue
+        child = node[k]
+        if isinstance(child, DictConfig) and len(child) and not f"{prefix}{k}".startswith("model.kwargs"):
+            keys |= _leaf_keys(child, f"{prefix}{k}.")
+        else:
+            keys.add(f"{prefix}{k}")
+    return keys
 
 
 def config_from_dict(data: dict) -> DictConfig:
@@ -337,6 +369,41 @@ def config_from_dict(data: dict) -> DictConfig:
     cfg = _merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(data), "stored config")
     validate(cfg)
     return cfg
+
+
+# Keys that fix the shape of the model's weights or of its inputs: a run cannot resume with
+# other values (its weights would not load, or would be fed other clips).
+SHAPE_KEYS = ("model.name", "model.num_classes", "model.img_size", "model.num_frames", "model.depth",
+              "model.groups", "model.kwargs", "data.kind")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node and not prefix.startswith("model.kwargs"):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_changes(stored: dict, current: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, current value)} for every leaf that differs between the
+    config stored in a checkpoint and `current` (debug.* excluded: fault injection for tests).
+    model.kwargs compares as one value. The stored dict is first completed with this version's
+    defaults, so a key added since reads as its default."""
+    try:
+        before = to_dict(config_from_dict(stored))
+    except ConfigError:  # written by another version: compare what is there
+        before = stored
+    old, new = _flatten(before), _flatten(to_dict(current))
+    missing = object()
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if not k.startswith("debug.") and old.get(k, missing) != new.get(k, missing)}
+
+
+def shape_changes(changes: dict[str, tuple[Any, Any]]) -> list[str]:
+    """The keys of `changes` a resume cannot accept (SHAPE_KEYS)."""
+    return [k for k in changes if any(k == s or k.startswith(s + ".") for s in SHAPE_KEYS)]
 
 
 def to_dict(cfg: DictConfig) -> dict:

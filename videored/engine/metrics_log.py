@@ -1,5 +1,6 @@
-"""Metrics: a JSONL file in the run directory (one JSON object per row), plus TensorBoard scalars
-when `tensorboard` happens to be installed. Only rank 0 writes; other ranks get a disabled logger."""
+"""Metrics: running sums across ranks (`Meter`), and a JSONL file in the run directory (one JSON
+object per row) plus TensorBoard scalars when `tensorboard` happens to be installed. Only rank 0
+writes; other ranks get a disabled logger."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,44 @@ import math
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+import torch
+
+from .distributed import all_reduce_sum
+
+
+class Meter:
+    """Sums of per-sample metrics and the sample count; averaged across ranks on read.
+
+    `add` takes anything with `sums` ({name: summed tensor}) and `count` (samples), e.g. a
+    `stages.StepResult`. Sums stay tensors on the training device so adding a step does not
+    synchronize the GPU.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, result: Any) -> None:
+        for k, v in result.sums.items():
+            v = v.detach().double()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += result.count
+
+    def global_means(self, device: torch.device) -> tuple[dict[str, float], int]:
+        keys = sorted(self.sums)
+        parts = [self.sums[k].to(device).reshape(1) for k in keys]
+        t = torch.cat(parts + [torch.tensor([float(self.count)], dtype=torch.float64, device=device)])
+        all_reduce_sum(t)  # every rank must call this at the same point
+        n = t[-1].item()
+        return {k: t[i].item() / max(n, 1.0) for i, k in enumerate(keys)}, int(n)
+
+    def state(self) -> dict:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
+
+    def load(self, state: dict) -> None:
+        self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in state["sums"].items()}
+        self.count = int(state["count"])
 
 
 def _clean(value: Any) -> Any:

@@ -14,6 +14,7 @@ method matches the learned reference (the interpreter) view by view, by kept rat
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -85,25 +86,39 @@ def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
 def config_for_checkpoint(checkpoint: str | Path, config_path: Optional[str | Path],
                           overrides: list[str]) -> DictConfig:
     """The YAML config when given, else the one `videored train` stored in the checkpoint."""
+    from videored.torch_io import load_torch_file
+
     if config_path is not None:
         return load_config(config_path, overrides)
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get("config")
-    if stored is None:
-        raise ConfigError(f"{checkpoint} holds no config: pass --config")
+    obj = load_torch_file(checkpoint, what="checkpoint", mmap=True)  # one-line error if unusable
+    stored = obj.get("config") if isinstance(obj, dict) else None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{checkpoint} holds no training config (not written by `videored "
+                          "train`): pass --config")
     return load_config(None, overrides, base=stored)
 
 
-def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: bool):
+def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: bool,
+                  allow_resize: bool = False):
     """The model of `cfg` with the weights of `checkpoint` (model.pt or a training checkpoint).
 
-    Built with interpreters so any videored file loads; they must be trained if needed."""
+    Built with interpreters so any videored file loads; they must be trained if needed. Weights
+    made for another image size or frame count than `cfg`'s are an error unless allow_resize
+    (then the position / time embeddings are interpolated, with a notice)."""
     from videored.models import load_pretrained
 
     cfg.model.pretrained_path = None  # the checkpoint holds every weight
     model = build_model(cfg, selector="interpreter")
     report = load_pretrained(model, checkpoint)
+    if report.resized and not allow_resize:
+        raise ValueError(f"{checkpoint}: its {', '.join(report.resized)} were made for another input "
+                         f"shape than the config's model.img_size={cfg.model.img_size}"
+                         + (f", model.num_frames={cfg.model.num_frames}" if is_video_model(cfg.model.name) else "")
+                         + ": pass the config it was trained with (or no --config: the checkpoint's "
+                         "own), or --allow-resize to evaluate it with interpolated embeddings")
+    if report.resized:
+        print(f"videored eval: --allow-resize: {checkpoint}: interpolated {', '.join(report.resized)} "
+              f"to model.img_size={cfg.model.img_size}", file=sys.stderr, flush=True)
     fresh_interpreters = [k for k in report.initialized if k.startswith("interpreters.")]
     if need_interpreter and fresh_interpreters:
         raise ValueError(f"{checkpoint} has no trained interpreter weights; evaluate it without "
@@ -146,7 +161,8 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
                    spatial_crops: int = 3, batch_size: Optional[int] = None,
                    num_workers: Optional[int] = None, speed_runs: int = 5,
                    interpretability: bool = False,
-                   dense_checkpoint: Optional[str | Path] = None) -> Optional[dict[str, Any]]:
+                   dense_checkpoint: Optional[str | Path] = None,
+                   allow_resize: bool = False) -> Optional[dict[str, Any]]:
     """Score `methods` on `split`; returns the results dict on rank 0 (None elsewhere).
 
     kept_ratio: a fixed budget (fraction of patches reaching the last block) for every
@@ -162,9 +178,9 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     if video:
         cfg.data.num_spatial_crops = spatial_crops
     learned = [m for m in methods if get_method(m).learned]
-    model = load_for_eval(cfg, checkpoint, bool(learned)).to(dist.device).eval()
+    model = load_for_eval(cfg, checkpoint, bool(learned), allow_resize).to(dist.device).eval()
     dense = model if dense_checkpoint is None else load_for_eval(
-        cfg, dense_checkpoint, need_interpreter=False).to(dist.device).eval()
+        cfg, dense_checkpoint, need_interpreter=False, allow_resize=allow_resize).to(dist.device).eval()
     resolve_normalization(cfg, model, dense)  # the weights' own unless the config overrides it
     dataset = build_dataset(cfg, split)
     num_classes = cfg.model.num_classes

@@ -5,6 +5,11 @@ served the item), so the count comes from the batches the main process receives:
 DataLoader start method and worker count. Each rank counts its own batches; the ranks' counts
 are summed where all ranks meet anyway (log windows, epoch ends), so every rank takes the same
 decision on the bad-fraction limit.
+
+Malformed lines of the training list (bad label, wrong delimiter, a header) never became items:
+the dataset left them out (`VideoClipDataset.malformed`). They count as bad videos all the same,
+in every epoch (an epoch of N items then lost M more): in `bad_videos` as `<list>:<line>`, in the
+count `malformed_lines` and in the `data.max_bad_fraction` check, (substituted + M) / (items + M).
 """
 from __future__ import annotations
 
@@ -24,9 +29,11 @@ class SubstitutionTally:
     """Per epoch: items loaded, items substituted, bad path -> reason (this rank; summed on
     read); over the run: one row per finished epoch (all ranks)."""
 
-    def __init__(self, max_fraction: Optional[float], epoch_items: int) -> None:
+    def __init__(self, max_fraction: Optional[float], epoch_items: int,
+                 malformed: Optional[dict[str, str]] = None) -> None:
         self.max_fraction = max_fraction
         self.epoch_items = epoch_items  # items all ranks load in a full epoch
+        self.malformed = dict(malformed or {})  # "<list>:<line>" -> reason, left out of the dataset
         self.items = 0
         self.substituted = 0
         self.bad: dict[str, str] = {}
@@ -48,31 +55,46 @@ class SubstitutionTally:
         all_reduce_sum(t)
         return int(t[0].item()), int(t[1].item())
 
+    def check_list(self, listed: int) -> None:
+        """Before training: stop when the list's malformed lines alone pass the limit
+        (listed: the usable lines, i.e. the dataset's length)."""
+        m = len(self.malformed)
+        if self.max_fraction is not None and m and m / (m + listed) > self.max_fraction:
+            self._fail(f"{m} of the {m + listed} lines of the training list are malformed "
+                       f"({100 * m / (m + listed):.1f} %), more than data.max_bad_fraction="
+                       f"{self.max_fraction}", self.malformed)
+
     def check_window(self, where: str, device: torch.device) -> int:
         """Mid-epoch: stop as soon as the epoch can no longer stay under the limit (substituted
-        items already exceed limit x the epoch's items). Returns the epoch's substituted count."""
+        items and malformed lines already exceed limit x the epoch's items and those lines).
+        Returns the epoch's substituted count."""
         substituted, loaded = self.global_counts(device)
-        if self.max_fraction is not None and substituted > self.max_fraction * self.epoch_items:
+        m = len(self.malformed)
+        if self.max_fraction is not None and substituted + m > self.max_fraction * (self.epoch_items + m):
             self._fail(f"{where}: {substituted} of the {loaded} training items loaded so far were served by "
-                       f"a substitute, more than data.max_bad_fraction={self.max_fraction} allows in an "
-                       f"epoch of {self.epoch_items} items", self._gathered_bad())
+                       f"a substitute, and {m} list lines are malformed: more than data.max_bad_fraction="
+                       f"{self.max_fraction} allows in an epoch of {self.epoch_items} items",
+                       {**self.malformed, **self._gathered_bad()})
         return substituted
 
     def end_epoch(self, stage: str, epoch: int, device: torch.device) -> dict:
         """Close the epoch: its row (all ranks), kept for the summary; counters reset."""
         substituted, items = self.global_counts(device)
         row = {"stage": stage, "epoch": epoch, "items": items, "substituted": substituted,
-               "bad_videos": self._gathered_bad()}
+               "malformed_lines": len(self.malformed), "bad_videos": {**self.malformed, **self._gathered_bad()}}
         self.epochs.append(row)
         self.items, self.substituted, self.bad = 0, 0, {}
         return row
 
     def check_epoch(self, row: dict) -> None:
         """Raise TooManyBadVideosError when the epoch's bad fraction passed the limit."""
-        if self.max_fraction is not None and row["items"] and row["substituted"] / row["items"] > self.max_fraction:
+        m = row.get("malformed_lines", 0)
+        bad, total = row["substituted"] + m, row["items"] + m
+        if self.max_fraction is not None and total and bad / total > self.max_fraction:
+            lines = f" and {m} malformed list lines" if m else ""
             self._fail(f"stage {row['stage']} epoch {row['epoch']}: {row['substituted']} of {row['items']} "
-                       f"training items ({100 * row['substituted'] / row['items']:.1f} %) were served by a "
-                       f"substitute, more than data.max_bad_fraction={self.max_fraction}", row["bad_videos"])
+                       f"training items were served by a substitute{lines} ({100 * bad / total:.1f} %), "
+                       f"more than data.max_bad_fraction={self.max_fraction}", row["bad_videos"])
 
     def summary(self) -> dict:
         bad: dict[str, str] = {}
@@ -81,6 +103,7 @@ class SubstitutionTally:
                 bad.setdefault(path, reason)
         return {"substituted": sum(r["substituted"] for r in self.epochs),
                 "items": sum(r["items"] for r in self.epochs),
+                "malformed_lines": len(self.malformed),
                 "bad_videos": dict(sorted(bad.items())), "epochs": list(self.epochs)}
 
     # running epoch counts (per rank) and finished epochs (all ranks) go into checkpoints

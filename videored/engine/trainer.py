@@ -1,15 +1,17 @@
 """The Algorithm-1 stage loop: stages -> epochs -> steps, with exact resume, DDP and logging.
 
-Training position = (stage, epoch, step): the next step to run. A checkpoint stores it with the
-model, optimizer, scheduler, every rank's RNG states and running epoch sums, so a run resumed
-from it replays the remaining steps exactly: the sampler's order is a pure function of
-(seed, stage, epoch) and skips the samples already consumed.
+Training position = (stage, epoch, step): the next step to run. A checkpoint (written and read by
+`checkpoint.Checkpointer`) stores it with the model, optimizer, scheduler, every rank's RNG states
+and running epoch sums, so a run resumed from it replays the remaining steps exactly: the
+sampler's order is a pure function of (seed, stage, epoch) and skips the samples already consumed.
+`train()` first claims the run folder (`run_folder`: lock, no silent restart over a run).
 """
 from __future__ import annotations
 
 import gc
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,11 +28,13 @@ from videored.models.methods import get_method
 from videored.atomic_io import atomic_write_text
 
 from . import checkpoint as ckpt
-from .builders import build_optimizer, build_scheduler, loader_workers, stage_lr, unpack_batch
+from .builders import (batches_or_hang_error, build_optimizer, build_scheduler, loader_workers, stage_lr,
+                       unpack_batch)
 from .config import save_config, to_dict
-from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier
+from .distributed import DistInfo, any_rank, barrier
 from .fault_injection import write_pause_hook
-from .metrics_log import MetricsLogger
+from .metrics_log import Meter, MetricsLogger
+from .run_folder import claim_run_folder
 from .sampler import ResumableSampler
 from .substitutions import SubstitutionTally
 from .stages import (Stage, StepResult, classification_step, interpreter_step, plan_stages,
@@ -39,7 +43,8 @@ from .validation import validate
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many steps had a non-finite loss or gradient (see run.max_nonfinite)."""
+    """Too many steps had a non-finite loss or gradient (see run.max_nonfinite), or a whole
+    stage had no finite step."""
 
 
 @dataclass
@@ -48,38 +53,6 @@ class Position:
     epoch: int = 0
     step: int = 0  # step within the epoch
     global_step: int = 0
-
-
-class Meter:
-    """Sums of per-sample metrics and the sample count; averaged across ranks on read.
-
-    Sums stay tensors on the training device so adding a step does not synchronize the GPU.
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-
-    def add(self, result: StepResult) -> None:
-        for k, v in result.sums.items():
-            v = v.detach().double()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.count += result.count
-
-    def global_means(self, device: torch.device) -> tuple[dict[str, float], int]:
-        keys = sorted(self.sums)
-        parts = [self.sums[k].to(device).reshape(1) for k in keys]
-        t = torch.cat(parts + [torch.tensor([float(self.count)], dtype=torch.float64, device=device)])
-        all_reduce_sum(t)  # every rank must call this at the same point
-        n = t[-1].item()
-        return {k: t[i].item() / max(n, 1.0) for i, k in enumerate(keys)}, int(n)
-
-    def state(self) -> dict:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
-
-    def load(self, state: dict) -> None:
-        self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in state["sums"].items()}
-        self.count = int(state["count"])
 
 
 class Trainer:
@@ -116,72 +89,78 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"training set of {len(train_set)} samples gives no full batch of "
                              f"{self.videos_per_step} per process x {dist.world_size} processes")
+        listed = getattr(train_set, "csv_path", "list")  # malformed lines count as bad videos
+        malformed = {f"{listed}:{line}": f"malformed line: {why}"
+                     for line, why in getattr(train_set, "malformed", [])}
         self.subs = SubstitutionTally(cfg.data.max_bad_fraction,
-                                      self.steps_per_epoch * self.videos_per_step * dist.world_size)
+                                      self.steps_per_epoch * self.videos_per_step * dist.world_size,
+                                      malformed)
+        self.subs.check_list(len(train_set))
         self.log = MetricsLogger(self.out, enabled=dist.is_main)
-        self._resume_state: Optional[ckpt.TrainingState] = None
+        self.checkpointer = ckpt.Checkpointer(
+            self.ckpt_dir, cfg.run.keep_checkpoints, dist,
+            hook=lambda: write_pause_hook(cfg.debug, self.out, "checkpoint"))
+        self.stage_updates = 0  # optimizer steps taken in the current stage (0 at its end: error)
+        self.config_changes: list[dict] = []  # what resumes changed (config_changes.json)
 
     # ---- resume ----
     def load_state(self, state: dict, source: str) -> None:
-        """Restore from a checkpoint dict (`ckpt.TrainingState` fields); the RNG and optimizer
-        parts apply when the loop reaches the saved position."""
-        saved = ckpt.TrainingState.from_dict(state, source)
-        stored = [(s["kind"], s["group"], s["epochs"]) for s in saved.plan]
-        current = [(s.kind, s.group, s.epochs) for s in self.plan]
-        if stored != current:
-            raise ValueError(f"{source}: its stage plan {stored} differs from this config's {current}")
-        saved_clips = saved.config.get("data", {}).get("clips_per_video", 1)
-        clips = self.cfg.data.clips_per_video
-        if (saved.world_size, saved.batch_size, saved_clips) != (self.dist.world_size, self.batch, clips):
-            warnings.warn(f"{source}: saved with {saved.world_size} processes x batch "
-                          f"{saved.batch_size} ({saved_clips} clips per video), resuming with "
-                          f"{self.dist.world_size} x {self.batch} ({clips} clips per video): "
-                          "the data order after resume is not the uninterrupted one", stacklevel=2)
-        self.model.load_state_dict(saved.model)
+        """Restore from a checkpoint dict (`ckpt.Checkpointer.restore` checks it: config drift,
+        stage plan, weights); the RNG and optimizer parts apply when the loop reaches the saved
+        stage. Config changes that a resume accepts are printed and recorded."""
+        plan = [(s.kind, s.group, s.epochs) for s in self.plan]
+        saved, changes = self.checkpointer.restore(state, source, cfg=self.cfg, model=self.model,
+                                                   plan=plan, batch_size=self.batch)
         self.pos = Position(**saved.position)
+        self.stage_updates = saved.stage_updates
         self.nonfinite = saved.nonfinite
         self.summary = list(saved.summary)
         self.subs.epochs = list(saved.substitutions)
-        self._resume_state = saved
         self.log.rewind(self.pos.global_step, source)  # metrics.jsonl: no step logged twice
+        if changes:
+            self._record_config_changes(changes, source)
+
+    def _record_config_changes(self, changes: dict, source: str) -> None:
+        """Print, log and keep (config_changes.json, then summary.json) what a resume changed."""
+        row = {"global_step": self.pos.global_step, "checkpoint": source,
+               "changes": {k: {"before": a, "after": b} for k, (a, b) in changes.items()}}
+        self.config_changes.append(row)
+        if not self.dist.is_main:
+            return
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        print(f"videored train: resuming {source} with a changed config: {listed} "
+              f"(recorded in {self.out / 'config_changes.json'})", file=sys.stderr, flush=True)
+        self.log.log({"kind": "config_change", **row})
+        path = self.out / "config_changes.json"
+        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        atomic_write_text(json.dumps(earlier + [row], indent=2), path)
 
     def _apply_resume(self, optimizer, scheduler) -> None:
-        """Optimizer/scheduler (mid-stage), running sums (mid-epoch) and this rank's RNG states."""
-        saved, self._resume_state = self._resume_state, None
-        if saved is None:
-            return
-        if saved.optimizer is not None:
-            optimizer.load_state_dict(saved.optimizer)
-            scheduler.load_state_dict(saved.scheduler)
-        ranks = saved.rank_states
-        if len(ranks) == self.dist.world_size:
-            ckpt.set_rng_state(ranks[self.dist.rank]["rng"])
-            self.epoch_meter.load(ranks[self.dist.rank]["meter"])
-            if "substitutions" in ranks[self.dist.rank]:
-                self.subs.load_rank_state(ranks[self.dist.rank]["substitutions"])
+        """Optimizer/scheduler (mid-stage), this rank's RNG states and running sums (mid-epoch)."""
+        mine = self.checkpointer.resume_stage(optimizer, scheduler)
+        if mine is not None:
+            self.epoch_meter.load(mine["meter"])
+            if "substitutions" in mine:
+                self.subs.load_rank_state(mine["substitutions"])
 
-    # ---- checkpoints ----
     def _save(self, optimizer=None, scheduler=None) -> None:
-        rank_states = all_gather_object({"rng": ckpt.rng_state(), "meter": self.epoch_meter.state(),
-                                         "substitutions": self.subs.rank_state()})
-        if self.dist.is_main:
-            p = self.pos
-            state = ckpt.TrainingState(
+        p = self.pos
+
+        def state(rank_states: list[dict]) -> ckpt.TrainingState:
+            return ckpt.TrainingState(
                 model=self.model.state_dict(),
                 optimizer=optimizer.state_dict() if optimizer is not None else None,
                 scheduler=scheduler.state_dict() if scheduler is not None else None,
-                position=vars(p).copy(),
-                plan=[vars(s).copy() for s in self.plan],
+                position=vars(p).copy(), plan=[vars(s).copy() for s in self.plan],
                 sampler={"seed": self.cfg.run.seed, "epoch_key": self._epoch_key(p.stage, p.epoch),
                          "consumed_per_rank": p.step * self.videos_per_step},
                 rank_states=rank_states, nonfinite=self.nonfinite, summary=self.summary,
-                substitutions=self.subs.epochs,
+                stage_updates=self.stage_updates, substitutions=self.subs.epochs,
                 world_size=self.dist.world_size, batch_size=self.batch, config=to_dict(self.cfg))
-            ckpt.atomic_save(state.as_dict(),
-                             self.ckpt_dir / ckpt.checkpoint_name(p.stage, p.epoch, p.step),
-                             hook=write_pause_hook(self.cfg.debug, self.out, "checkpoint"))
-            ckpt.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
-        barrier()
+
+        mine = {"rng": ckpt.rng_state(), "meter": self.epoch_meter.state(),
+                "substitutions": self.subs.rank_state()}
+        self.checkpointer.save((p.stage, p.epoch, p.step), mine, state)
 
     # ---- the loop ----
     def run(self) -> dict:
@@ -223,6 +202,7 @@ class Trainer:
             self.epoch_meter = Meter()
             last = epoch + 1 == stage.epochs
             if last:
+                self._check_stage_updated(stage)
                 self._end_stage(stage, train_means)
                 self.pos = Position(stage.index + 1, 0, 0, self.pos.global_step)
                 self._save()
@@ -231,6 +211,16 @@ class Trainer:
                 self._save(optimizer, scheduler)
         del net  # frees the DDP reducer and its gradient hooks before the next stage wraps again
         gc.collect()
+
+    def _check_stage_updated(self, stage: Stage) -> None:
+        """A stage whose every step was skipped (non-finite) trained nothing: stop, not exit 0."""
+        if self.stage_updates == 0:
+            steps = stage.epochs * self.steps_per_epoch
+            raise NonFiniteLossError(
+                f"stage {stage.name} made no update: all of its {steps} steps had a non-finite loss "
+                f"or gradient and were skipped ({self.nonfinite} skipped in the run so far); lower "
+                "optim.lr, set optim.clip_grad, or check the inputs")
+        self.stage_updates = 0
 
     def _end_stage(self, stage: Stage, train_means: dict) -> None:
         row: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, "group": stage.group,
@@ -274,6 +264,8 @@ class Trainer:
                     postfix = {k: f"{means[k]:.3f}" for k in ("loss", "reward", "kept", "acc") if k in means}
                     if means["substituted"]:
                         postfix["substituted"] = means["substituted"]
+                    if self.nonfinite:
+                        postfix["skipped"] = self.nonfinite
                     bar.set_postfix(postfix)
                 window, t0 = Meter(), time.perf_counter()
             every = self.cfg.run.ckpt_every_steps
@@ -286,26 +278,10 @@ class Trainer:
             bar.close()
 
     def _batches(self, start: int):
-        """The loader's batches from step `start`; a worker that sends nothing for
-        data.loader_timeout seconds (a hung decoder) stops the run naming that batch's videos."""
-        received = 0
-        try:
-            for batch in self.loader:
-                yield batch
-                received += 1
-        except RuntimeError as err:
-            if "DataLoader timed out" not in str(err):
-                raise
-            waiting = start + received
-            n = self.videos_per_step
-            order = list(self.sampler)[received * n:(received + 1) * n]  # its videos
-            paths = getattr(self.train_set, "paths", None)
-            names = [paths[i] if paths is not None else f"item {i}" for i in order]
-            raise RuntimeError(
-                f"no training batch for step {waiting} of the epoch after {self.cfg.data.loader_timeout:g} s "
-                f"(data.loader_timeout): a DataLoader worker stopped answering while loading one of "
-                f"{', '.join(names)}. A decoder hang (decord can); check the file with `videored data "
-                "scan`, remove it from the list, or use data.backend=pyav") from err
+        """The loader's batches from step `start`, a hung worker named (`builders.batches_or_hang_error`)."""
+        return batches_or_hang_error(self.loader, lambda k: list(self.sampler)[k * self.videos_per_step:
+                                                                               (k + 1) * self.videos_per_step],
+                                     self.train_set, start, self.cfg.data.loader_timeout)
 
     def _progress(self, stage: Stage, epoch: int, start: int):
         if not (self.dist.is_main and self.cfg.run.progress):
@@ -339,6 +315,7 @@ class Trainer:
             self._count_nonfinite("gradient")
             return None
         optimizer.step()
+        self.stage_updates += 1
         result.sums["grad_norm"] = norm.detach().float() * result.count
         return result
 
@@ -377,7 +354,7 @@ class Trainer:
     def _finish(self) -> dict:
         result = {"stages": self.summary, "global_steps": self.pos.global_step,
                   "nonfinite_steps": self.nonfinite, "world_size": self.dist.world_size,
-                  "substitutions": self.subs.summary()}
+                  "substitutions": self.subs.summary(), "config_changes": self._all_config_changes()}
         if self.dist.is_main:
             extra = {"config": to_dict(self.cfg), "summary": self.summary}
             hook = write_pause_hook(self.cfg.debug, self.out, "model")
@@ -392,6 +369,14 @@ class Trainer:
         return result
 
 
+    def _all_config_changes(self) -> list[dict]:
+        """Every resume's changes of this run (config_changes.json holds earlier resumes')."""
+        path = self.out / "config_changes.json"
+        if self.dist.is_main and path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        return list(self.config_changes)
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -402,23 +387,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_resume(resume: Optional[str], out_dir: str | Path) -> Optional[tuple[Path, dict]]:
-    """`auto`: the newest valid checkpoint in <out>/checkpoints (None if there is none);
-    a path: that checkpoint (an unreadable one is an error); None: start fresh."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        return ckpt.find_latest(Path(out_dir) / "checkpoints")
-    return Path(resume), ckpt.load_checkpoint(resume)
-
-
 def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
           model: Optional[nn.Module] = None, train_set: Optional[Dataset] = None,
           val_set: Optional[Dataset] = None) -> dict:
     """Run the configured stages; returns the summary also written to <out>/summary.json.
 
-    Joins the process group described by torchrun/SLURM variables (and leaves it at the end if
-    it joined it). model / train_set / val_set default to the config's builders.
+    resume: None (the folder must not hold a run), "auto", "fresh" or a checkpoint path (see
+    `videored train --help`). Joins the process group described by torchrun/SLURM variables (and leaves it at
+    the end if it joined it). model / train_set / val_set default to the config's builders.
     """
     import torch.distributed as tdist
 
@@ -429,7 +405,12 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
 
     owned = not (tdist.is_available() and tdist.is_initialized())
     dist = init_distributed(cfg.run.device)
+    lock = None
     try:
+        lock = claim_run_folder(Path(out_dir), resume, dist)
+        found = ckpt.resolve_resume(resume, out_dir)  # before building: a refusal costs nothing
+        if found is not None:
+            ckpt.resumable_changes(found[1]["config"], cfg, str(found[0]))  # and writes nothing
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
         resolve_normalization(cfg, model)  # the weights' own, unless the config overrides it
@@ -438,7 +419,6 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
             val_set = build_dataset(cfg, cfg.data.val_split)
         seed_everything(cfg.run.seed + 7919 * dist.rank)  # distinct Bernoulli samples per rank
         trainer = Trainer(cfg, out_dir, dist, model, train_set, val_set)
-        found = resolve_resume(resume, out_dir)
         if found is not None:
             path, state = found
             trainer.load_state(state, str(path))
@@ -449,5 +429,7 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: Optional[str] = None, *,
                   flush=True)
         return trainer.run()
     finally:
+        if lock is not None:
+            lock.release()
         if owned:
             cleanup()

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from videored.torch_io import UnreadableFileError, load_torch_file
 from videored.normalization import (GOOGLE_VIT, IMAGENET, MMACTION2, TIMESFORMER, Normalization)
 
 _EMBED_KEYS = ("patch_embed.", "pos_embed", "cls_token", "time_embed", "dist_token")
@@ -110,15 +111,11 @@ def _container(path: Path) -> str:
 
 
 def _torch_load(path: Path) -> Any:
+    """The file through videored's one reader; argparse.Namespace (DeiT's `args`) is let through."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors name the refused class on their first lines
-        reason = " ".join(str(err).split("\n")[:2]).strip()
-        raise CheckpointFormatError(
-            f"{path}: not readable as a torch file with weights_only=True (which allows tensors, "
-            f"containers and argparse.Namespace only): {type(err).__name__}: {reason[:400]}; "
-            "re-save its state dict with torch.save(state_dict, file)") from None
+        return load_torch_file(path, what="weights file", allow=[argparse.Namespace])
+    except UnreadableFileError as err:
+        raise CheckpointFormatError(f"{err}; re-save its state dict with torch.save(state_dict, file)") from None
 
 
 def _unwrap(path: Path, obj: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -12,12 +12,11 @@ from typing import Any, Optional
 
 import logging
 
-import torch
-
 from timm.models import register_model
 
 from videored.atomic_io import WriteHook, atomic_save
 from videored.normalization import Normalization, default_normalization
+from videored.torch_io import load_torch_file
 
 from .pretrained import load_pretrained
 from .vit import TokenReductionViT
@@ -95,7 +94,7 @@ def save_model_file(model: TokenReductionViT, path: str | Path, write_hook: Opti
 
 def load_model_file(path: str | Path, **overrides: Any) -> TokenReductionViT:
     """Rebuild a model saved by `save_model_file` (overrides e.g. selector=..., threshold=...)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path, what="model file")
     if not isinstance(obj, dict) or "model_config" not in obj:
         raise ValueError(f"{path} has no 'model_config': it is not a videored model file "
                          "(use create_model(..., pretrained_path=...) for foreign checkpoints)")
