@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from videored.curves import all_points, pareto_front
+from videored.curves import all_points, curve_title, pareto_front
 
 # Fixed colours per method so a method looks the same in every figure of a paper.
 COLOURS = {"interpreter": "#d62728", "random": "#7f7f7f", "attention": "#1f77b4",
@@ -77,4 +77,10 @@ def draw_tradeoff(curves: dict[str, list[dict]], path: str | Path, *, title: str
     return written
 
 
-__all__ = ["COLOURS", "draw_tradeoff"]
+def write_tradeoff(summary: dict, out_dir: str | Path) -> list[Path]:
+    """`tradeoff.png` + `.pdf` in out_dir from a curve run's results.json (`summary["curves"]`),
+    titled with its model, data split and matching rule; returns the written files."""
+    return draw_tradeoff(summary["curves"], Path(out_dir) / "tradeoff", title=curve_title(summary))
+
+
+__all__ = ["COLOURS", "draw_tradeoff", "write_tradeoff"]
