@@ -79,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _ratios(text: str) -> list[float]:
+    """"0.1,0.3" (or "[0.1,0.3]", a sweep's grid value) -> [0.1, 0.3]."""
     try:
-        return [float(r) for r in text.split(",") if r.strip()]
+        return [float(r) for r in text.strip().strip("[]").split(",") if r.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 

@@ -1,0 +1,236 @@
+"""Trade-off curves from `videored eval --kept-ratios` (issue 27): every method at every budget in
+one pass, against a plain clip-by-clip reference, the single-budget eval, and a collected sweep."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from videored.engine.config import load_config
+from videored.engine.distributed import DistInfo
+from videored.engine.evaluation import Arm, predict_arms, predict_views
+from videored.engine.run_eval import curve_arm, eval_command, plan_arms, run_evaluation
+from videored.models import create_model, flops, save_model_file
+from videored.models.budget import Budget, method_kwargs
+from videored.models.cost import embed_macs, head_macs
+from videored.models.methods import METHODS, get_method
+
+MODEL = dict(img_size=32, num_frames=2, depth=2, num_classes=3)
+NAME = "timesformer_jointst_tiny_patch16_224"
+N = 2 * 2 * 2  # patch tokens: 2 frames of a 2x2 grid
+BUDGETS = [0.25, 0.5, 0.75]
+TOPK = ("interpreter", "random", "attention", "temporal_difference")  # top-k of scores
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny model with spread interpreter scores, 6 labelled clips (one view each, so clip-1 =
+    video-1), batches of 4 (one full, one short)."""
+    tmp = tmp_path_factory.mktemp("curves")
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 2, 32, 32), torch.randint(0, 3, (6,))
+    torch.save({"test": {"x": x, "y": y}}, tmp / "data.pt")
+    model = create_model(NAME, **MODEL, selector="interpreter")
+    for interp in model.interpreters:  # spread scores so the threshold keeps unequal counts
+        torch.nn.init.normal_(interp.query.weight, std=0.3)
+    save_model_file(model, tmp / "model.pt")
+    cfg = tmp / "eval.yaml"
+    cfg.write_text(f"""
+model: {{name: {NAME}, img_size: 32, num_frames: 2, depth: 2, num_classes: 3}}
+data: {{kind: tensor_file, root: {tmp / 'data.pt'}, batch_size: 4, num_workers: 0}}
+run: {{device: cpu, progress: false}}
+""")
+    curve = run_evaluation(load_config(cfg, []), checkpoint=tmp / "model.pt", out_dir=tmp / "curve",
+                           methods=list(METHODS), kept_ratios=BUDGETS, speed_runs=0)
+    return dict(tmp=tmp, cfg=cfg, x=x, y=y, model=model.eval(), curve=curve)
+
+
+def _point(curves, method, budget):
+    (p,) = [p for p in curves[method] if p["budget"] == budget and not p["native"]]
+    return p
+
+
+def _topk_gmacs_by_hand(model, kept: int, scoring: float) -> float:
+    """embed + scoring + depth blocks over kept + cls + head, from the per-layer formulas."""
+    blocks = len(model.blocks) * flops.block_macs(torch.tensor(kept + 1.0), model.embed_dim,
+                                                  model.mlp_ratio)
+    return float(embed_macs(model) + scoring + blocks + head_macs(model)) / 1e9
+
+
+def test_curve_points_equal_a_clip_by_clip_reference(run):
+    """Every method at every budget: errors from plain one-clip forwards (argmax vs label),
+    top-k kept ratios round(r N) / N by hand and their GFLOPs from the per-layer cost formulas."""
+    model, x, y, curves = run["model"], run["x"], run["y"], run["curve"]["curves"]
+    assert set(curves) == set(METHODS)
+    dim = model.embed_dim
+    for r in BUDGETS:
+        for name in METHODS:
+            if name == "original":
+                continue
+            entry = get_method(name).topk if name == "interpreter" else get_method(name)
+            wrong, kept = 0, []
+            for i in range(len(x)):  # one clip at a time, the eval's per-clip random seed
+                out = model(x[i:i + 1], **method_kwargs(model, entry, kept_ratio=r),
+                            random_seeds=torch.tensor([i]))
+                wrong += int(out.logits.argmax(1).item() != y[i].item())
+                kept.append(float(out.kept_ratio))
+            p = _point(curves, name, r)
+            assert p["clip1_err"] == pytest.approx(100 * wrong / len(x)), (name, r)
+            assert p["video1_err"] == p["clip1_err"]
+            assert p["kept_ratio"] == pytest.approx(sum(kept) / len(kept)), (name, r)
+            if name in TOPK:
+                k = round(r * N)
+                assert p["kept_ratio"] == pytest.approx(k / N)
+                scoring = {"interpreter": float(model.interpreters[0].macs(torch.tensor(N.__float__()))),
+                           "attention": float(flops.attention_selector_macs(torch.tensor(N + 1.0), dim))
+                           }.get(name, 0.0)
+                assert p["gflops"] == pytest.approx(_topk_gmacs_by_hand(model, k, scoring), rel=1e-6)
+    dense = curves["original"]
+    assert len(dense) == 1 and dense[0]["kept_ratio"] == 1.0
+    assert dense[0]["gflops"] == pytest.approx(_topk_gmacs_by_hand(model, N, 0.0), rel=1e-6)
+
+
+def test_curves_monotone_and_each_budget_equals_a_single_eval(run, tmp_path):
+    res = run["curve"]
+    for name, points in res["curves"].items():
+        budgeted = [p for p in points if p["budget"] is not None]
+        if name == "original":
+            continue
+        assert [p["budget"] for p in budgeted] == sorted(BUDGETS), name  # GFLOPs order = budget order
+        g = [p["gflops"] for p in budgeted]
+        k = [p["kept_ratio"] for p in budgeted]
+        assert g == sorted(g) and k == sorted(k) and g[0] < g[-1], name
+        assert [p["gflops"] for p in points] == sorted(p["gflops"] for p in points)
+    for r in (0.25, 0.75):
+        one = run_evaluation(load_config(run["cfg"], []), checkpoint=run["tmp"] / "model.pt",
+                             out_dir=tmp_path / f"r{r}", methods=list(METHODS), kept_ratio=r,
+                             speed_runs=0)["methods"]
+        for name in METHODS:
+            if not get_method(name).budgeted:
+                continue
+            p = _point(res["curves"], name, r)
+            for key in ("clip1_err", "video1_err", "kept_ratio", "gflops"):
+                assert p[key] == pytest.approx(one[name][key], abs=1e-9), (name, r, key)
+        # the interpreter's threshold point and the dense point are the single run's rows
+        (native,) = [p for p in res["curves"]["interpreter"] if p["native"]]
+        for key in ("clip1_err", "kept_ratio", "gflops"):
+            assert native[key] == pytest.approx(one["interpreter"][key], abs=1e-9)
+            assert res["curves"]["original"][0][key] == pytest.approx(one["original"][key])
+    assert 0.05 < native["kept_ratio"] < 0.95  # the threshold point is not one of the budgets
+
+
+def test_curve_writes_results_table_and_figure(run):
+    out = run["tmp"] / "cli"
+    from videored.cli import main
+
+    assert main(["eval", "--config", str(run["cfg"]), "--checkpoint", str(run["tmp"] / "model.pt"),
+                 "--out", str(out), "--kept-ratios", "0.25,0.5", "--methods",
+                 "original,interpreter,random", "--speed-runs", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["kept_ratios"] == [0.25, 0.5] and res["match"] == "ratio"
+    assert set(res["curves"]) == {"original", "interpreter", "random"}
+    assert all(p["clips_per_s"] > 0 for pts in res["curves"].values() for p in pts)
+    assert res["methods"]["random@0.5"]["budget"] == {"match": "fixed", "kept_ratio": 0.5}
+    md = (out / "results.md").read_text()
+    assert "### Trade-off curves" in md and "| interpreter (threshold) |" in md
+    assert "minus random's err" in md
+    assert (out / "tradeoff.png").stat().st_size > 1000 and (out / "tradeoff.pdf").is_file()
+
+
+def test_gmacs_curve_matches_the_interpreter_topk_cost(run, tmp_path):
+    """--match gmacs: each baseline at budget r costs what the interpreter's top-k costs there,
+    clip by clip, to within half a token's blocks (8 tokens: one token is a coarse step)."""
+    res = run_evaluation(load_config(run["cfg"], []), checkpoint=run["tmp"] / "model.pt",
+                         out_dir=tmp_path, methods=["interpreter", "random", "attention"],
+                         kept_ratios=[0.25, 0.5], match="gmacs", speed_runs=0)
+    model = run["model"]
+    for r in (0.25, 0.5):
+        ref = _point(res["curves"], "interpreter", r)["gflops"]
+        k = round(r * N)
+        step = float(len(model.blocks) * (flops.block_macs(torch.tensor(k + 2.0), model.embed_dim,
+                                                           model.mlp_ratio)
+                                          - flops.block_macs(torch.tensor(k + 1.0), model.embed_dim,
+                                                             model.mlp_ratio))) / 1e9
+        for m in ("random", "attention"):
+            assert abs(_point(res["curves"], m, r)["gflops"] - ref) <= step / 2 + 1e-9, (m, r)
+            assert res["methods"][curve_arm(m, r)]["budget"] == {
+                "match": "gmacs", "reference": curve_arm("interpreter", r)}
+    # random scores nothing: for the interpreter's cost it keeps at least as many tokens
+    assert _point(res["curves"], "random", 0.25)["kept_ratio"] >= 0.25
+
+
+class _Counting(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y, self.calls = x, y, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.calls.append(i)
+        return {"video": self.x[i], "label": int(self.y[i])}
+
+
+def test_each_view_is_decoded_once_for_every_arm(run):
+    model = run["model"]
+    ds = _Counting(run["x"], run["y"])
+    nets = {m: model for m in METHODS}
+    arms = plan_arms(list(METHODS), nets, kept_ratios=BUDGETS, match="gmacs")
+    assert len(arms) == 2 + len(BUDGETS) * (len(METHODS) - 1)
+    views = predict_arms(arms, ds, dist=CPU, batch_size=4)
+    assert sorted(ds.calls) == list(range(len(ds)))  # 6 items read once for 20 arms
+    # the one-arm call is the same code path: a fixed-budget arm gives the same views alone
+    alone = predict_views(model, ds, dist=CPU, batch_size=4, method="attention",
+                          budget=Budget(kept_ratio=0.5))
+    together = views[curve_arm("attention", 0.5)]
+    assert [v.kept_ratio for v in alone] == [v.kept_ratio for v in together]
+    assert all(torch.equal(a.probs, b.probs) for a, b in zip(alone, together))
+
+
+def test_arm_order_and_curve_requests_are_checked(run):
+    model = run["model"]
+    matched = Arm("random", "random", model, Budget(match="ratio"), reference="interpreter")
+    with pytest.raises(ValueError, match="reference 'interpreter' must come before"):
+        predict_arms([matched, Arm("interpreter", "interpreter", model)], _Counting(run["x"], run["y"]),
+                     dist=CPU, batch_size=4)
+    ck = run["tmp"] / "model.pt"
+    with pytest.raises(ValueError, match="not both"):
+        eval_command(checkpoint=ck, config=run["cfg"], kept_ratio=0.3, kept_ratios=[0.3])
+    with pytest.raises(ValueError, match="add 'interpreter'"):
+        eval_command(checkpoint=ck, config=run["cfg"], kept_ratios=[0.3], match="gmacs",
+                     methods="random,attention")
+    with pytest.raises(ValueError, match="given twice"):
+        eval_command(checkpoint=ck, config=run["cfg"], kept_ratios=[0.3, 0.3])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        eval_command(checkpoint=ck, config=run["cfg"], kept_ratios=[0.3, 1.5])
+
+
+def test_collect_of_a_sweep_gives_the_one_process_curves(run, tmp_path, monkeypatch):
+    """Two array tasks (budgets 0.25 and 0.75) through submitit's in-process debug executor,
+    collected: the same curves as one `--kept-ratios 0.25,0.75` run, and the same files."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from slurm import submit
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--config", str(run["cfg"]), "--checkpoint", str(run["tmp"] / "model.pt"),
+              "--speed-runs", "0", "--methods", "original,interpreter,random,tome"]
+    assert submit.main(["sweep", "--command", "eval", "--cluster", "debug", "--job-dir",
+                        str(tmp_path / "sweep"), "--grid", "eval.kept_ratios=0.25,0.75",
+                        *common]) == 0
+    manifest = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert "--kept-ratios" in manifest["points"][1]["argv"]
+    assert submit.main(["collect", "--job-dir", str(tmp_path / "sweep")]) == 0
+    swept = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    one = run_evaluation(load_config(run["cfg"], []), checkpoint=run["tmp"] / "model.pt",
+                         out_dir=tmp_path / "one", methods=["original", "interpreter", "random",
+                                                            "tome"],
+                         kept_ratios=[0.25, 0.75], speed_runs=0)
+    assert swept["kept_ratios"] == [0.25, 0.75]
+    assert swept["curves"] == json.loads(json.dumps(one["curves"]))
+    assert (tmp_path / "sweep" / "tradeoff.png").is_file()
+    assert "### Who wins at each budget" in (tmp_path / "sweep" / "results.md").read_text()
