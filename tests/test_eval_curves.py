@@ -234,3 +234,26 @@ def test_collect_of_a_sweep_gives_the_one_process_curves(run, tmp_path, monkeypa
     assert swept["curves"] == json.loads(json.dumps(one["curves"]))
     assert (tmp_path / "sweep" / "tradeoff.png").is_file()
     assert "### Who wins at each budget" in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def test_bench_plot_draws_every_speed_row_against_the_flops_limit(tmp_path):
+    """`videored bench --plot`: one point per speed row at (FLOPs ratio, speed-up), the y = x line
+    over the whole range, written next to the JSON; --plot without --json is refused up front."""
+    pytest.importorskip("matplotlib")
+    from videored.bench.report import plot_speedup
+    from videored.cli import main
+    from videored.viz.tradeoff import speedup_figure
+
+    rows = json.loads((Path(__file__).resolve().parents[1] / "docs" / "bench" /
+                       "peers_deit.json").read_text())["speed"]
+    ax = speedup_figure(rows, title="t").axes[0]
+    limit, *series = ax.get_lines()
+    assert list(limit.get_xdata()) == list(limit.get_ydata())  # y = x
+    top = max(max(r["flops_ratio"], r["speedup"]) for r in rows)
+    assert limit.get_xdata()[1] >= top and ax.get_xlim()[1] >= top
+    drawn = sorted((float(x), float(y)) for line in series
+                   for x, y in zip(line.get_xdata(), line.get_ydata()))
+    assert drawn == sorted((r["flops_ratio"], r["speedup"]) for r in rows)
+    files = plot_speedup(rows, tmp_path / "bench.json")
+    assert [f.name for f in files] == ["bench.png", "bench.pdf"]
+    assert main(["bench", "--plot", "--models", "deit_tiny_patch16_224"]) == 2
