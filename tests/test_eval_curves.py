@@ -257,3 +257,125 @@ def test_bench_plot_draws_every_speed_row_against_the_flops_limit(tmp_path):
     files = plot_speedup(rows, tmp_path / "bench.json")
     assert [f.name for f in files] == ["bench.png", "bench.pdf"]
     assert main(["bench", "--plot", "--models", "deit_tiny_patch16_224"]) == 2
+
+
+# ---- a hand-made model and set: every method's prediction follows from a rule by hand ----
+#
+# depth 1, width 8, 2 frames of a 2x2 grid (N = 8), 2 classes. Each patch is a constant +1 or -1
+# (all channels); the patch embedding maps it to s * u, u = (1, -1, 1, -1, ...) (mean 0, variance 1,
+# so LayerNorm(s u) = s u); no position / time embedding; the cls token is 0.01 u (LayerNorm makes
+# it ~ +u: it votes like one more positive patch, and its residual is small). The block's q and k
+# are 0 (uniform attention over cls + kept), v and proj the identity, the MLP adds 0; so the cls
+# token leaves the block as (0.01 + (0.995 + sum of kept signs) / (k + 1)) u, and the head (rows
+# u, -u) predicts class 0 when the kept signs sum to >= 0 and class 1 below (every k here is even,
+# so the sum is even and the cls vote breaks every tie the same way, never by rounding). The
+# scorers' choices are known by hand:
+#   attention: uniform cls attention, all tied -> the lowest patch indices
+#   temporal_difference: |x_t - x_(t-1)| = 2 where the sign flips from frame 0, 1 in frame 0
+#     (zeros before it), 0 where it stays: flipped frame-1 patches first, then frame 0
+#   interpreter: its query reads u, its key is u (bias) -> I = sigmoid(+-4): positives first;
+#     its threshold 0.5 keeps exactly the positive patches
+#   random: per-clip seeded uniform scores, the top k (drawn here from the same seed)
+SIGNS = {  # clip -> (signs of patches 0..7 (frame 0: 0-3, frame 1: 4-7), label)
+    "frame0+ frame1-": ([1, 1, 1, 1, -1, -1, -1, -1], 1),
+    "frame0- frame1+": ([-1, -1, -1, -1, 1, 1, 1, 1], 1),
+    "three- first": ([-1, -1, -1, 1, 1, 1, 1, 1], 1),
+    "all+": ([1] * 8, 0),
+    "all-": ([-1] * 8, 1),
+    "one- of 8": ([1, 1, 1, 1, 1, 1, -1, 1], 0),
+}
+U = torch.tensor([1.0, -1.0] * 4)
+
+
+def _hand_model():
+    model = create_model(NAME, img_size=32, num_frames=2, depth=1, num_classes=2, embed_dim=8,
+                         num_heads=2, selector="interpreter").eval()
+    D = 8
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.cls_token.copy_(0.01 * U)
+        model.embed.patch_embed.proj.weight.copy_(U.view(D, 1, 1, 1).expand(D, 3, 16, 16)
+                                                  / (3 * 16 * 16))
+        for norm in (model.blocks[0].norm1, model.blocks[0].norm2, model.norm,
+                     model.interpreters[0].norm):
+            norm.weight.fill_(1.0)
+        model.blocks[0].attn.qkv.weight[2 * D:].copy_(torch.eye(D))  # v = identity; q = k = 0
+        model.blocks[0].attn.proj.weight.copy_(torch.eye(D))
+        model.head.weight.copy_(torch.stack([U, -U]))
+        model.interpreters[0].query.weight.copy_(torch.eye(D))
+        model.interpreters[0].key.bias.copy_(U)  # F_k(P) = u whatever P
+    return model
+
+
+def _clips() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.empty(len(SIGNS), 3, 2, 32, 32)
+    for c, (signs, _) in enumerate(SIGNS.values()):
+        for n, s in enumerate(signs):
+            t, row, col = n // 4, (n % 4) // 2, n % 2
+            x[c, :, t, 16 * row:16 * row + 16, 16 * col:16 * col + 16] = s
+    return x, torch.tensor([label for _, label in SIGNS.values()])
+
+
+def _kept_by_hand(method: str, signs: list[int], k: int, clip: int) -> list[int]:
+    """The patch indices `method` keeps at k, by the rules above."""
+    if method == "attention":
+        order = list(range(8))
+    elif method == "temporal_difference":
+        diff = [1.0] * 4 + [2.0 * (signs[n] != signs[n - 4]) for n in range(4, 8)]
+        order = sorted(range(8), key=lambda n: -diff[n])  # stable: lowest index wins ties
+    elif method == "interpreter":
+        order = sorted(range(8), key=lambda n: -signs[n])
+    else:  # random: the eval's per-clip seed (run.seed 0 -> the dataset index)
+        u = torch.rand(8, generator=torch.Generator().manual_seed(clip))
+        order = sorted(range(8), key=lambda n: -float(u[n]))
+    return order[:k]
+
+
+def _predict_by_hand(signs: list[int], kept: list[int]) -> int:
+    return 0 if sum(signs[n] for n in kept) >= 0 else 1
+
+
+def test_hand_made_model_every_point_is_known(tmp_path):
+    model = _hand_model()
+    x, y = _clips()
+    torch.save({"test": {"x": x, "y": y}}, tmp_path / "data.pt")
+    save_model_file(model, tmp_path / "model.pt")
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"""
+model: {{name: {NAME}, img_size: 32, num_frames: 2, depth: 1, num_classes: 2,
+        kwargs: {{embed_dim: 8, num_heads: 2}}}}
+data: {{kind: tensor_file, root: {tmp_path / 'data.pt'}, batch_size: 4, num_workers: 0}}
+run: {{device: cpu, progress: false}}
+""")
+    methods = ["original", "interpreter", "random", "attention", "temporal_difference"]
+    res = run_evaluation(load_config(cfg, []), checkpoint=tmp_path / "model.pt", out_dir=tmp_path,
+                         methods=methods, kept_ratios=BUDGETS, speed_runs=0)
+    curves, clips = res["curves"], list(SIGNS.values())
+
+    def err(preds: list[int]) -> float:
+        return 100.0 * sum(p != label for p, (_, label) in zip(preds, clips)) / len(clips)
+
+    dense = curves["original"][0]
+    assert dense["clip1_err"] == err([_predict_by_hand(s, list(range(8))) for s, _ in clips])
+    assert dense["gflops"] == pytest.approx(_topk_gmacs_by_hand(model, 8, 0.0), rel=1e-6)
+    (native,) = [p for p in curves["interpreter"] if p["native"]]
+    positives = [[n for n in range(8) if s[n] > 0] for s, _ in clips]
+    assert native["clip1_err"] == err([_predict_by_hand(s, kept or []) for (s, _), kept
+                                       in zip(clips, positives)])
+    assert native["kept_ratio"] == pytest.approx(sum(map(len, positives)) / (8 * len(clips)))
+    interp_macs = float(model.interpreters[0].macs(torch.tensor(8.0)))
+    attention_macs = float(flops.attention_selector_macs(torch.tensor(9.0), 8))
+    expected_errors = {}
+    for r in BUDGETS:
+        k = round(r * 8)
+        for m in methods[1:]:
+            preds = [_predict_by_hand(s, _kept_by_hand(m, s, k, c)) for c, (s, _) in enumerate(clips)]
+            p = _point(curves, m, r)
+            expected_errors[m, r] = err(preds)
+            assert p["clip1_err"] == p["video1_err"] == pytest.approx(err(preds)), (m, r)
+            assert p["kept_ratio"] == pytest.approx(k / 8), (m, r)
+            scoring = {"interpreter": interp_macs, "attention": attention_macs}.get(m, 0.0)
+            assert p["gflops"] == pytest.approx(_topk_gmacs_by_hand(model, k, scoring), rel=1e-6)
+    # the set separates the methods: attention and temporal difference disagree on two clips
+    assert expected_errors["attention", 0.25] != expected_errors["temporal_difference", 0.25]

@@ -170,6 +170,9 @@ def plan_arms(methods: list[str], nets: dict[str, torch.nn.Module], *,
         return arms
     arms = [Arm(m, m, nets[m]) for m in methods if not entries[m].budgeted]  # dense, native points
     learned = [m for m in methods if entries[m].learned and entries[m].topk is not None]
+    if match == "gmacs" and not learned:
+        raise ValueError("a curve matched by GMACs needs a learned method with a topk setting "
+                         "(the interpreter) among the methods")
     for r in kept_ratios:
         fixed = Budget(kept_ratio=r)
         tops = [Arm(curve_arm(m, r), m, nets[m], fixed, topk=True) for m in learned]
