@@ -379,3 +379,25 @@ run: {{device: cpu, progress: false}}
             assert p["gflops"] == pytest.approx(_topk_gmacs_by_hand(model, k, scoring), rel=1e-6)
     # the set separates the methods: attention and temporal difference disagree on two clips
     assert expected_errors["attention", 0.25] != expected_errors["temporal_difference", 0.25]
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_over_budgets_collects_the_one_process_curves(run, tmp_path):
+    """The same as the debug-executor test on the real (one-node) cluster: one array task per
+    budget, `--wait` collects them into the curves of one `--kept-ratios` run."""
+    from test_slurm_cluster import _cluster_cpus, launch
+
+    cpus, why = _cluster_cpus()
+    if not cpus:
+        pytest.skip(f"no SLURM cluster reachable ({why})")
+    methods = "original,interpreter,random,attention"
+    launch("sweep", "--command", "eval", "--cluster", "slurm", "--wait", "--cpus-per-task", "1",
+           "--timeout", "30", "--job-dir", str(tmp_path / "sweep"), "--grid",
+           "eval.kept_ratios=0.25,0.75", "--config", str(run["cfg"]), "--checkpoint",
+           str(run["tmp"] / "model.pt"), "--speed-runs", "0", "--methods", methods)
+    swept = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    one = run_evaluation(load_config(run["cfg"], []), checkpoint=run["tmp"] / "model.pt",
+                         out_dir=tmp_path / "one", methods=methods.split(","),
+                         kept_ratios=[0.25, 0.75], speed_runs=0)
+    assert swept["curves"] == json.loads(json.dumps(one["curves"]))
+    assert (tmp_path / "sweep" / "tradeoff.pdf").is_file()
