@@ -10,6 +10,11 @@ under "deprecated_keys"; for tome / evit the setting is a kept ratio, not a per-
 The budget (`videored.models.budget.Budget`): without a fixed `kept_ratio`, every budgeted
 method matches the learned reference (the interpreter) view by view, by kept ratio
 (match="ratio") or by GMACs (match="gmacs").
+
+Trade-off curves (`kept_ratios`): every method at every budget in the same pass (`plan_arms`);
+results.json then keys `methods` by arm ("random@0.3", "interpreter@0.3", "interpreter", ...)
+and adds "kept_ratios", "match", "per_budget", "native" and "curves" (`curve_results`);
+results.md holds the curve table and the winners per budget (`videored.curves`).
 """
 from __future__ import annotations
 
@@ -103,7 +108,7 @@ def check_curve_request(kept_ratios: list[float], kept_ratio: Optional[float], m
     if len(set(kept_ratios)) != len(kept_ratios):
         raise ValueError(f"--kept-ratios: a budget is given twice in {kept_ratios}")
     names = parse_methods(methods or ",".join(METHODS))
-    if match == "gmacs" and "interpreter" not in names:
+    if match == "gmacs" and not any(get_method(m).learned and get_method(m).topk for m in names):
         raise ValueError("--match gmacs on a curve matches the interpreter's top-k GMACs at each "
                          "budget: add 'interpreter' to --methods, or use --match ratio")
 
