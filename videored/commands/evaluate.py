@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_renamed_flag(p, "--kept-ratio", "--keep-ratio", type=float, default=None,
                      help="a fixed budget instead: fraction of patch tokens reaching the last "
                           "block for every baseline (--keep-ratio: old name, deprecated)")
-    add_renamed_flag(p, "--kept-ratios", "--keep-ratios", default=None, type=_ratios,
+    p.add_argument("--kept-ratios", default=None, type=_ratios,
                      help="trade-off curves: a comma list of budgets (e.g. 0.1,0.2,0.3,0.5,0.7); "
                           "every method at every budget on the same clips (the interpreter: the "
                           "top of its own scores, plus its threshold point); --match ratio: "
