@@ -4,6 +4,12 @@ A point's metrics come from `summary.json` (train: the last stage's train/val me
 `results.json` (eval: error, kept ratio, GFLOPs and clips/s of every method). A point without them is listed anyway, as
 `failed` (with the job's error from submitit's result file), SLURM's state for it (`pending`,
 `running`, `cancelled`, `timeout`, ...) or `missing` (no trace of it).
+
+An eval sweep over budgets (`--grid eval.kept_ratios=0.1,0.2,0.3`: each task a curve at its
+budgets) is also collected into trade-off curves (`collect_curves`): the tasks' per-budget rows
+go through `videored.curves.curves_from_results`, the function the one-process
+`videored eval --kept-ratios` run uses, and the job dir gets the same results.json (curve keys),
+results.md and tradeoff.png / .pdf.
 """
 from __future__ import annotations
 
@@ -92,6 +98,62 @@ def collect(job_dir: str | Path) -> list[dict]:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     folder = Path(manifest["submitit_folder"])
     return [collect_point(p, manifest["command"], folder, manifest["cluster"]) for p in manifest["points"]]
+
+
+# The keys of a curve run's results.json that describe the run, not one budget.
+CURVE_CONTEXT = ("checkpoint", "dense_checkpoint", "model", "data", "split", "video", "match",
+                 "device", "world_size", "num_videos", "failed_videos", "failure_reasons")
+
+
+def collect_curves(job_dir: str | Path) -> dict | None:
+    """The merged curve results of an eval sweep whose tasks ran `--kept-ratios` (None when no
+    task wrote curve rows): budgets in ascending order, each budget from the task that ran it;
+    the dense and native (threshold) rows from the first task (every task evaluates them on the
+    same clips). Tasks that disagree on the model, split or matching rule are an error."""
+    from videored.curves import curves_from_results
+
+    job_dir = Path(job_dir)
+    manifest = json.loads((job_dir / "sweep.json").read_text(encoding="utf-8"))
+    if manifest["command"] != "eval":
+        return None
+    tasks = []
+    for point in manifest["points"]:
+        path = Path(point["run_dir"]) / RESULT_FILES["eval"]
+        if path.is_file():
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if "per_budget" in result:
+                tasks.append((path, result))
+    if not tasks:
+        return None
+    first_path, first = tasks[0]
+    for path, result in tasks[1:]:
+        for key in ("model", "split", "match", "num_videos", "checkpoint"):
+            if result.get(key) != first.get(key):
+                raise ValueError(f"{path}: {key} {result.get(key)!r} differs from "
+                                 f"{first_path}'s {first.get(key)!r}; not one curve")
+    per_budget: dict[float, dict] = {}
+    for path, result in tasks:
+        for budget, rows in result["per_budget"]:
+            if budget in per_budget:
+                raise ValueError(f"{path}: budget {budget} was also run by another task")
+            per_budget[budget] = rows
+    ordered = [[r, per_budget[r]] for r in sorted(per_budget)]
+    summary = {k: first[k] for k in CURVE_CONTEXT if k in first}
+    summary.update({"sweep": str(job_dir), "kept_ratios": [r for r, _ in ordered],
+                    "per_budget": ordered, "native": first["native"],
+                    "methods": {}, "curves": curves_from_results(ordered, first["native"])})
+    return summary
+
+
+def write_curves(job_dir: str | Path, summary: dict) -> list[Path]:
+    """results.json, results.md and tradeoff.png / .pdf of collected curves into job_dir, by the
+    writers of `videored eval --kept-ratios`."""
+    from videored.engine.run_eval import write_reports
+    from videored.viz.tradeoff import write_tradeoff
+
+    job_dir = Path(job_dir)
+    write_reports(summary, job_dir)
+    return [job_dir / "results.json", job_dir / "results.md", *write_tradeoff(summary, job_dir)]
 
 
 def _fmt(value: Any) -> str:

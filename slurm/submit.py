@@ -6,10 +6,14 @@
     python -m slurm.submit eval --config C --checkpoint DIR/model.pt --job-dir DIR/eval [...]
     python -m slurm.submit sweep --grid reinforce.tau=0.5,1.0 model.threshold=0.4,0.5 \\
         --config C --job-dir DIR [--command train|eval] [--wait]
+    python -m slurm.submit sweep --command eval --grid eval.kept_ratios=0.1,0.2,0.3,0.5 \
+        --checkpoint model.pt --job-dir DIR      # trade-off curves, one budget per array task
     python -m slurm.submit collect --job-dir DIR
 
 Launcher flags are parsed here; every other argument (--config, --checkpoint, --methods,
 dotted overrides, ...) is handed to `videored <command>` unchanged, with `--out <job-dir>` added.
+A grid key `<command>.<flag>` (e.g. `eval.kept_ratios`) sets that flag of the command
+(`--kept-ratios V`) instead of a config key.
 `--cluster local` runs the same job as local processes, `debug` in this process.
 """
 
@@ -27,7 +31,7 @@ from typing import Optional, Sequence
 
 import submitit
 
-from .collect import collect, write_summary
+from .collect import collect, collect_curves, write_curves, write_summary
 from videored.launch import VideoredJob
 from .queue import wait_for_jobs
 
@@ -231,6 +235,19 @@ def _job_argv(command: str, forwarded: list[str], out: Path) -> list[str]:
     return [command, *forwarded, "--out", str(out)]
 
 
+def grid_argv(command: str, point: dict[str, str]) -> list[str]:
+    """A grid point as arguments of `videored <command>`: `<command>.<name>=v` -> `--<name> v`
+    (a flag of the command, e.g. eval.kept_ratios=0.3 -> --kept-ratios 0.3), any other key a
+    config override `key=v` (last on the line: they win)."""
+    flags, overrides = [], []
+    for key, value in point.items():
+        if key.startswith(command + "."):
+            flags += ["--" + key[len(command) + 1:].replace("_", "-"), value]
+        else:
+            overrides.append(f"{key}={value}")
+    return flags + overrides
+
+
 def _threads(args: argparse.Namespace) -> int:
     return args.cpus_per_task or 1
 
@@ -255,8 +272,8 @@ def submit_sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
     root = args.job_dir.resolve()
     jobs_argv = []
     for i, point in enumerate(points):
-        overrides = [f"{k}={v}" for k, v in point.items()]  # last on the line: they win
-        argv = _job_argv(args.command, forwarded + overrides, root / f"p{i:03d}")
+        argv = _job_argv(args.command, forwarded + grid_argv(args.command, point),
+                         root / f"p{i:03d}")
         check_videored_args(argv)
         jobs_argv.append(argv)
     _make_importable()
@@ -280,9 +297,18 @@ def submit_sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
         rows = collect(root)
         md, js = write_summary(root, rows)
         print(f"summary: {md} ({js})")
+        _write_curves(root)
         return status
     print(f"when done: python -m slurm.submit collect --job-dir {root}")
     return 0
+
+
+def _write_curves(job_dir: Path) -> None:
+    """An eval sweep over budgets: the same curves, table and figure as one `--kept-ratios` run."""
+    summary = collect_curves(job_dir)
+    if summary is not None:
+        written = write_curves(job_dir, summary)
+        print(f"trade-off curves: {', '.join(str(p) for p in written)}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -295,6 +321,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = collect(args.job_dir)
         md, js = write_summary(args.job_dir, rows)
         print(md.read_text(encoding="utf-8"))
+        _write_curves(args.job_dir)
         return 0 if all(r["status"] == "ok" for r in rows) else 1
     try:
         if args.action == "sweep":

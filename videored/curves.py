@@ -122,9 +122,25 @@ def curves_markdown(curves: dict[str, list[dict]], *, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def matching_rule(match: str) -> str:
+    """How a curve's baselines meet each budget, in words (figure title, results.md)."""
+    if match == "ratio":
+        return "every method at the budget's kept ratio"
+    return "baselines at the interpreter top-k's GMACs, clip by clip"
+
+
+def curve_title(summary: dict[str, Any]) -> str:
+    """A curve run's model, data split and matching rule (the trade-off figure's title), from
+    results.json's keys "model", "data", "split", "num_videos", "match"."""
+    data = str(summary.get("data") or "").rstrip("/").rpartition("/")[2]
+    return (f"{summary.get('model', '?')} | {summary['split']} split{' of ' + data if data else ''}"
+            f" ({summary['num_videos']} videos) | {matching_rule(summary['match'])}")
+
+
 def _num(value: float | None) -> float:
     return float("inf") if value is None else float(value)
 
 
-__all__ = ["POINT_KEYS", "REFERENCE", "all_points", "curve_point", "curves_from_results",
-           "curves_markdown", "pareto_front", "sort_curve", "winners"]
+__all__ = ["POINT_KEYS", "REFERENCE", "all_points", "curve_point", "curve_title",
+           "curves_from_results", "curves_markdown", "matching_rule", "pareto_front", "sort_curve",
+           "winners"]

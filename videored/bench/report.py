@@ -38,8 +38,9 @@ def run_bench(*, models: list[str], methods: str, kept_ratios: list[float], batc
               runs: int | None = None, variable_length: list[int] = (8,),
               ragged_modes: list[str] | None = None, ragged: str | None = None,
               threads: int | None = None, decode: bool = False,
-              json_path: Path | None = None) -> dict:
-    """Every table for `models`; prints them and returns (and writes to json_path) the rows."""
+              json_path: Path | None = None, plot: bool = False) -> dict:
+    """Every table for `models`; prints them and returns (and writes to json_path) the rows.
+    plot: also the speed-up vs FLOPs ratio figure next to the JSON (`plot_speedup`)."""
     if threads:
         torch.set_num_threads(threads)
     methods = parse_methods(methods)
@@ -97,4 +98,17 @@ def run_bench(*, models: list[str], methods: str, kept_ratios: list[float], batc
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
         say(f"wrote {json_path}")
+        if plot:
+            say(f"wrote {', '.join(str(p) for p in plot_speedup(rows, json_path))}")
     return result
+
+
+def plot_speedup(rows: list[dict], json_path: Path) -> list[Path]:
+    """The speed rows' realized speed-up against their FLOPs ratio, y = x drawn, saved next to
+    the JSON (`<stem>.png`, `<stem>.pdf`)."""
+    from videored.viz.tradeoff import draw_speedup
+
+    devices = ", ".join(dict.fromkeys(str(r.get("device", "")) for r in rows))
+    dtypes = ", ".join(dict.fromkeys(str(r.get("dtype", "")) for r in rows))
+    return draw_speedup(rows, json_path.with_suffix(""),
+                        title=f"realized speed-up vs FLOPs ratio | {devices} | {dtypes}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -40,9 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads (torch.set_num_threads; default: torch's own). "
                         "1 gives steadier CPU numbers on a shared machine; the device column records it")
     p.add_argument("--json", type=Path, default=None, help="write all rows to this JSON file")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw the speed rows' realized speed-up against their FLOPs ratio "
+                        "with the y = x limit, next to the JSON (<json stem>.png / .pdf)")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.plot and args.json is None:  # before the (long) run, not after it
+        print("videored bench: --plot draws next to the JSON: give --json PATH", file=sys.stderr)
+        return 2
     batches = args.batch_sizes or ("1,8" if args.device == "cpu" else "1,8,32")
     run_bench(models=(args.models or f"{VIDEO},deit_small_patch16_224,deit_base_patch16_224").split(","),
               methods=args.methods, kept_ratios=[float(r) for r in args.kept_ratios.split(",")],
@@ -50,5 +57,6 @@ def main(args: argparse.Namespace) -> int:
               dtype=args.dtype, quick=args.quick, runs=args.runs,
               variable_length=[int(b) for b in args.variable_length.split(",") if b],
               ragged_modes=args.ragged_modes.split(",") if args.ragged_modes else None,
-              ragged=args.ragged, threads=args.threads, decode=args.decode, json_path=args.json)
+              ragged=args.ragged, threads=args.threads, decode=args.decode, json_path=args.json,
+              plot=args.plot)
     return 0

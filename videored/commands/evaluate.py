@@ -6,6 +6,10 @@
 
     videored eval --checkpoint model.pt --interpretability --masks gtsegs_ijcv.mat   # Table 1
 
+    videored eval --checkpoint model.pt --kept-ratios 0.1,0.2,0.3,0.5 [--match ratio|gmacs]
+        # trade-off curves: every method at every budget in one pass over the clips;
+        # results.json["curves"], tradeoff.png/.pdf, the curve table in results.md
+
 Every name in --methods is an entry of the method table (`videored.models.methods`); with
 --masks, also the explanation-only rows (`models.explanations`), scored by --protocol
 (benchmark: the public ImageNet-Segmentation protocol, the default; kept: kept-patch masks).
@@ -18,6 +22,7 @@ process).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_renamed_flag(p, "--kept-ratio", "--keep-ratio", type=float, default=None,
                      help="a fixed budget instead: fraction of patch tokens reaching the last "
                           "block for every baseline (--keep-ratio: old name, deprecated)")
+    p.add_argument("--kept-ratios", default=None, type=_ratios,
+                     help="trade-off curves: a comma list of budgets (e.g. 0.1,0.2,0.3,0.5,0.7); "
+                          "every method at every budget on the same clips (the interpreter: the "
+                          "top of its own scores, plus its threshold point); --match ratio: "
+                          "baselines at each kept ratio, gmacs: at the interpreter top-k's "
+                          "GMACs clip by clip (docs/evaluation.md)")
     p.add_argument("--split", default="test", help="csv split / image folder split to score")
     p.add_argument("--spatial-crops", type=int, default=3, help="video-1 views (paper: 3)")
     p.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
@@ -70,13 +81,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
+def _ratios(text: str) -> list[float]:
+    """"0.1,0.3" (or "[0.1,0.3]", a sweep's grid value) -> [0.1, 0.3]."""
+    try:
+        return [float(r) for r in text.strip().strip("[]").split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     from videored.engine.run_eval import eval_command
 
     try:
         out = eval_command(checkpoint=args.checkpoint, config=args.config,
                            overrides=args.overrides, out_dir=args.out, methods=args.methods,
-                           match=args.match, kept_ratio=args.kept_ratio, split=args.split,
+                           match=args.match, kept_ratio=args.kept_ratio,
+                           kept_ratios=args.kept_ratios, split=args.split,
                            spatial_crops=args.spatial_crops, batch_size=args.batch_size,
                            num_workers=args.num_workers, speed_runs=args.speed_runs,
                            interpretability=args.interpretability, masks=args.masks,
@@ -86,6 +106,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"videored eval: {err}", file=sys.stderr)
         return 2
     if out is not None:  # rank 0
-        print((out / "results.md").read_text())
-        print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+        written = [out / "results.json", out / "results.md"]
+        if args.kept_ratios is not None:  # the figure is drawn here: the engine draws nothing
+            from videored.viz.tradeoff import write_tradeoff
+
+            written += write_tradeoff(json.loads(written[0].read_text()), out)
+        print(written[1].read_text())
+        print(f"wrote {', '.join(str(f) for f in written)}")
     return 0

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from videored.models.budget import Budget, method_kwargs
-from videored.models.methods import get_method
+from videored.models.methods import Method, get_method
 
 from .distributed import DistInfo, all_gather_object
 
@@ -42,33 +42,65 @@ class ViewPrediction:
     error: str = ""  # why decoding failed (failed views), as the dataset reports it
 
 
-@dataclass
-class ViewBudget:
-    """A `Budget` (models/budget.py) applied view by view: one definition for eval and its speed.
+@dataclass(eq=False)
+class Arm:
+    """One (method, budget) pair of an evaluation, run on every decoded batch.
 
-    per_view: for a matched budget, the reference method's value on each view, by dataset
-    index (its kept ratio for match "ratio", its GMACs for "gmacs"); None for a fixed budget.
+    name       its key in the results (unique among the arms of a run), e.g. "random@0.3"
+    method     a method-table entry; with `topk`, the entry's `topk` setting (the learned scorer
+               keeping the top of its own scores at the budget: trade-off curves)
+    net        the model it runs on (the IA-RED² model, or the dense model of paper Table 4)
+    budget     a `Budget` (models/budget.py); None: the method's own decisions (original, the
+               interpreter's threshold) or the model's default setting
+    reference  for a matched budget: the arm whose outputs on the same batch set the per-clip
+               targets (its kept ratio or GMACs); it must run before this arm
     """
-    budget: Budget
-    per_view: dict[int, float] | None = None
+    name: str
+    method: str
+    net: nn.Module
+    budget: Budget | None = None
+    reference: str | None = None
+    topk: bool = False
 
-    def __post_init__(self) -> None:
-        if self.budget.matched and self.per_view is None:
-            raise ValueError("a matched ViewBudget needs the reference's views (per_view)")
+    @property
+    def entry(self) -> Method:
+        entry = get_method(self.method)
+        if self.topk and entry.topk is None:
+            raise ValueError(f"{self.method} has no topk setting in the method table")
+        return entry.topk if self.topk else entry
 
-    @classmethod
-    def matching(cls, budget: Budget, reference: list[ViewPrediction]) -> "ViewBudget":
-        return cls(budget, {v.index: getattr(v, budget.reference_key) for v in reference})
+    def forward_kwargs(self, batch: int, outputs: dict[str, Any]) -> dict:
+        """model(x, **forward_kwargs(...)) runs this arm on a batch of `batch` clips; outputs:
+        {arm name: ReductionOutput} of the arms already run on that batch."""
+        if self.budget is None:
+            return method_kwargs(self.net, self.entry)
+        reference = None
+        if self.budget.matched:
+            if self.reference not in outputs:
+                raise ValueError(f"arm {self.name}: its reference {self.reference!r} has not run "
+                                 "on this batch (order the arms reference first)")
+            reference = self.budget.reference_values(outputs[self.reference])
+        return self.budget.forward_kwargs(self.net, self.entry, batch=batch, reference=reference)
 
-    def forward_kwargs(self, model: nn.Module, method: str, index: torch.Tensor) -> dict:
-        """model(x, **forward_kwargs(...)) runs `method` at this budget on the views `index`."""
-        reference = None if self.per_view is None else torch.tensor(
-            [self.per_view[int(i)] for i in index], dtype=torch.float64)
-        return self.budget.forward_kwargs(model, get_method(method), batch=len(index),
-                                          reference=reference)
+    def describe(self) -> dict | None:
+        """How results.json records its budget (None: unbudgeted)."""
+        if self.budget is None:
+            return None
+        said = self.budget.describe()
+        if self.budget.matched and self.reference is not None:
+            said["reference"] = self.reference
+        return said
 
-    def describe(self) -> dict:
-        return self.budget.describe()
+
+def check_arm_order(arms: list[Arm]) -> None:
+    """Unique names; every matched arm after its reference (ValueError naming the arm)."""
+    seen: set[str] = set()
+    for arm in arms:
+        if arm.name in seen:
+            raise ValueError(f"two arms are named {arm.name!r}")
+        if arm.budget is not None and arm.budget.matched and arm.reference not in seen:
+            raise ValueError(f"arm {arm.name}: reference {arm.reference!r} must come before it")
+        seen.add(arm.name)
 
 
 class _Indexed(Dataset):
@@ -99,49 +131,78 @@ class _Indexed(Dataset):
 @torch.no_grad()
 def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_size: int,
                   workers: dict | None = None, amp: bool = False, progress: str | None = None,
-                  seed: int = 0, method: str = "original", budget: ViewBudget | None = None,
+                  seed: int = 0, method: str = "original", budget: Budget | None = None,
                   **forward_kwargs: Any) -> list[ViewPrediction]:
-    """Every view of `dataset` through `method` of the method table, gathered on all ranks.
+    """Every view of `dataset` through `method` of the method table at a fixed `budget` (None:
+    its own decisions or the model's default setting): the one-arm case of `predict_arms`."""
+    arm = Arm(method, method, model, budget)
+    return predict_arms([arm], dataset, dist=dist, batch_size=batch_size, workers=workers,
+                        amp=amp, progress=progress, seed=seed, **forward_kwargs)[method]
 
-    budget: where `method` is budgeted, its target per view (None: the model's default
-    setting). workers: the DataLoader's worker arguments (`builders.loader_workers`; None:
-    none). forward_kwargs go to the model as they are.
 
-    Sharded with a DistributedSampler (which pads the last round with duplicates); the gathered
+@torch.no_grad()
+def predict_arms(arms: list[Arm], dataset: Dataset, *, dist: DistInfo, batch_size: int,
+                 workers: dict | None = None, amp: bool = False, progress: str | None = None,
+                 seed: int = 0, **forward_kwargs: Any) -> dict[str, list[ViewPrediction]]:
+    """{arm name: every view of `dataset`}, gathered on all ranks. Each batch is decoded once and
+    run through every arm in order (a matched arm reads its reference's outputs on that batch),
+    so a whole comparison or trade-off curve costs one pass of decoding.
+
+    workers: the DataLoader's worker arguments (`builders.loader_workers`; None: none).
+    forward_kwargs go to every model call as they are. progress: the description of one bar over
+    (batch x arm) showing the running clip-level error of the arm just run (None: no bar).
+
+    Sharded with a DistributedSampler (which pads the last round with duplicates); each gathered
     list holds each dataset index exactly once, in index order. The random selector draws each
-    view's mask from (seed, dataset index), so results do not depend on the number of ranks.
+    view's mask from (seed, dataset index), so results do not depend on the number of ranks or on
+    which other arms run.
     """
-    model.eval()
+    check_arm_order(arms)
+    for net in {id(a.net): a.net for a in arms}.values():
+        net.eval()
     sampler = DistributedSampler(_Indexed(dataset), num_replicas=dist.world_size, rank=dist.rank,
                                  shuffle=False) if dist.enabled else None
     loader = DataLoader(_Indexed(dataset), batch_size=batch_size, sampler=sampler, **(workers or {}))
-    rows: list[ViewPrediction] = []
-    bar = tqdm(loader, desc=progress, disable=progress is None or not dist.is_main, leave=False)
-    for batch in bar:
-        x = batch["video"] if "video" in batch else batch["image"]
-        kwargs = (budget.forward_kwargs(model, method, batch["index"]) if budget is not None
-                  else method_kwargs(model, get_method(method)))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            out = model(x.to(dist.device), random_seeds=seed * 10_000_019 + batch["index"],
-                        **kwargs, **forward_kwargs)
-        probs = out.logits.float().softmax(dim=1).cpu()
-        kept, gflops = out.kept_ratio.float().cpu(), out.gflops.float().cpu()
-        setting = kwargs.get("setting")
-        if isinstance(setting, torch.Tensor):
-            setting = setting.double().cpu().tolist()
-        elif setting is not None:
-            setting = [float(setting)] * len(probs)
-        for b in range(len(probs)):
-            rows.append(ViewPrediction(
-                index=int(batch["index"][b]), video_index=int(batch["video_index"][b]),
-                spatial_index=int(batch["spatial_index"][b]),
-                temporal_index=int(batch["temporal_index"][b]), label=int(batch["label"][b]),
-                probs=probs[b], failed=bool(batch["failed"][b]), kept_ratio=float(kept[b]),
-                gflops=float(gflops[b]), path=str(batch["path"][b]),
-                error=str(batch["error"][b]),
-                setting=None if setting is None else setting[b]))
-    unique = {row.index: row for part in all_gather_object(rows) for row in part}
-    return [unique[i] for i in sorted(unique)]
+    rows: dict[str, list[ViewPrediction]] = {a.name: [] for a in arms}
+    wrong = dict.fromkeys(rows, 0)
+    bar = tqdm(total=len(loader) * len(arms), desc=progress, leave=False,
+               disable=progress is None or not dist.is_main)
+    for batch in loader:
+        x = (batch["video"] if "video" in batch else batch["image"]).to(dist.device)  # decoded once
+        outputs: dict[str, Any] = {}
+        for arm in arms:
+            kwargs = arm.forward_kwargs(len(x), outputs)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = arm.net(x, random_seeds=seed * 10_000_019 + batch["index"],
+                              **kwargs, **forward_kwargs)
+            outputs[arm.name] = out
+            rows[arm.name] += _views_of(batch, out, kwargs.get("setting"))
+            wrong[arm.name] += int((out.logits.argmax(1).cpu() != batch["label"]).sum())
+            bar.update(1)
+            bar.set_postfix_str(f"{arm.name} err {100 * wrong[arm.name] / len(rows[arm.name]):.1f}%")
+    bar.close()
+    gathered = {}
+    for name, mine in rows.items():
+        unique = {row.index: row for part in all_gather_object(mine) for row in part}
+        gathered[name] = [unique[i] for i in sorted(unique)]
+    return gathered
+
+
+def _views_of(batch: dict[str, Any], out, setting) -> list[ViewPrediction]:
+    """One ViewPrediction per clip of a batch from a forward's output (ReductionOutput)."""
+    probs = out.logits.float().softmax(dim=1).cpu()
+    kept, gflops = out.kept_ratio.float().cpu(), out.gflops.float().cpu()
+    if isinstance(setting, torch.Tensor):
+        setting = setting.double().cpu().tolist()
+    elif setting is not None:
+        setting = [float(setting)] * len(probs)
+    return [ViewPrediction(
+        index=int(batch["index"][b]), video_index=int(batch["video_index"][b]),
+        spatial_index=int(batch["spatial_index"][b]),
+        temporal_index=int(batch["temporal_index"][b]), label=int(batch["label"][b]),
+        probs=probs[b], failed=bool(batch["failed"][b]), kept_ratio=float(kept[b]),
+        gflops=float(gflops[b]), path=str(batch["path"][b]), error=str(batch["error"][b]),
+        setting=None if setting is None else setting[b]) for b in range(len(probs))]
 
 
 def _topk_correct(probs: torch.Tensor, label: int, k: int) -> bool:

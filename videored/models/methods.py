@@ -25,7 +25,7 @@ scoring cost, its budget mapping) plus its tests; every tool then offers it by n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -106,6 +106,9 @@ class Method:
     train_schedule  training-time schedule of the budget, when the method has one (EViT's keep-rate
                  warm-up): (model, kept_ratio, progress in [0, 1] of the warm-up) -> the kept_ratio
                  of this step; None: the target from the first step
+    topk         a learned method's `topk` setting: its twin entry that keeps the top
+                 keep_rate of the same learned scores (a budgeted method: trade-off curves run the
+                 learned scorer at every budget with it); None: no such setting
     """
     name: str
     selector: str
@@ -119,6 +122,7 @@ class Method:
     reduce: Callable[..., MergeRun] | None = None
     reduce_macs: Callable[[object, float], float] | None = None
     train_schedule: Callable[[object, float, float], float] | None = None
+    topk: "Method | None" = None
 
     @property
     def reduces(self) -> bool:
@@ -174,6 +178,20 @@ def _temporal_difference(inp: SelectionInput) -> torch.Tensor:
     return temporal_difference_scores(inp.tokens, inp.grid)
 
 
+def _interpreter_topk(inp: SelectionInput, keep_rate) -> Selection:
+    """The interpreter's `topk` setting: its Eq. 1 scores, keep the top round(keep_rate * alive)
+    (the same rule as the baselines) instead of I >= threshold. Never samples."""
+    chosen = _interpreter(replace(inp, sample=False), None)
+    return Selection(chosen.scores, topk_keep(chosen.scores, inp.tokens, keep_rate), chosen.macs)
+
+
+def _interpreter_topk_gmacs(model, method, setting: torch.Tensor) -> torch.Tensor:
+    """Cost of the interpreter's top-k at keep_rate `setting` (B,): the top-k chain of
+    `cost.topk_gmacs` with the interpreter's scoring cost (it depends on its head count)."""
+    interp = model.interpreters[0]
+    return topk_gmacs(model, replace(method, scoring_macs=lambda n, dim: interp.macs(n)), setting)
+
+
 # ---- the in-block reducers (merge_blocks.py): their setting is the kept_ratio itself ----
 
 def _tome(model, cls: torch.Tensor, patches: torch.Tensor, kept_ratio: float) -> MergeRun:
@@ -208,7 +226,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="dense model: every token reaches every block", setting_name=None),
     Method("interpreter", "interpreter", learned=True,
            summary="multi-head interpreter (Eq. 1), keep I >= threshold; trained by REINFORCE",
-           select=_interpreter, setting_name=None),  # its cost depends on its head count: interpreter.macs
+           select=_interpreter, setting_name=None,  # its cost depends on its head count: interpreter.macs
+           # the `topk` setting: budgeted (not `learned`: a budget, not its threshold, decides)
+           topk=Method("interpreter", "interpreter_topk", learned=False,
+                       summary="the interpreter's Eq. 1 scores, keep the top keep_rate",
+                       select=_interpreter_topk, gmacs_at=_interpreter_topk_gmacs)),
     Method("random", "random", learned=False,
            summary="uniform scores (seeded per clip), keep the top keep_rate",
            select=_topk(_random, "random")),
@@ -230,7 +252,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            reduce=_evit, reduce_macs=_evit_macs, setting_name="kept_ratio",
            setting_for=kept_ratio_itself, gmacs_at=reducer_gmacs, train_schedule=_evit_warmup),
 )}
-SELECTORS = {m.selector: m for m in METHODS.values()}  # model-side name -> method
+SELECTORS = {m.selector: m for e in METHODS.values()  # model-side name -> method (+ topk twins)
+             for m in (e, e.topk) if m is not None}
 
 
 def get_method(name: str) -> Method:
