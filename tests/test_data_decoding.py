@@ -174,23 +174,25 @@ def test_pyav_seeks_to_the_keyframe_and_gives_the_same_frames(tmp_path, lossless
         seeked = a.get_frames(idx)
         assert a.frames_decoded <= 59 - 40 + 1 + 3  # keyframe 40 .. 59 (+ B-frame reordering)
         a.frames_decoded = 0
-        sequential = np.stack([a._decode_from_start({i})[i] for i in idx])
+        sequential = np.stack([a.decode_sequential({i})[i] for i in idx])
         np.testing.assert_array_equal(seeked, sequential)
         np.testing.assert_array_equal(seeked, d.get_frames(idx))
         if lossless:
             np.testing.assert_array_equal(seeked, frames[idx])
 
 
-def test_pyav_decodes_from_the_start_when_timestamps_cannot_be_trusted(tmp_path, monkeypatch):
+def test_pyav_decodes_from_the_start_when_timestamps_cannot_be_trusted(tmp_path):
+    from dataclasses import replace
+
     frames = _random_frames(t=30)
     path = tmp_path / "gop5.mp4"
     write_video(path, frames, fps=30, lossless=True, keyint=5)
     with open_video(path, "pyav") as video:
-        video._pts = [None] * video.num_frames  # packets without pts (raw streams have none)
+        video._index = replace(video.index, usable=False)  # packets without pts (raw streams)
         np.testing.assert_array_equal(video.get_frames([21, 25]), frames[[21, 25]])
         assert video.frames_decoded == 26  # from frame 0
     with open_video(path, "pyav") as video:  # a table that does not match the decoded frames
-        video._pts = [p + 1 for p in video._packet_pts()]
+        video._index = replace(video.index, pts=video.index.pts + 1)
         np.testing.assert_array_equal(video.get_frames([21, 25]), frames[[21, 25]])
 
 

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from videored.data.davis import davis_clips, davis_videos
-from videored.data.frame_folder import FrameFolderVideo, annotation_folder, load_annotations
+from videored.data.davis import annotation_folder, load_annotations
+from videored.data.frame_folder import FrameFolderVideo
 from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
 
 from _mask_sets import _frame, _write_davis, _write_gtsegs

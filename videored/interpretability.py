@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from videored.models.methods import EXPLANATIONS, METHODS, get_method
+from videored.normalization import model_input
 from videored.viz.explanations import run_with_explanations
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
     kept = {m: 0.0 for m in methods}
     samples = failed = 0
     for step, batch in enumerate(loader):
-        x = batch["video"] if "video" in batch else batch["image"]
+        x = model_input(batch)  # float input (uint8 video normalized with its own normalization)
         if "mask" not in batch:
             raise KeyError("dataset items have no 'mask': build the video dataset with "
                            "return_masks=True")

@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", default=None, help="`path label` list (default with --config: <data.root>/train.csv)")
     p.add_argument("--config", default=None,
                    help="training config: videos shorter than one clip of its sampling (model.num_frames x "
-                        "data.sampling_rate at data.target_fps) are reported as too short; its data.backend "
+                        "data.sampling_rate at data.target_fps) are reported as too short; its data.decoder "
                         "is the default backend")
     p.add_argument("--out", required=True, help="JSON report: {checked, bad: [{path, line, reason}], too_short: [...]}")
-    p.add_argument("--backend", choices=("decord", "pyav"), default=None, help="default: the config's, else decord")
+    p.add_argument("--backend", choices=("auto", "pyav", "decord", "torchcodec"), default=None,
+                   help="default: the config's data.decoder, else auto")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds per video before its worker is killed and the video counts as a hang")
@@ -100,11 +101,11 @@ def _scan(args: argparse.Namespace) -> int:
             return 2
         clip = ClipSpec(cfg.model.num_frames, cfg.data.sampling_rate, cfg.data.target_fps)
         csv = csv or str(Path(cfg.data.root) / "train.csv")
-        backend = backend or cfg.data.backend
+        backend = backend or cfg.data.decoder
     if csv is None:
         print("videored data scan: give --csv, or --config to scan its data.root/train.csv", file=sys.stderr)
         return 2
-    report = scan_video_list(csv, backend or "decord", args.workers, args.timeout, args.min_frames,
+    report = scan_video_list(csv, backend or "auto", args.workers, args.timeout, args.min_frames,
                              args.sample_frames, progress=True, clip=clip)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

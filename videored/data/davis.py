@@ -4,6 +4,11 @@
     <root>/Annotations/[480p/]<video>/00000.png ...   (non-zero = object)
     <root>/ImageSets/2017/val.txt                      optional: one video name per line
 
+Annotation PNGs: DAVIS 2017 stores palette images whose values are object ids (0 = background,
+1..K = objects), DAVIS 2016 binary 0/255 masks; the foreground is any non-zero value, so all
+objects together form the object mask. RGB annotations count a pixel as object when any channel
+is non-zero.
+
 `davis_clips` returns a `VideoClipDataset` over the frame folders (mode "test", masks on): the
 same clip sampling (a folder is read as a 24 fps video), the same short-side resize and crops,
 the same normalization as every other video the model is scored on. Videos have no class label
@@ -15,8 +20,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .csv_list import ListRow
-from .frame_folder import is_frame_folder
+from .frame_folder import frame_files, is_frame_folder
 
 
 def davis_frames_root(root: str | os.PathLike, resolution: str | None = None) -> Path:
@@ -69,4 +76,48 @@ def davis_clips(root: str | os.PathLike, *, resolution: str | None = None,
     return VideoClipDataset(str(root), rows=rows, **kwargs)
 
 
-__all__ = ["davis_clips", "davis_frames_root", "davis_videos"]
+def annotation_folder(frames: str | os.PathLike) -> Path | None:
+    """`.../JPEGImages/<...>/<video>` -> `.../Annotations/<...>/<video>`; None outside that layout."""
+    parts = Path(frames).resolve().parts
+    if "JPEGImages" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("JPEGImages")  # the last JPEGImages component
+    return Path(*parts[:i], "Annotations", *parts[i + 1:])
+
+
+def has_annotations(frames: str | os.PathLike) -> bool:
+    folder = annotation_folder(frames)
+    return folder is not None and folder.is_dir()
+
+
+def load_annotations(frames: str | os.PathLike) -> np.ndarray:
+    """(num_frames, H, W) bool object masks of a DAVIS-style frame folder (non-zero = object).
+
+    Every frame needs `<Annotations>/<frame stem>.png` of the frame's size; a missing or unreadable
+    one is an error naming the file (DAVIS test-dev annotates only the first frame: not scorable).
+    """
+    from PIL import Image
+
+    folder = annotation_folder(frames)
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(f"{frames}: no Annotations folder beside JPEGImages "
+                                f"(looked for {folder})")
+    masks = []
+    for frame in frame_files(frames):
+        png = folder / f"{frame.stem}.png"
+        if not png.is_file():
+            raise FileNotFoundError(f"annotation missing for frame {frame.name}: {png}")
+        try:
+            with Image.open(png) as im:
+                a = np.asarray(im)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{png}: cannot read annotation: {e}") from e
+        masks.append(a.any(axis=-1) if a.ndim == 3 else a != 0)  # palette ids or RGB
+    shapes = {m.shape for m in masks}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: annotations differ in size: {sorted(shapes)}")
+    return np.stack(masks)
+
+
+__all__ = ["annotation_folder", "davis_clips", "davis_frames_root", "davis_videos", "has_annotations",
+           "load_annotations"]

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from videored.models.methods import MATCH_MODES, budget_kwargs
+from videored.normalization import model_input
 
 from .distributed import DistInfo, all_gather_object
 
@@ -125,11 +126,11 @@ def predict_views(model: nn.Module, dataset: Dataset, *, dist: DistInfo, batch_s
     rows: list[ViewPrediction] = []
     bar = tqdm(loader, desc=progress, disable=progress is None or not dist.is_main, leave=False)
     for batch in bar:
-        x = batch["video"] if "video" in batch else batch["image"]
+        x = model_input(batch, dist.device)  # uint8 video: normalized on the device
         kwargs = (budget.forward_kwargs(model, method, batch["index"]) if budget is not None
                   else budget_kwargs(model, method))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            out = model(x.to(dist.device), random_seeds=seed * 10_000_019 + batch["index"],
+            out = model(x, random_seeds=seed * 10_000_019 + batch["index"],
                         **kwargs, **forward_kwargs)
         probs = out.logits.float().softmax(dim=1).cpu()
         kept, gflops = out.kept_ratio.float().cpu(), out.gflops.float().cpu()

@@ -305,7 +305,7 @@ class Trainer:
                 f"no training batch for step {waiting} of the epoch after {self.cfg.data.loader_timeout:g} s "
                 f"(data.loader_timeout): a DataLoader worker stopped answering while loading one of "
                 f"{', '.join(names)}. A decoder hang (decord can); check the file with `videored data "
-                "scan`, remove it from the list, or use data.backend=pyav") from err
+                "scan`, remove it from the list, or use data.decoder=pyav") from err
 
     def _progress(self, stage: Stage, epoch: int, start: int):
         if not (self.dist.is_main and self.cfg.run.progress):
@@ -317,9 +317,7 @@ class Trainer:
 
     def _step(self, stage: Stage, net: nn.Module, params: list, optimizer, batch) -> Optional[StepResult]:
         """One optimizer step; None when it was skipped for a non-finite loss or gradient."""
-        x, y = unpack_batch(batch)
-        x = x.to(self.dist.device, non_blocking=True)
-        y = y.to(self.dist.device, non_blocking=True)
+        x, y = unpack_batch(batch, self.dist.device)  # uint8 video is normalized on the device there
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             if stage.kind == "interpreter":
                 r = self.cfg.reinforce

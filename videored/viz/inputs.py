@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videored.data.image_masks import IMAGE_SUFFIXES  # defined beside the image readers
 from videored.normalization import IMAGENET, TIMESFORMER, Normalization, model_normalization
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 @dataclass
