@@ -121,7 +121,7 @@ def test_frame_folder_is_a_video_in_natural_name_order(tmp_path):
 
     for i in (10, 2, 1):
         Image.fromarray(_frame(i)).save(tmp_path / f"f_{i}.png")
-    with open_video(tmp_path, "decord") as video:  # a folder, whatever the backend
+    with open_video(tmp_path, "auto") as video:  # a folder, whatever the backend
         assert isinstance(video, FrameFolderVideo) and video.num_frames == 3 and video.fps == 24
         got = video.get_frames([2, 0, 2])
     assert np.array_equal(got, np.stack([_frame(10), _frame(1), _frame(10)]))
