@@ -109,11 +109,10 @@ def main(args: argparse.Namespace) -> int:
         print(markdown_table(variable, VARIABLE_COLUMNS))
     decode = []
     if args.decode:
-        from videored.data.decode_bench import run_decode_benchmark
+        from videored.bench.decode import format_table, run_decode_benchmark
         decode = run_decode_benchmark(clips=5 if args.quick else 20, rounds=1 if args.quick else 3)
-        print("\n## Decoding: clips/s per worker\n")
-        print(markdown_table(decode, [(k, k, "s" if isinstance(v, str) else ".2f")
-                                      for k, v in decode[0].items()]))
+        print("\n## Decoding: training clips per CPU-second of one worker\n")
+        print(format_table(decode))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(speed=rows, dense_vs_timm=checks,
