@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from videored.data.davis import davis_clips, davis_videos
+from videored.data.davis import davis_videos
+from videored.data.davis_set import davis_clips
 from videored.data.davis import annotation_folder, load_annotations
 from videored.data.frame_folder import FrameFolderVideo
 from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD

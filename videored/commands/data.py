@@ -69,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=int, default=20, help="items per timed round")
     p.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the fastest is kept")
     p.add_argument("--out", default=None, help="also write the rows as JSON")
-    p.add_argument("--csv", default=None,
-                   help="time your own videos (`path label` list; K400 sampling 8 x 32, 224 crops) instead of the built-in ones")
+    p.add_argument("--csv", default=None, nargs="+",
+                   help="time your own videos (`path label` lists, one table block each; K400 sampling 8 x 32, "
+                        "224 crops) instead of the built-in ones")
     p.add_argument("--model-clips-per-s", default="24,81",
                    help="model speeds (clips/s of one GPU, e.g. from `videored bench`) to size the "
                         "loader for (default: the paper's V100 figures, dense <= 24, IA-RED2 >= 81)")
@@ -160,12 +161,15 @@ def _k400(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from videored.bench.decode import format_table, header, run_decode_benchmark
+    from videored.bench.decode import format_table, header, run_decode_benchmark, user_video_kinds
 
-    if args.csv is not None and not Path(args.csv).is_file():
-        print(f"error: --csv {args.csv}: no such file", file=sys.stderr)
-        return 2
-    rows = run_decode_benchmark(clips=args.clips, rounds=args.rounds, csv=args.csv,
+    kinds = None
+    for csv in args.csv or []:
+        if not Path(csv).is_file():
+            print(f"error: --csv {csv}: no such file", file=sys.stderr)
+            return 2
+        kinds = {**(kinds or {}), **user_video_kinds(csv)}
+    rows = run_decode_benchmark(clips=args.clips, rounds=args.rounds, kinds=kinds,
                                 backends=args.backends.split(","),
                                 clips_per_video=[int(k) for k in args.clips_per_video.split(",")],
                                 model_clips_per_s=[float(m) for m in args.model_clips_per_s.split(",")])

@@ -9,20 +9,16 @@ Annotation PNGs: DAVIS 2017 stores palette images whose values are object ids (0
 objects together form the object mask. RGB annotations count a pixel as object when any channel
 is non-zero.
 
-`davis_clips` returns a `VideoClipDataset` over the frame folders (mode "test", masks on): the
-same clip sampling (a folder is read as a 24 fps video), the same short-side resize and crops,
-the same normalization as every other video the model is scored on. Videos have no class label
-(label 0); only the masks are used.
+This module finds the set's frame folders and reads their annotations (the object masks);
+`davis_set.davis_clips` makes them a test-clip dataset.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .csv_list import ListRow
 from .frame_folder import frame_files, is_frame_folder
 
 
@@ -56,24 +52,6 @@ def davis_videos(root: str | os.PathLike, *, resolution: str | None = None,
     if not names:
         raise ValueError(f"{listing}: no video names")
     return [frames / name for name in names]  # a missing folder fails (and is counted) per item
-
-
-def davis_clips(root: str | os.PathLike, *, resolution: str | None = None,
-                split_file: str | os.PathLike | None = None, **dataset_kwargs: Any):
-    """`VideoClipDataset` (mode "test", `return_masks=True`) over the set's frame folders.
-
-    dataset_kwargs: the clip and crop settings (`num_frames`, `sampling_rate`, `target_fps`,
-    `crop_size`, `num_spatial_crops`, `sampling`, `mean` / `std`: the weights' own
-    normalization, ...), as for a csv list. Items are dicts with `video`
-    (3, T, S, S), `mask` (T, S, S) bool, `failed`, `path`; a folder that cannot be read (missing
-    frames or annotations) is an item with `failed=True`, counted by the metric.
-    """
-    from .video_dataset import VideoClipDataset
-
-    rows = [ListRow(i + 1, str(p), 0) for i, p in enumerate(
-        davis_videos(root, resolution=resolution, split_file=split_file))]
-    kwargs = {"mode": "test", "return_masks": True, **dataset_kwargs}
-    return VideoClipDataset(str(root), rows=rows, **kwargs)
 
 
 def annotation_folder(frames: str | os.PathLike) -> Path | None:
@@ -119,5 +97,4 @@ def load_annotations(frames: str | os.PathLike) -> np.ndarray:
     return np.stack(masks)
 
 
-__all__ = ["annotation_folder", "davis_clips", "davis_frames_root", "davis_videos", "has_annotations",
-           "load_annotations"]
+__all__ = ["annotation_folder", "davis_frames_root", "davis_videos", "has_annotations", "load_annotations"]

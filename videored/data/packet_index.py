@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -35,17 +36,26 @@ class PacketIndex:
     def num_packets(self) -> int:
         return len(self.pts)
 
-    @property
+    # derived tables, computed once per index (the index itself is cached per file)
+    @cached_property
     def packet_of_frame(self) -> np.ndarray:
         """(P,) packet position of frame i (the i-th smallest pts)."""
         return np.argsort(self.pts, kind="stable")
 
-    @property
-    def frame_of_packet(self) -> np.ndarray:
-        """(P,) frame index carried by each packet."""
+    @cached_property
+    def frame_of_packet(self) -> list[int]:
+        """Frame index carried by each packet."""
         out = np.empty(self.num_packets, dtype=np.int64)
         out[self.packet_of_frame] = np.arange(self.num_packets)
-        return out
+        return out.tolist()
+
+    @cached_property
+    def frame_of_pts(self) -> dict[int, int]:
+        return {int(p): i for i, p in enumerate(np.sort(self.pts))}
+
+    @cached_property
+    def packet_of_pts(self) -> dict[int, int]:
+        return {int(p): i for i, p in enumerate(self.pts)}
 
     def start_packet(self, frames: np.ndarray) -> np.ndarray:
         """For each frame index, the packet to start decoding from: the last keyframe that is at

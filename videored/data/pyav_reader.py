@@ -110,12 +110,11 @@ class PyAVVideo:
         if runs is None:
             return None
         index = self.index
-        frame_of_packet = index.frame_of_packet
-        frame_of_pts = {int(p): i for i, p in enumerate(np.sort(index.pts))}
-        packet_of_pts = {int(p): i for i, p in enumerate(index.pts)}
+        frame_of_packet, frame_of_pts, packet_of_pts = index.frame_of_packet, index.frame_of_pts, index.packet_of_pts
         cc = self._stream.codec_context
         found: dict[int, np.ndarray] = {}
         packets, pos = None, -1  # demux iterator and the position of its next packet
+        mode = cc.skip_frame = "DEFAULT"
         try:
             for first, last in runs:
                 if packets is None or not pos <= first <= pos + SEEK_GAP:
@@ -130,14 +129,15 @@ class PyAVVideo:
                     if pos < first:  # before the run: read, not decoded
                         pos += 1
                         continue
-                    frame = int(frame_of_packet[pos])
-                    cc.skip_frame = "NONREF" if self.skip_nonref and frame not in wanted else "DEFAULT"
+                    skip = "NONREF" if self.skip_nonref and frame_of_packet[pos] not in wanted else "DEFAULT"
+                    if skip != mode:  # set only on change (each set goes through PyAV's property)
+                        cc.skip_frame = mode = skip
                     if not self._collect(cc.decode(packet), frame_of_pts, wanted, found):
                         return None
                     pos += 1
                     if pos > last:
                         break
-                cc.skip_frame = "DEFAULT"
+                cc.skip_frame = mode = "DEFAULT"
                 ok = self._collect(cc.decode(None), frame_of_pts, wanted, found)  # drain delayed frames
                 cc.flush_buffers()  # ready for the next run's keyframe
                 if not ok:

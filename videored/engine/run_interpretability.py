@@ -67,7 +67,7 @@ def open_mask_set(path: str | Path, cfg: DictConfig) -> Dataset:
     elif path.is_dir() and (path / "JPEGImages").is_dir():
         kind = "DAVIS-style folder"
         if video:
-            from videored.data.davis import davis_clips
+            from videored.data.davis_set import davis_clips
 
             return davis_clips(path, **clip)
     elif path.is_dir() and (path / "images").is_dir():
