@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import VideoDecodeError, readable_error  # noqa: F401  (re-exported: the data API)
+from .errors import VideoDecodeError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from typing import Iterable, NamedTuple, Optional
 import numpy as np
 
 from videored.data.csv_list import classes_file_for, iter_video_list, read_classes
-from videored.data.decoding import VideoDecodeError, open_video
+from videored.data.decoding import open_video
+from videored.data.errors import VideoDecodeError
 from videored.data.sampling import clip_span
 
 

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from videored.data import transforms as T
 from videored.data.csv_list import (ListRow, classes_file_for, iter_video_list, read_classes,
                                     read_dataset_info)
-from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
+from videored.data.decoding import BACKENDS, open_video
+from videored.data.errors import VideoDecodeError
 from videored.data.masks import load_masks
 from videored.data.rng import seeded_draws
 from videored.data.sampling import SAMPLING_STYLES, frame_indices
