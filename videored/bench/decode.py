@@ -73,7 +73,7 @@ def make_benchmark_videos(workdir: str | os.PathLike) -> dict[str, dict]:
 def user_video_kinds(csv: str | os.PathLike, sampling: dict | None = None) -> dict[str, dict]:
     """The benchmark input for a user's own `path label` list (every listed video is used)."""
     n = sum(1 for line in Path(csv).read_text().splitlines() if line.strip())
-    return {f"{Path(csv)} ({n} videos)": {"csv": Path(csv), "sampling": dict(sampling or K400_SAMPLING)}}
+    return {f"{Path(csv).name} ({n} videos)": {"csv": Path(csv), "sampling": dict(sampling or K400_SAMPLING)}}
 
 
 def cores_per_gpu(clips_per_cpu_second: float, model_clips_per_s: float) -> float:
