@@ -77,7 +77,7 @@ def test_decode_benchmark_rows(tmp_path):
     for r in rows:
         assert r["item_clips_per_cpu_s"] > 0 and r["decode_clips_per_cpu_s"] > 0
         assert r["ms_cpu_per_item_clip"] == pytest.approx(1000 / r["item_clips_per_cpu_s"], rel=0.06)
-        assert r["cores_per_gpu"]["81"] == pytest.approx(81 / r["item_clips_per_cpu_s"], rel=0.06)
+        assert r["cores_per_gpu"]["81"] == pytest.approx(81 / r["item_clips_per_cpu_s"], rel=0.06, abs=0.051)  # both rounded
         assert (r["vs_today"] is not None) == ("today" in labels)
     today = [r for r in rows if r["loader"] == "today"]
     if today:

@@ -6,7 +6,8 @@ process on one core, so the number that sizes a node is clips per CPU-second of 
 clock is reported too, but on a shared machine it measures the neighbours.
 
 Loaders compared, all in one process, interleaved round by round (the best round kept, as
-`timeit` does):
+`timeit` does); item i of every round and loader draws its clips from seed i, so all decode the
+same clips:
   today       the loader before the selective decode: decord, float normalization in the worker
               (`VideoClipDataset(backend="decord", output="float")`)
   <reader>    decord / pyav / torchcodec with uint8 output (normalized later on the device);
@@ -33,6 +34,7 @@ import torch
 
 from videored.data.decoding import backend_available
 from videored.data.encoding import write_video
+from videored.data.rng import seeded_draws
 from videored.data.synthetic import SynthConfig, render_video, write_synthetic_dataset
 from videored.data.video_dataset import VideoClipDataset
 
@@ -87,6 +89,19 @@ def loaders(readers: Sequence[str]) -> list[tuple[str, str, str]]:
     return out + [(r, r, "uint8") for r in readers if backend_available(r)]
 
 
+def _item(ds: VideoClipDataset, i: int) -> None:
+    """Item i of a round: its clips drawn from seed i, so every loader and every round decodes
+    the same clips (with one video, a fixed seed would time one clip position over and over)."""
+    ds.set_epoch_seed(i)
+    ds[i % len(ds)]
+
+
+def _decode(ds: VideoClipDataset, i: int) -> None:
+    """The decode of item i alone (the same clips as `_item(ds, i)`), without the transforms."""
+    with seeded_draws(i, i % len(ds)):
+        ds._decode(i % ds.num_videos, [0] * ds.clips_per_video)
+
+
 def _timed(fn, n: int) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of n calls."""
     cpu, wall = time.process_time(), time.perf_counter()
@@ -127,18 +142,16 @@ def run_decode_benchmark(
             sets = {}
             for label, backend, output in loaders(backends):
                 for k in clips_per_video:
-                    ds = VideoClipDataset(spec["csv"], mode="train", backend=backend, output=output,
-                                          clips_per_video=k, pyav_fallback=False, **spec["sampling"])
-                    ds.set_epoch_seed(0)  # every loader gets the same clips
-                    sets[label, k] = ds
+                    sets[label, k] = VideoClipDataset(spec["csv"], mode="train", backend=backend, output=output,
+                                                      clips_per_video=k, pyav_fallback=False, **spec["sampling"])
             for ds in sets.values():
-                _timed(lambda i, ds=ds: ds[i % len(ds)], len(ds))  # warm-up: library init, page cache, index
+                _timed(lambda i, ds=ds: _item(ds, i), len(ds))  # warm-up: library init, page cache, index
             best = {key: [float("inf")] * 3 for key in sets}  # decode cpu, item cpu, item wall (s per clip)
             for _ in range(rounds):
                 for key, ds in sets.items():
                     per = clips * ds.clips_per_video
-                    dec, _ = _timed(lambda i, ds=ds: ds._decode(i % ds.num_videos, [0] * ds.clips_per_video), clips)
-                    cpu, wall = _timed(lambda i, ds=ds: ds[i % len(ds)], clips)
+                    dec, _ = _timed(lambda i, ds=ds: _decode(ds, i), clips)
+                    cpu, wall = _timed(lambda i, ds=ds: _item(ds, i), clips)
                     best[key] = [min(best[key][0], dec / per), min(best[key][1], cpu / per),
                                  min(best[key][2], wall / per)]
             today = best.get((TODAY[0], 1))
