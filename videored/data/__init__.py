@@ -1,4 +1,5 @@
-"""Data: decoded video clips (one opener: PyAV selective decode / decord / torchcodec / frame folders), ImageNet folders for DeiT, a synthetic video task.
+"""Data: decoded video clips (one opener: PyAV selective decode / decord / torchcodec / frame
+folders), ImageNet folders for DeiT, a synthetic video task.
 
 Importing this package has no side effects (no decord bridge is set, nothing is decoded).
 """
