@@ -264,6 +264,19 @@ def test_packet_index_is_cached_and_rebuilt_when_the_file_changes(tmp_path, monk
     assert len(builds) == 3
 
 
+def test_packet_index_cache_is_bounded_by_packets(tmp_path, monkeypatch):
+    monkeypatch.setattr(packet_index, "CACHE_PACKETS", 50)
+    packet_index.clear_cache()
+    paths = [encode(tmp_path / f"{i}.mp4", moving_texture(20, seed=i), params="keyint=10") for i in range(4)]
+    for p in paths:
+        with PyAVVideo(str(p)) as v:
+            v.get_frames([1])
+    kept = list(packet_index._cache)
+    assert len(kept) == 2 and packet_index._cached_packets == 40  # the two most recent files
+    assert kept == [os.path.realpath(p) for p in paths[2:]]
+    packet_index.clear_cache()
+
+
 # ----- installs without decord (Linux aarch64, macOS arm64) -----
 
 def test_without_decord_auto_is_pyav_and_decord_says_why(monkeypatch, tmp_path):

@@ -110,7 +110,9 @@ class PyAVVideo:
         if runs is None:
             return None
         index = self.index
-        frame_of_packet, frame_of_pts, packet_of_pts = index.frame_of_packet, index.frame_of_pts, index.packet_of_pts
+        frame_of_packet = index.frame_of_packet()
+        frame_of_pts = {int(p): i for i, p in enumerate(np.sort(index.pts))}
+        packet_of_pts = {int(p): i for i, p in enumerate(index.pts)}
         cc = self._stream.codec_context
         found: dict[int, np.ndarray] = {}
         packets, pos = None, -1  # demux iterator and the position of its next packet
