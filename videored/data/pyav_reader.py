@@ -25,6 +25,7 @@ from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .errors import VideoDecodeError, check_file, readable_error, validate_indices
 from .packet_index import PacketIndex, cached_index
@@ -58,6 +59,9 @@ class PyAVVideo:
                 raise VideoDecodeError(path, "unknown frame rate")
             self.fps = float(Fraction(rate))
             self.frames_decoded = 0  # frames the decoder returned so far (what skipping saves shows here)
+            # one RGB converter for every frame of this video: its libswscale context is made
+            # once (frame.to_ndarray makes a new one per call; same conversion, same bytes)
+            self._rgb = VideoReformatter()
             self._index: PacketIndex | None = None
             # nb_frames from the container header; 0 when it does not store it (some mkv/webm):
             # then the packet count
@@ -164,7 +168,7 @@ class PyAVVideo:
             if i is None:
                 return False
             if i in wanted:
-                found[i] = _upright(frame)  # (H, W, 3) uint8
+                found[i] = _upright(frame, self._rgb)  # (H, W, 3) uint8
         return True
 
     # ----- the plain path: every frame from the start -----
@@ -181,7 +185,7 @@ class PyAVVideo:
             for frame in self._container.decode(self._stream):
                 self.frames_decoded += 1
                 if done in wanted:
-                    found[done] = _upright(frame)  # (H, W, 3) uint8
+                    found[done] = _upright(frame, self._rgb)  # (H, W, 3) uint8
                 done += 1
                 if done > last:
                     break
@@ -217,10 +221,10 @@ class PyAVVideo:
         self.close()
 
 
-def _upright(frame) -> np.ndarray:
+def _upright(frame, rgb24: VideoReformatter) -> np.ndarray:
     """A PyAV frame as (H, W, 3) uint8 RGB, turned by its display-matrix rotation the way decord
     (and ffmpeg's autorotate) shows it. `frame.rotation` is the counter-clockwise angle in degrees
     (PyAV >= 13; older versions lack it and return rotated videos as stored)."""
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb = rgb24.reformat(frame, format="rgb24").to_ndarray()
     quarter_turns = round(getattr(frame, "rotation", 0) / 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
