@@ -7,7 +7,8 @@ by the display-matrix rotation), `decode_all()`, `close()`, and is a context man
 indices give the same frames bit for bit whatever the reader (tests check this on B-frames,
 long/short/open GOPs and rotated files).
 
-Readers (each in its own module, none imports another's module except through this one):
+Readers (each in its own module; only decord's borrows PyAV's, to name the frame a broken file
+fails at):
   pyav        `pyav_reader.PyAVVideo`: decodes only the keyframe-to-frame spans the clip needs
               and skips non-reference frames no clip needs; PyAV's wheel carries FFmpeg, so it
               installs everywhere. The fastest path measured (docs/data.md).

@@ -358,10 +358,10 @@ class VideoClipDataset(Dataset):
         """(frames (K, T, H, W, 3) uint8, their indices (K, T), the video's frame count) of
         the K = len(views) clips (see `_decode`).
 
-        The K clips' frames are decoded in one pass, in increasing order, each distinct frame
-        once: the decoders seek to the keyframe before the first frame and read forward, so
-        an index that goes backwards (a second clip, a looped mmaction clip) would decode again
-        from an earlier keyframe."""
+        The K clips' distinct frames are asked for in one call, in increasing order, each once:
+        the PyAV reader decodes the keyframe-to-frame spans they need once (shared spans once),
+        decord reads forward from the keyframe before the first; an index that went backwards (a
+        second clip, a looped mmaction clip) would decode again from an earlier keyframe."""
         with open_video(path, self.backend, fallback=self.pyav_fallback) as video:
             idx = np.stack([self.frame_indices(video.num_frames, video.fps, view) for view in views])  # (K, T)
             distinct, where = np.unique(idx.ravel(), return_inverse=True)
