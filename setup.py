@@ -18,7 +18,10 @@ setup(
         "torchvision>=0.19",
         "timm>=1.0.16",  # Block.forward(x, attn_mask=...) first appears in 1.0.16
         "einops>=0.8",
-        "decord>=0.6.0",
+        # decord 0.6.0 has no wheels for Linux aarch64 or macOS arm64 (and no release since
+        # 2021): left out there, where PyAV (below, its wheel carries FFmpeg) reads every video.
+        'decord>=0.6.0; platform_machine != "aarch64" and platform_machine != "arm64" '
+        'and platform_machine != "ARM64"',
         "av>=12",
         "pytorchvideo==0.1.5",
         "submitit>=1.5",
@@ -32,6 +35,9 @@ setup(
     extras_require={
         # ImageNet-Segmentation's gtsegs_ijcv.mat is MATLAB v7.3 = HDF5 (paper Table 1)
         "seg": ["h5py>=3.8"],
+        # PyTorch's decoder (data.decoder: torchcodec). It links the system's FFmpeg 4-8 shared
+        # libraries instead of carrying its own: apt-get/conda/brew install ffmpeg first.
+        "torchcodec": ["torchcodec>=0.5"],
         # tensorboard: only to read back the optional TensorBoard logs in the resume test
         "test": ["pytest>=8", "pytest-timeout", "h5py>=3.8", "tensorboard"],
     },

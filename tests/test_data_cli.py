@@ -5,7 +5,7 @@ import pytest
 
 from videored.cli import main as cli_main
 from videored.data import VideoClipDataset
-from videored.data.decode_bench import format_table, run_decode_benchmark
+from videored.bench.decode import cores_per_gpu, format_table, loaders, run_decode_benchmark
 
 
 def test_cli_synth_writes_a_loadable_dataset(tmp_path, capsys):
@@ -60,15 +60,28 @@ def test_cli_synth_no_object_class(tmp_path):
     assert max_saturation(empty["video"]) < 0.6 * max_saturation(colour["video"])
 
 
-@pytest.mark.slow
-def test_decode_benchmark_rows(tmp_path, capsys):
-    rows = run_decode_benchmark(tmp_path / "bench", clips=2, rounds=1)
-    assert [(r["video"].split(",")[0], r["backend"]) for r in rows] == [
-        ("synthetic 88x80", "decord"), ("synthetic 88x80", "pyav"),
-        ("H.264 340x256", "decord"), ("H.264 340x256", "pyav"),
-    ]
+def test_decode_benchmark_rows(tmp_path):
+    import numpy as np
+
+    from videored.data import write_video
+
+    rng = np.random.default_rng(0)
+    write_video(tmp_path / "v.mp4", rng.integers(0, 256, (40, 96, 128, 3), dtype=np.uint8), fps=30)
+    (tmp_path / "list.csv").write_text("v.mp4 0\n")
+    kinds = {"tiny": {"csv": tmp_path / "list.csv", "sampling": dict(
+        num_frames=4, sampling_rate=4, target_fps=30, crop_size=64, train_jitter_scales=(80, 96))}}
+    rows = run_decode_benchmark(kinds=kinds, clips=2, rounds=1, clips_per_video=(1, 2),
+                                model_clips_per_s=(81,))
+    labels = [label for label, _, _ in loaders(("decord", "pyav", "torchcodec"))]
+    assert [(r["loader"], r["clips_per_video"]) for r in rows] == [(lb, k) for lb in labels for k in (1, 2)]
     for r in rows:
-        assert r["decode_clips_per_s"] > 0 and r["item_clips_per_s"] > 0
-        assert r["ms_per_clip_decode"] == pytest.approx(1000 / r["decode_clips_per_s"], rel=0.06)
+        assert r["item_clips_per_cpu_s"] > 0 and r["decode_clips_per_cpu_s"] > 0
+        assert r["ms_cpu_per_item_clip"] == pytest.approx(1000 / r["item_clips_per_cpu_s"], rel=0.06)
+        assert r["cores_per_gpu"]["81"] == pytest.approx(81 / r["item_clips_per_cpu_s"], rel=0.06, abs=0.051)  # both rounded
+        assert (r["vs_today"] is not None) == ("today" in labels)
+    today = [r for r in rows if r["loader"] == "today"]
+    if today:
+        assert today[0]["vs_today"] == 1.0 and today[0]["output"] == "float"
+    assert cores_per_gpu(10.0, 81.0) == pytest.approx(8.1)
     table = format_table(rows)
-    assert table.count("\n") == 5 and "| H.264 340x256, 10 s, 30 fps | pyav |" in table
+    assert table.count("\n") == len(rows) + 1 and "cores/GPU at 81 clips/s" in table

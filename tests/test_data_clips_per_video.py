@@ -56,7 +56,7 @@ def test_each_clip_equals_a_separately_decoded_and_transformed_clip(video_list, 
     csv, videos = video_list
     opened = []
     real_open = video_dataset.open_video
-    monkeypatch.setattr(video_dataset, "open_video", lambda *a: opened.append(a[0]) or real_open(*a))
+    monkeypatch.setattr(video_dataset, "open_video", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     ds = VideoClipDataset(csv, mode="train", clips_per_video=3, **KW)
     random.seed(7)
     torch.manual_seed(7)
@@ -133,7 +133,7 @@ def test_test_views_come_from_one_decode_and_equal_their_own_clips(video_list, m
     csv, videos = video_list
     opened = []
     real_open = video_dataset.open_video
-    monkeypatch.setattr(video_dataset, "open_video", lambda *a: opened.append(a[0]) or real_open(*a))
+    monkeypatch.setattr(video_dataset, "open_video", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     kw = {k: v for k, v in KW.items() if k != "train_jitter_scales"}
     ds = VideoClipDataset(csv, mode="test", num_temporal_views=3, num_spatial_crops=3, **kw)
     items = [ds[i] for i in range(len(ds))]

@@ -114,11 +114,11 @@ def test_reencode_short_side_matches_a_direct_resize(tmp_path):
     frames = _smooth_frames(20, 96, 144)  # landscape 144x96 -> short side 64: 96x64
     write_video(tmp_path / "src.mp4", frames, fps=25)
     assert reencode_short_side(tmp_path / "src.mp4", tmp_path / "out" / "dst.mp4", 64) == (64, 96)
-    with open_video(tmp_path / "out" / "dst.mp4", "decord") as v:
+    with open_video(tmp_path / "out" / "dst.mp4", "auto") as v:
         assert (v.num_frames, v.fps) == (20, 25.0)
         small = v.get_frames(range(20))
     assert small.shape == (20, 64, 96, 3)
-    with open_video(tmp_path / "src.mp4", "decord") as v:
+    with open_video(tmp_path / "src.mp4", "auto") as v:
         source = v.get_frames(range(20))
     reference = (T.short_side_resize(T.to_float_cthw(source), 64).permute(1, 2, 3, 0) * 255).numpy()  # (T, H, W, 3)
     err = np.abs(small[:, None].astype(np.float64) - reference[None]).mean(axis=(2, 3, 4))  # (20, 20)

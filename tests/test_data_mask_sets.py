@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from videored.data.davis import davis_clips, davis_videos
-from videored.data.frame_folder import FrameFolderVideo, annotation_folder, load_annotations
+from videored.data.davis import davis_videos
+from videored.data.davis_set import davis_clips
+from videored.data.davis import annotation_folder, load_annotations
+from videored.data.frame_folder import FrameFolderVideo
 from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
 
 from _mask_sets import _frame, _write_davis, _write_gtsegs
@@ -120,7 +122,7 @@ def test_frame_folder_is_a_video_in_natural_name_order(tmp_path):
 
     for i in (10, 2, 1):
         Image.fromarray(_frame(i)).save(tmp_path / f"f_{i}.png")
-    with open_video(tmp_path, "decord") as video:  # a folder, whatever the backend
+    with open_video(tmp_path, "auto") as video:  # a folder, whatever the backend
         assert isinstance(video, FrameFolderVideo) and video.num_frames == 3 and video.fps == 24
         got = video.get_frames([2, 0, 2])
     assert np.array_equal(got, np.stack([_frame(10), _frame(1), _frame(10)]))

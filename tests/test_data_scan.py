@@ -51,7 +51,7 @@ def test_scan_min_frames_and_pyav_full_decode(listing):
     # PyAV opens the truncated file (index in front) and fails while decoding the tail
     assert "decode failed" in by_line[3] or "stream ends" in by_line[3]
     assert check_video(str(listing.parent / "good.mp4"), "pyav") is None
-    assert check_video(str(listing.parent / "good.mp4"), "decord", sample_frames=4) is None
+    assert check_video(str(listing.parent / "good.mp4"), "auto", sample_frames=4) is None
 
 
 def _fake_check(path, backend="decord", min_frames=1, sample_frames=None, clip=None):

@@ -103,7 +103,7 @@ def test_files_are_real_h264_at_30fps(synth):
     masks = load_masks(path)
     assert masks.shape == (60, 80, 88) and masks.dtype == bool
     # decoded frames show the saturated object exactly where the stored mask says
-    with open_video(path, "decord") as v:
+    with open_video(path, "auto") as v:
         frames = v.get_frames(range(60))
     assert _saturation(frames[masks]).mean() > 2.5 * _saturation(frames[~masks]).mean()
 

@@ -44,13 +44,15 @@ def _bad_paths(folder):
     return sorted(str(folder.resolve() / n) for n in ("corrupted.mp4", "empty.mp4", "missing.mp4"))
 
 
+@pytest.mark.decord
 def test_training_reports_exactly_the_substituted_videos(bad_list, tmp_path):
     # 8 listed, batch 4, drop_last: each epoch loads all 8 items, 3 of them bad
     out = tmp_path / "run"
     config = tmp_path / "exp.yaml"
     from videored.engine.config import save_config
 
-    save_config(tiny_config(f"data.root={bad_list}", *VIDEO, "data.max_bad_fraction=0.5"), config)
+    save_config(tiny_config(f"data.root={bad_list}", *VIDEO, "data.max_bad_fraction=0.5",
+                            "data.decoder=decord"), config)  # its PyAV fallback is reported too
     res = run_cli(["train", "--config", str(config), "--out", str(out)])
     assert res.returncode == 0, res.stderr[-3000:]
 

@@ -20,7 +20,7 @@ def _setup(tmp_path):
 
 
 def test_a_frame_folder_is_drawn_as_the_dataset_sees_it(tmp_path, capsys):
-    from videored.data.davis import davis_clips
+    from videored.data.davis_set import davis_clips
     from videored.viz.inputs import prepare_input
 
     frames, ckpt = _setup(tmp_path)

@@ -186,7 +186,7 @@ def test_image_mask_folder_geometry_and_image_table(tmp_path):
     from PIL import Image
 
     from videored.data import build_imagenet_transform
-    from videored.viz.image_masks import ImageMaskFolder
+    from videored.data.image_masks import ImageMaskFolder
 
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -43,6 +43,7 @@ from videored.models.explanations import (canonical_name, explanation_pixels,
                                           explanation_scores, is_explanation,
                                           run_with_explanations)
 from videored.models.methods import METHODS, get_method, run_methods
+from videored.normalization import model_input
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
     kept = {m: 0.0 for m in methods}
     samples = failed = 0
     for step, batch in enumerate(loader):
-        x = batch["video"] if "video" in batch else batch["image"]
+        x = model_input(batch)  # float input (uint8 video normalized with its own normalization)
         if "mask" not in batch:
             raise KeyError("dataset items have no 'mask': build the video dataset with "
                            "return_masks=True")

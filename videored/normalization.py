@@ -6,6 +6,11 @@ weights are loaded (`videored.models.load_pretrained` sets `model.normalization`
 `model.pt` and in the run config (`data.mean` / `data.std`), and read back by training,
 `videored eval`, `videored visualize` and the benchmarks through `resolve_normalization`.
 
+Where it runs: the video loaders' workers return uint8 clips with their normalization beside
+them (`VideoClipDataset(output="uint8")`: a quarter of the bytes through the worker queues, no
+float work in the workers); `model_input` normalizes them on the device in the training and
+evaluation steps. `normalize_uint8` is the one formula, used there and by float-output datasets.
+
 Units: mean and std apply to RGB pixels scaled to [0, 1] (`(x / 255 - mean) / std`), the units
 of timm's `pretrained_cfg` and of TimeSformer's configs. mmaction2's `mean = std = 127.5` on
 0-255 pixels is the same map as mean = std = 0.5 here: (x - 127.5) / 127.5 = (x/255 - 0.5) / 0.5.
@@ -15,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
@@ -128,3 +134,38 @@ def model_normalization(model: Any) -> Normalization:
         raise ValueError(f"{type(model).__name__} records no input normalization: build it with "
                          "videored.models.create_model / load_model_file")
     return norm
+
+
+def normalize_uint8(video: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """uint8 pixels -> float32 `(video / 255 - mean) / std` per channel, contiguous.
+
+    video: (..., C, T, H, W) uint8 (one clip, a batch, or a batch of K clips per item).
+    mean, std: (C,) for all, or (B, C) per item of a batched video (B = video.shape[0]).
+    The per-channel factors are formed in float64 and rounded once, so a clip gives the same
+    bits on every device and whether it was normalized in a worker or in the step."""
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    std = torch.as_tensor(std, dtype=torch.float64)
+    lead = video.dim() - 4  # dims before C
+    shape = mean.shape[:-1] + (1,) * (lead - (mean.dim() - 1)) + (mean.shape[-1], 1, 1, 1)
+    scale = (1.0 / (255.0 * std)).float().reshape(shape).to(video.device)
+    shift = (mean / std).float().reshape(shape).to(video.device)
+    return (video.float() * scale - shift).contiguous()
+
+
+def model_input(batch: dict, device: torch.device | str | None = None) -> torch.Tensor:
+    """The model input of a dataset item or collated batch, on `device` (None: where it is).
+
+    `video` (or `image`) as it is when float; uint8 (the video loaders' output) is moved to the
+    device first and normalized there with the batch's own `normalization`: (2, C) for one item,
+    (B, 2, C) for a batch, rows [mean; std]. This is THE place the training, validation and
+    evaluation steps normalize video."""
+    x = batch["video"] if "video" in batch else batch["image"]
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x
+    norm = batch.get("normalization")
+    if norm is None:
+        raise ValueError("a uint8 video without its 'normalization' ([mean; std]): build the "
+                         "dataset with output='uint8' (it adds it) or output='float'")
+    return normalize_uint8(x, norm[..., 0, :], norm[..., 1, :])

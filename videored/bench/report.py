@@ -87,11 +87,10 @@ def run_bench(*, models: list[str], methods: str, kept_ratios: list[float], batc
         print(markdown_table(variable, VARIABLE_COLUMNS))
     decode_rows = []
     if decode:
-        from videored.data.decode_bench import run_decode_benchmark
+        from videored.bench.decode import format_table, run_decode_benchmark
         decode_rows = run_decode_benchmark(clips=5 if quick else 20, rounds=1 if quick else 3)
-        print("\n## Decoding: clips/s per worker\n")
-        print(markdown_table(decode_rows, [(k, k, "s" if isinstance(v, str) else ".2f")
-                                           for k, v in decode_rows[0].items()]))
+        print("\n## Decoding: training clips per CPU-second of one worker\n")
+        print(format_table(decode_rows))
     result = dict(speed=rows, dense_vs_timm=checks, interpreter_cost=cost,
                   variable_length=variable, decode=decode_rows)
     if json_path:

@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", default=None, help="`path label` list (default with --config: <data.root>/train.csv)")
     p.add_argument("--config", default=None,
                    help="training config: videos shorter than one clip of its sampling (model.num_frames x "
-                        "data.sampling_rate at data.target_fps) are reported as too short; its data.backend "
+                        "data.sampling_rate at data.target_fps) are reported as too short; its data.decoder "
                         "is the default backend")
     p.add_argument("--out", required=True, help="JSON report: {checked, bad: [{path, line, reason}], too_short: [...]}")
-    p.add_argument("--backend", choices=("decord", "pyav"), default=None, help="default: the config's, else decord")
+    p.add_argument("--backend", choices=("auto", "pyav", "decord", "torchcodec"), default=None,
+                   help="default: the config's data.decoder, else auto")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds per video before its worker is killed and the video counts as a hang")
@@ -49,22 +50,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the lists")
     p.add_argument("--test-from", choices=("val", "test"), default="val", help="build test.csv from the validation (paper protocol) or test annotations")
     p.add_argument("--classes-file", default=None, help="fixed class order (default: sorted train labels)")
-    p = ksub.add_parser("resize", help="re-encode clips to short side 320 (PyAV; parallel, resumable)")
+    p = ksub.add_parser("resize", help="re-encode clips for fast training reads: short side 320, a keyframe "
+                                       "every 16 frames (PyAV; parallel, resumable)")
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
     p.add_argument("--short-side", type=int, default=320)
+    p.add_argument("--reencode", action="store_true",
+                   help="keep each video's size (an existing resized folder): only re-encode with the keyframe interval")
+    p.add_argument("--keyint", type=int, default=16,
+                   help="a keyframe exactly every N frames (-g N -keyint_min N -sc_threshold 0); 0: x264's default "
+                        "(up to 250). Size/speed trade-off in docs/data.md")
+    p.add_argument("--fastdecode", action="store_true",
+                   help="x264 -tune fastdecode: cheaper to decode, larger files (docs/data.md)")
     p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
 
-    p = sub.add_parser("bench", help="loader benchmark: decoded clips/s per worker, decord vs PyAV")
-    p.add_argument("--clips", type=int, default=20, help="clips per timed round")
+    p = sub.add_parser("bench", help="loader benchmark: training clips per CPU-second of one worker, per "
+                                     "reader, today's loader beside; cores one GPU needs")
+    p.add_argument("--clips", type=int, default=20, help="items per timed round")
     p.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the fastest is kept")
     p.add_argument("--out", default=None, help="also write the rows as JSON")
-    p.add_argument("--csv", default=None,
-                   help="time your own videos (`path label` list; K400 sampling 8 x 32, 224 crops) instead of the built-in ones")
+    p.add_argument("--csv", default=None, nargs="+",
+                   help="time your own videos (`path label` lists, one table block each; K400 sampling 8 x 32, "
+                        "224 crops) instead of the built-in ones")
     p.add_argument("--model-clips-per-s", default="24,81",
-                   help="with --csv: model speeds (clips/s of one GPU, e.g. from `videored bench`) to size the "
+                   help="model speeds (clips/s of one GPU, e.g. from `videored bench`) to size the "
                         "loader for (default: the paper's V100 figures, dense <= 24, IA-RED2 >= 81)")
-    p.add_argument("--backends", default="decord,pyav")
+    p.add_argument("--backends", default="decord,pyav,torchcodec",
+                   help="readers to time (those not installed are left out); today's loader "
+                        "(decord, float output) is always timed when decord is installed")
     p.add_argument("--clips-per-video", default="1,2",
                    help="training clips taken from each decoded video (data.clips_per_video), one row each")
 
@@ -100,11 +113,11 @@ def _scan(args: argparse.Namespace) -> int:
             return 2
         clip = ClipSpec(cfg.model.num_frames, cfg.data.sampling_rate, cfg.data.target_fps)
         csv = csv or str(Path(cfg.data.root) / "train.csv")
-        backend = backend or cfg.data.backend
+        backend = backend or cfg.data.decoder
     if csv is None:
         print("videored data scan: give --csv, or --config to scan its data.root/train.csv", file=sys.stderr)
         return 2
-    report = scan_video_list(csv, backend or "decord", args.workers, args.timeout, args.min_frames,
+    report = scan_video_list(csv, backend or "auto", args.workers, args.timeout, args.min_frames,
                              args.sample_frames, progress=True, clip=clip)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +139,8 @@ def _k400(args: argparse.Namespace) -> int:
     from videored.data import kinetics
 
     if args.k400_command == "resize":
-        counts = kinetics.resize_videos(args.src, args.dst, args.short_side, args.workers)
+        counts = kinetics.resize_videos(args.src, args.dst, None if args.reencode else args.short_side,
+                                        args.workers, keyint=args.keyint or None, fastdecode=args.fastdecode)
         print(json.dumps(counts))
         return 1 if counts["failed"] else 0
     ann = Path(args.annotations)
@@ -147,15 +161,19 @@ def _k400(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from videored.data.decode_bench import format_table, run_decode_benchmark
+    from videored.bench.decode import format_table, header, run_decode_benchmark, user_video_kinds
 
-    if args.csv is not None and not Path(args.csv).is_file():
-        print(f"error: --csv {args.csv}: no such file", file=sys.stderr)
-        return 2
-    rows = run_decode_benchmark(clips=args.clips, rounds=args.rounds, csv=args.csv,
+    kinds = None
+    for csv in args.csv or []:
+        if not Path(csv).is_file():
+            print(f"error: --csv {csv}: no such file", file=sys.stderr)
+            return 2
+        kinds = {**(kinds or {}), **user_video_kinds(csv)}
+    rows = run_decode_benchmark(clips=args.clips, rounds=args.rounds, kinds=kinds,
                                 backends=args.backends.split(","),
                                 clips_per_video=[int(k) for k in args.clips_per_video.split(",")],
                                 model_clips_per_s=[float(m) for m in args.model_clips_per_s.split(",")])
+    print(header())
     print(format_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")

@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "else 32)")
     p.add_argument("--target-fps", type=float, default=None,
                    help="default: the model file's training config, else 30")
-    p.add_argument("--backend", default="decord", choices=["decord", "pyav"])
+    p.add_argument("--backend", default="auto", choices=["auto", "pyav", "decord", "torchcodec"],
+                   help="video reader (videored.data.decoding; auto: PyAV selective decode)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -4,19 +4,23 @@
     <root>/Annotations/[480p/]<video>/00000.png ...   (non-zero = object)
     <root>/ImageSets/2017/val.txt                      optional: one video name per line
 
-`davis_clips` returns a `VideoClipDataset` over the frame folders (mode "test", masks on): the
-same clip sampling (a folder is read as a 24 fps video), the same short-side resize and crops,
-the same normalization as every other video the model is scored on. Videos have no class label
-(label 0); only the masks are used.
+Annotation PNGs: DAVIS 2017 stores palette images whose values are object ids (0 = background,
+1..K = objects), DAVIS 2016 binary 0/255 masks; the foreground is any non-zero value, so all
+objects together form the object mask. RGB annotations count a pixel as object when any channel
+is non-zero.
+
+This module finds the set's frame folders and reads their annotations (the object masks);
+`davis_set.davis_clips` makes them a test-clip dataset.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
-from .csv_list import ListRow
-from .frame_folder import is_frame_folder
+import numpy as np
+
+from .frame_folder import frame_files, is_frame_folder
 
 
 def davis_frames_root(root: str | os.PathLike, resolution: str | None = None) -> Path:
@@ -51,22 +55,51 @@ def davis_videos(root: str | os.PathLike, *, resolution: str | None = None,
     return [frames / name for name in names]  # a missing folder fails (and is counted) per item
 
 
-def davis_clips(root: str | os.PathLike, *, resolution: str | None = None,
-                split_file: str | os.PathLike | None = None, **dataset_kwargs: Any):
-    """`VideoClipDataset` (mode "test", `return_masks=True`) over the set's frame folders.
+def annotation_folder(frames: str | os.PathLike) -> Path | None:
+    """`.../JPEGImages/<...>/<video>` -> `.../Annotations/<...>/<video>`; None outside that layout."""
+    parts = Path(frames).resolve().parts
+    if "JPEGImages" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("JPEGImages")  # the last JPEGImages component
+    return Path(*parts[:i], "Annotations", *parts[i + 1:])
 
-    dataset_kwargs: the clip and crop settings (`num_frames`, `sampling_rate`, `target_fps`,
-    `crop_size`, `num_spatial_crops`, `sampling`, `mean` / `std`: the weights' own
-    normalization, ...), as for a csv list. Items are dicts with `video`
-    (3, T, S, S), `mask` (T, S, S) bool, `failed`, `path`; a folder that cannot be read (missing
-    frames or annotations) is an item with `failed=True`, counted by the metric.
+
+def has_annotations(frames: str | os.PathLike) -> bool:
+    folder = annotation_folder(frames)
+    return folder is not None and folder.is_dir()
+
+
+def load_annotations(frames: str | os.PathLike,
+                     indices: Sequence[int] | None = None) -> np.ndarray:
+    """(num_frames, H, W) bool object masks of a DAVIS-style frame folder (non-zero = object);
+    indices: only these frames' masks (len(indices), H, W), in that order.
+
+    Every frame read needs `<Annotations>/<frame stem>.png` of the frame's size; a missing or
+    unreadable one is an error naming the file (DAVIS test-dev annotates only the first frame:
+    not scorable). A frame that is not read may lack its annotation (a clip samples a few).
     """
-    from .video_dataset import VideoClipDataset
+    from PIL import Image
 
-    rows = [ListRow(i + 1, str(p), 0) for i, p in enumerate(
-        davis_videos(root, resolution=resolution, split_file=split_file))]
-    kwargs = {"mode": "test", "return_masks": True, **dataset_kwargs}
-    return VideoClipDataset(str(root), rows=rows, **kwargs)
+    folder = annotation_folder(frames)
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(f"{frames}: no Annotations folder beside JPEGImages "
+                                f"(looked for {folder})")
+    masks = []
+    files = frame_files(frames)
+    for frame in files if indices is None else [files[i] for i in indices]:
+        png = folder / f"{frame.stem}.png"
+        if not png.is_file():
+            raise FileNotFoundError(f"annotation missing for frame {frame.name}: {png}")
+        try:
+            with Image.open(png) as im:
+                a = np.asarray(im)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{png}: cannot read annotation: {e}") from e
+        masks.append(a.any(axis=-1) if a.ndim == 3 else a != 0)  # palette ids or RGB
+    shapes = {m.shape for m in masks}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: annotations differ in size: {sorted(shapes)}")
+    return np.stack(masks)
 
 
-__all__ = ["davis_clips", "davis_frames_root", "davis_videos"]
+__all__ = ["annotation_folder", "davis_frames_root", "davis_videos", "has_annotations", "load_annotations"]

@@ -63,14 +63,33 @@ def write_video(
             container.mux(packet)
 
 
-def x264_options(crf: int, keyint: int | None = None) -> dict[str, str]:
+def x264_options(crf: int, keyint: int | None = None, fixed_gop: bool = False,
+                 fastdecode: bool = False) -> dict[str, str]:
     """libx264 options for constant-quality output that is the same bytes on every run.
 
     x264's macroblock-tree rate control (mbtree) made single-threaded encodes of identical frames
     differ between processes (about 1 synthetic video in 4, from the third frame on); without it
     they are byte-identical. It costs a little compression at the same crf.
+
+    `keyint`: at most this many frames between keyframes. `fixed_gop`: exactly that many (ffmpeg's
+    `-g K -keyint_min K -sc_threshold 0`: no extra keyframes at scene cuts), so a clip never
+    decodes more than K-1 frames before its first one. `fastdecode`: x264's `-tune fastdecode`
+    (no CABAC, no deblocking, no weighted prediction: cheaper to decode, bigger files).
     """
-    return {"crf": str(crf), "x264-params": "mbtree=0" + (f":keyint={keyint}" if keyint else "")}
+    params = "mbtree=0" + (f":keyint={keyint}" if keyint else "")
+    if fixed_gop:
+        if not keyint:
+            raise ValueError("fixed_gop needs keyint")
+        params += f":min-keyint={keyint}:scenecut=0"
+    options = {"crf": str(crf), "x264-params": params}
+    if fastdecode:
+        options["tune"] = "fastdecode"
+    return options
+
+
+# `videored data k400 resize` output: short side 320, a keyframe every 16 frames (a 32-frame
+# training span then starts at most 15 frames after a keyframe; docs/data.md has the trade-off)
+TRAINING_KEYINT = 16
 
 
 def _even_resized_hw(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -82,8 +101,13 @@ def _even_resized_hw(height: int, width: int, short_side: int) -> tuple[int, int
     return 2 * max(1, round(height * short_side / width / 2)), short_side
 
 
-def reencode_short_side(src: str | os.PathLike, dst: str | os.PathLike, short_side: int = 320, crf: int = 18) -> tuple[int, int]:
+def reencode_short_side(src: str | os.PathLike, dst: str | os.PathLike, short_side: int | None = 320,
+                        crf: int = 18, keyint: int | None = None, fastdecode: bool = False) -> tuple[int, int]:
     """Re-encode `src` to H.264 mp4 `dst` with its short side = `short_side` (PyAV, no ffmpeg CLI).
+
+    `short_side=None` keeps the size (rounded to even: yuv420p), for re-encoding an already resized
+    copy. `keyint`: a keyframe exactly every `keyint` frames (`x264_options(fixed_gop=True)`);
+    None: x264's default (up to 250, plus scene cuts). `fastdecode`: `-tune fastdecode`.
 
     Output is constant frame rate at the source's average rate, video only (audio is dropped:
     the models do not use it). Written to a temporary name and renamed at the end, so an
@@ -101,16 +125,22 @@ def reencode_short_side(src: str | os.PathLike, dst: str | os.PathLike, short_si
                 raise ValueError(f"{src}: no video stream")
             in_stream = inp.streams.video[0]
             rate = in_stream.average_rate or in_stream.guessed_rate or Fraction(30)
-            h, w = _even_resized_hw(in_stream.codec_context.height, in_stream.codec_context.width, short_side)
+            ih, iw = in_stream.codec_context.height, in_stream.codec_context.width
+            h, w = (_even_resized_hw(ih, iw, short_side) if short_side is not None
+                    else (ih - ih % 2, iw - iw % 2))
             with av.open(str(tmp), "w", format="mp4") as out:
                 out_stream = out.add_stream("libx264", rate=rate)
                 out_stream.width, out_stream.height, out_stream.pix_fmt = w, h, "yuv420p"
-                out_stream.options = x264_options(crf)
+                out_stream.options = x264_options(crf, keyint, fixed_gop=keyint is not None,
+                                                  fastdecode=fastdecode)
                 out_stream.thread_count = 1
                 for i, frame in enumerate(inp.decode(in_stream)):
                     # area interpolation for down-scaling (what ffmpeg users pick to avoid aliasing)
                     small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
                     small.pts, small.time_base = i, 1 / Fraction(rate)  # CFR: frame i at i / rate
+                    # the source's picture types would force keyframes where the source had them
+                    # (libx264 honours them): the encoder alone places keyframes, as ffmpeg's CLI does
+                    small.pict_type = 0  # AV_PICTURE_TYPE_NONE
                     for packet in out_stream.encode(small):
                         out.mux(packet)
                 for packet in out_stream.encode():

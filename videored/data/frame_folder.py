@@ -1,4 +1,4 @@
-"""A folder of frame images read as one video, and DAVIS-style per-frame object masks.
+"""A folder of frame images read as one video (DAVIS-style `JPEGImages/<video>/`).
 
 Layout (DAVIS 2016/2017; the resolution level is optional):
 
@@ -9,11 +9,7 @@ A frame folder is any directory whose files include images; `FrameFolderVideo` g
 interface of the decoders in `decoding.py` (`num_frames`, `fps`, `get_frames`), so the video
 dataset, its test transforms and `videored visualize` read it like a video file. A folder has no
 frame rate of its own: DAVIS frames are 24 fps, which is the default.
-
-Annotation PNGs: DAVIS 2017 stores palette images whose values are object ids (0 = background,
-1..K = objects), DAVIS 2016 binary 0/255 masks; the foreground is any non-zero value, so all
-objects together form the object mask. RGB annotations count a pixel as object when any channel
-is non-zero.
+The folder's object masks (DAVIS `Annotations/`) are read by `davis.py`.
 """
 from __future__ import annotations
 
@@ -24,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .decoding import VideoDecodeError, _validate
+from .errors import VideoDecodeError, validate_indices
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DAVIS_FPS = 24.0
@@ -69,7 +65,7 @@ class FrameFolderVideo:
         """Frames at `indices` (any order, repeats allowed) as (T, H, W, 3) uint8 RGB."""
         from PIL import Image
 
-        idx = _validate(self.path, indices, self.num_frames)
+        idx = validate_indices(self.path, indices, self.num_frames)
         frames: dict[int, np.ndarray] = {}
         for i in dict.fromkeys(idx):  # each file read once
             try:
@@ -100,52 +96,4 @@ class FrameFolderVideo:
         self.close()
 
 
-def annotation_folder(frames: str | os.PathLike) -> Path | None:
-    """`.../JPEGImages/<...>/<video>` -> `.../Annotations/<...>/<video>`; None outside that layout."""
-    parts = Path(frames).resolve().parts
-    if "JPEGImages" not in parts:
-        return None
-    i = len(parts) - 1 - parts[::-1].index("JPEGImages")  # the last JPEGImages component
-    return Path(*parts[:i], "Annotations", *parts[i + 1:])
-
-
-def has_annotations(frames: str | os.PathLike) -> bool:
-    folder = annotation_folder(frames)
-    return folder is not None and folder.is_dir()
-
-
-def load_annotations(frames: str | os.PathLike,
-                     indices: Sequence[int] | None = None) -> np.ndarray:
-    """(num_frames, H, W) bool object masks of a DAVIS-style frame folder (non-zero = object);
-    indices: only these frames' masks (len(indices), H, W), in that order.
-
-    Every frame read needs `<Annotations>/<frame stem>.png` of the frame's size; a missing or
-    unreadable one is an error naming the file (DAVIS test-dev annotates only the first frame:
-    not scorable). A frame that is not read may lack its annotation.
-    """
-    from PIL import Image
-
-    folder = annotation_folder(frames)
-    if folder is None or not folder.is_dir():
-        raise FileNotFoundError(f"{frames}: no Annotations folder beside JPEGImages "
-                                f"(looked for {folder})")
-    masks = []
-    files = frame_files(frames)
-    for frame in files if indices is None else [files[i] for i in indices]:
-        png = folder / f"{frame.stem}.png"
-        if not png.is_file():
-            raise FileNotFoundError(f"annotation missing for frame {frame.name}: {png}")
-        try:
-            with Image.open(png) as im:
-                a = np.asarray(im)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{png}: cannot read annotation: {e}") from e
-        masks.append(a.any(axis=-1) if a.ndim == 3 else a != 0)  # palette ids or RGB
-    shapes = {m.shape for m in masks}
-    if len(shapes) > 1:
-        raise ValueError(f"{folder}: annotations differ in size: {sorted(shapes)}")
-    return np.stack(masks)
-
-
-__all__ = ["DAVIS_FPS", "FRAME_SUFFIXES", "FrameFolderVideo", "annotation_folder",
-           "frame_files", "has_annotations", "is_frame_folder", "load_annotations"]
+__all__ = ["DAVIS_FPS", "FRAME_SUFFIXES", "FrameFolderVideo", "frame_files", "is_frame_folder"]

@@ -149,12 +149,12 @@ def make_kinetics_lists(
     return report
 
 
-def _resize_one(job: tuple[str, str, int]) -> tuple[str, str | None]:
+def _resize_one(job: tuple) -> tuple[str, str | None]:
     from videored.data.encoding import reencode_short_side
 
-    src, dst, short_side = job
+    src, dst, short_side, keyint, fastdecode = job
     try:
-        reencode_short_side(src, dst, short_side)
+        reencode_short_side(src, dst, short_side, keyint=keyint, fastdecode=fastdecode)
         return src, None
     except Exception as e:  # a broken source clip: record and go on
         return src, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
@@ -163,12 +163,16 @@ def _resize_one(job: tuple[str, str, int]) -> tuple[str, str | None]:
 def resize_videos(
     src_root: str | os.PathLike,
     dst_root: str | os.PathLike,
-    short_side: int = 320,
+    short_side: int | None = 320,
     workers: int = 4,
     progress: bool = True,
+    keyint: int | None = 16,
+    fastdecode: bool = False,
 ) -> dict:
     """Re-encode every video under `src_root` to `dst_root` (same relative path, `.mp4`) with
-    its short side = `short_side`, in `workers` processes (PyAV, no ffmpeg binary).
+    its short side = `short_side` (None: each video's own size, to re-encode an existing resized
+    copy) and a keyframe every `keyint` frames (`encoding.reencode_short_side`), in `workers`
+    processes (PyAV, no ffmpeg binary).
 
     Resumable: outputs are renamed into place only when complete, and existing outputs are
     skipped, so re-running after an interruption continues where it stopped. Failures are
@@ -184,7 +188,7 @@ def resize_videos(
         if dst.exists():
             done += 1
         else:
-            jobs.append((str(path), str(dst), short_side))
+            jobs.append((str(path), str(dst), short_side, keyint, fastdecode))
     failures: list[str] = []
     if jobs:
         with multiprocessing.get_context("spawn").Pool(max(1, workers)) as pool:

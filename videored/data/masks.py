@@ -1,7 +1,8 @@
 """Per-frame object masks stored beside a video: `name.mp4` -> `name.masks.npz`.
 
 A frame folder (`frame_folder.py`, e.g. DAVIS `JPEGImages/<video>/`) has its masks in the
-matching `Annotations/<video>/` folder instead; `has_masks` / `load_masks` read either.
+matching `Annotations/<video>/` folder instead (read by `davis.py`); `has_masks` / `load_masks`
+read either.
 
 The npz holds one array, key `masks`, shape (num_frames, H, W), dtype bool, frame i of the mask
 belonging to frame i of the video (same H and W as the decoded frames).
@@ -30,7 +31,7 @@ def save_masks(video_path: str | os.PathLike, masks: np.ndarray) -> Path:
 
 def has_masks(video_path: str | os.PathLike) -> bool:
     """True when `video_path` has object masks: `name.masks.npz`, or DAVIS-style annotations."""
-    from .frame_folder import has_annotations
+    from .davis import has_annotations
 
     if os.path.isdir(video_path):
         return has_annotations(video_path)
@@ -41,7 +42,7 @@ def load_masks(video_path: str | os.PathLike, frames=None) -> np.ndarray:
     """(T, H, W) bool masks of `video_path`; FileNotFoundError / KeyError name the file.
     frames: only these frame indices (a frame folder then reads only their annotations)."""
     if os.path.isdir(video_path):  # a frame folder: DAVIS-style Annotations/
-        from .frame_folder import load_annotations
+        from .davis import load_annotations
 
         return load_annotations(video_path, frames)
     path = mask_path(video_path)

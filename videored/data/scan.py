@@ -21,7 +21,8 @@ from typing import Iterable, NamedTuple, Optional
 import numpy as np
 
 from videored.data.csv_list import classes_file_for, iter_video_list, read_classes
-from videored.data.decoding import VideoDecodeError, open_video
+from videored.data.decoding import open_video
+from videored.data.errors import VideoDecodeError
 from videored.data.sampling import clip_span
 
 
@@ -46,13 +47,13 @@ class Problems(NamedTuple):
         return "; ".join(p for p in parts if p) or None
 
 
-def check_video(path: str, backend: str = "decord", min_frames: int = 1, sample_frames: int | None = None,
+def check_video(path: str, backend: str = "auto", min_frames: int = 1, sample_frames: int | None = None,
                 clip: ClipSpec | None = None) -> str | None:
     """None when `path` opens and decodes (and holds `min_frames` and one `clip`), else why not."""
     return check_video_problems(path, backend, min_frames, sample_frames, clip).reason()
 
 
-def check_video_problems(path: str, backend: str = "decord", min_frames: int = 1,
+def check_video_problems(path: str, backend: str = "auto", min_frames: int = 1,
                          sample_frames: int | None = None, clip: ClipSpec | None = None) -> Problems:
     """Decode errors and shortness of one video, separately.
 
@@ -130,7 +131,7 @@ class _Worker:
 
 def check_videos(
     tasks: Iterable[tuple[int, str]],
-    backend: str = "decord",
+    backend: str = "auto",
     workers: int = 4,
     timeout: float = 60.0,
     min_frames: int = 1,
@@ -194,7 +195,7 @@ def check_videos(
 
 def scan_video_list(
     csv_path: str | os.PathLike,
-    backend: str = "decord",
+    backend: str = "auto",
     workers: int = 4,
     timeout: float = 60.0,
     min_frames: int = 1,

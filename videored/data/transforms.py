@@ -24,13 +24,6 @@ def uint8_cthw(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
 
 
-def to_normalized_float(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(C, T, H, W) uint8 -> float32 (video / 255 - mean) / std per channel, contiguous."""
-    scale = torch.tensor([1 / (255.0 * s) for s in std]).view(-1, 1, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(-1, 1, 1, 1)
-    return (video.float() * scale - shift).contiguous()
-
-
 def resized_hw(height: int, width: int, short_side: int) -> tuple[int, int]:
     """Output (H, W) when the short side becomes `short_side`; the long side is rounded."""
     if height <= width:

@@ -13,11 +13,12 @@ from torch.utils.data import Dataset
 from videored.data import transforms as T
 from videored.data.csv_list import (ListRow, classes_file_for, iter_video_list, read_classes,
                                     read_dataset_info)
-from videored.data.decoding import BACKENDS, VideoDecodeError, open_video
+from videored.data.decoding import BACKENDS, open_video
+from videored.data.errors import VideoDecodeError
 from videored.data.masks import load_masks
 from videored.data.rng import seeded_draws
 from videored.data.sampling import SAMPLING_STYLES, frame_indices
-from videored.normalization import TIMESFORMER
+from videored.normalization import TIMESFORMER, normalize_uint8
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,10 @@ KINETICS_MEAN, KINETICS_STD = TIMESFORMER.mean, TIMESFORMER.std
 class VideoClipDataset(Dataset):
     """Clips of `num_frames` RGB frames from the videos listed in `csv_path`.
 
-    Item (a dict): `video` (3, T, H, W) float normalized, `label` int, `video_index`,
+    Item (a dict): `video` (3, T, H, W) float normalized (`output="float"`) or uint8 pixels
+    (`output="uint8"`, what the training and evaluation loaders use: a quarter of the bytes through
+    the worker queues, and the normalization runs on the device, `videored.normalization.
+    model_input`, with the item's own `normalization` (2, 3) = [mean; std]), `label` int, `video_index`,
     `spatial_index`, `temporal_index` (both -1 in train: random), `failed` bool, `path` str, in
     train `bad_path` and `bad_reason` (str, see Bad input), in val/test `error` (why the item
     failed, "" when it did not), and
@@ -71,8 +75,9 @@ class VideoClipDataset(Dataset):
     `videored.data.davis`) instead of reading `csv_path`, which then only names the source in
     messages; no `classes.txt` / `dataset.json` is read.
 
-    Decoding: `backend` ("decord", num_threads=1, or "pyav"); with decord, a video decord fails
-    on is retried with PyAV (`pyav_fallback`) before it counts as bad.
+    Decoding: `backend` ("auto", "pyav", "decord", "torchcodec"; `videored.data.decoding`): with
+    decord, a video decord fails on is retried with PyAV (`pyav_fallback`) before it counts as bad.
+    Test mode resizes each temporal view once for all its spatial crops.
 
     Bad input. Train: a video that cannot be decoded is logged once (path + reason) and replaced
     by another random video (at most `max_substitutes` tries, then an error). The item says so
@@ -95,7 +100,7 @@ class VideoClipDataset(Dataset):
         train_jitter_scales: Sequence[int] = (256, 320),
         num_spatial_crops: int = 3,
         num_temporal_views: int = 1,
-        backend: str = "decord",
+        backend: str = "auto",
         return_masks: bool = False,
         mean: Sequence[float] = KINETICS_MEAN,
         std: Sequence[float] = KINETICS_STD,
@@ -106,11 +111,14 @@ class VideoClipDataset(Dataset):
         sampling: str = "videored",
         rows: Sequence[ListRow] | None = None,
         clips_per_video: int = 1,
+        output: str = "float",
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if sampling not in SAMPLING_STYLES:
             raise ValueError(f"sampling must be one of {SAMPLING_STYLES}, got {sampling!r}")
+        if output not in ("float", "uint8"):
+            raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if clips_per_video < 1 or (clips_per_video > 1 and mode != "train"):
@@ -129,6 +137,7 @@ class VideoClipDataset(Dataset):
         self.num_temporal_views = 1 if mode == "train" else num_temporal_views
         self.clips_per_video = clips_per_video
         self.backend = backend
+        self.output = output
         self.sampling = sampling
         self.return_masks = return_masks
         self.mean, self.std = tuple(mean), tuple(std)
@@ -162,8 +171,8 @@ class VideoClipDataset(Dataset):
 
         self.skipped = 0  # train items served by a substitute, in this process only
         self._bad: dict[int, str] = {}  # per process: video index -> reason (logged once)
-        self._fallbacks: set[int] = set()  # per process: videos decord failed on and PyAV read
         self._cache: tuple | None = None  # val/test: the last video's decoded views, for its other items
+        self._resized: tuple | None = None  # test: (video, view, resized frames, masks) for its other crops
         self.epoch_seed: int | None = None  # train: see set_epoch_seed
 
     def set_epoch_seed(self, seed: int | None) -> None:
@@ -173,7 +182,7 @@ class VideoClipDataset(Dataset):
         self.epoch_seed = seed
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": None}
+        return {**self.__dict__, "_cache": None, "_resized": None}
 
     @property
     def num_videos(self) -> int:
@@ -204,8 +213,8 @@ class VideoClipDataset(Dataset):
         except Exception as e:  # never substitute in val/test: the evaluation counts failures
             self._note_bad(video_index, e)
             return {**item, **self._failed_tensors(), "failed": True, "error": self._bad[video_index]}
-        video, mask = self._eval_transform(frames, masks, spatial_index)
-        return {**item, "video": video, "failed": False, "error": "",
+        video, mask = self._eval_transform(frames, masks, spatial_index, (video_index, temporal_index))
+        return {**item, "video": video, "failed": False, "error": "", **self._norm_field(),
                 **({"mask": mask} if self.return_masks else {})}
 
     # ----- train -----
@@ -240,6 +249,7 @@ class VideoClipDataset(Dataset):
                         "failed": False,
                         "path": self.paths[candidate],
                         **self._substitution_fields(index, candidate),
+                        **self._norm_field(),
                     }
                     if self.return_masks:
                         item["mask"] = mask
@@ -271,7 +281,7 @@ class VideoClipDataset(Dataset):
         if masks is not None:  # (T, H, W) bool, same geometry as the video
             mask = T.crop(T.short_side_resize_mask(torch.from_numpy(masks), short), top, left, self.crop_size)
             mask = T.hflip(mask) if flip else mask
-        return T.to_normalized_float(video, self.mean, self.std), None if mask is None else mask.contiguous()
+        return self._finish(video), None if mask is None else mask.contiguous()
 
     # ----- val / test -----
 
@@ -286,18 +296,37 @@ class VideoClipDataset(Dataset):
         _, frames, masks = self._cache  # (V, T, H, W, 3), (V, T, H, W) or None
         return frames[temporal_index], None if masks is None else masks[temporal_index]
 
-    def _eval_transform(self, frames: np.ndarray, masks: np.ndarray | None, spatial_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        video = T.short_side_resize(T.uint8_cthw(frames), self.crop_size)  # (3, T, H', W') uint8
+    def _eval_transform(self, frames: np.ndarray, masks: np.ndarray | None, spatial_index: int,
+                        view: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # the resize is the same for every spatial crop of a view: done once, kept for the others
+        if self._resized is None or self._resized[0] != view:
+            video = T.short_side_resize(T.uint8_cthw(frames), self.crop_size)  # (3, T, H', W') uint8
+            mask = None if masks is None else T.short_side_resize_mask(torch.from_numpy(masks), self.crop_size)
+            self._resized = (view, video, mask)
+        _, video, mask = self._resized
         top, left = T.spatial_crop_offsets(video.shape[-2], video.shape[-1], self.crop_size, spatial_index, self.num_spatial_crops)
-        video = T.to_normalized_float(T.crop(video, top, left, self.crop_size), self.mean, self.std)
-        mask = None
-        if masks is not None:
-            mask = T.short_side_resize_mask(torch.from_numpy(masks), self.crop_size)
+        video = self._finish(T.crop(video, top, left, self.crop_size))
+        if mask is not None:
             mask = T.crop(mask, top, left, self.crop_size).contiguous()
         return video, mask
 
+    def _finish(self, video: torch.Tensor) -> torch.Tensor:
+        """A (3, T, S, S) uint8 crop as the item's `video`: uint8 as it is (normalized later on
+        the device), or normalized float here."""
+        if self.output == "uint8":
+            return video.contiguous()
+        return normalize_uint8(video, self.mean, self.std)
+
+    def _norm_field(self) -> dict:
+        """uint8 items carry their normalization, (2, 3) [mean; std] on [0, 1] pixels."""
+        if self.output != "uint8":
+            return {}
+        return {"normalization": torch.tensor([self.mean, self.std], dtype=torch.float64)}
+
     def _failed_tensors(self) -> dict:
-        out = {"video": torch.zeros(3, self.num_frames, self.crop_size, self.crop_size)}
+        out = {"video": torch.zeros(3, self.num_frames, self.crop_size, self.crop_size,
+                                    dtype=torch.uint8 if self.output == "uint8" else torch.float32),
+               **self._norm_field()}
         if self.return_masks:
             out["mask"] = torch.zeros(self.num_frames, self.crop_size, self.crop_size, dtype=torch.bool)
         return out
@@ -316,20 +345,7 @@ class VideoClipDataset(Dataset):
         """(K, T, H, W, 3) uint8 frames of K = len(views) clips (train: each with its own random
         start; val/test: temporal view views[k]) and, if asked, their (K, T, H, W) bool masks."""
         path = self.paths[video_index]
-        try:
-            frames, idx, num_video_frames = self._read(path, self.backend, views)
-        except VideoDecodeError as first:
-            if self.backend != "decord" or not self.pyav_fallback or first.file_problem:
-                raise
-            # decord has known bugs (e.g. frame widths <= 72 px fail with a size mismatch):
-            # a file PyAV decodes is not a bad video.
-            try:
-                frames, idx, num_video_frames = self._read(path, "pyav", views)
-            except VideoDecodeError as second:
-                raise VideoDecodeError(path, f"{first.reason} (decord); {second.reason} (pyav)") from second
-            if video_index not in self._fallbacks:
-                self._fallbacks.add(video_index)
-                log.warning("decord failed on %s (%s); decoded with PyAV instead", path, first.reason)
+        frames, idx, num_video_frames = self._read(path, views)
         masks = None
         if self.return_masks:
             # only the sampled frames' masks: an unsampled frame may lack its annotation
@@ -346,15 +362,15 @@ class VideoClipDataset(Dataset):
                 masks = all_masks[idx]
         return frames, masks
 
-    def _read(self, path: str, backend: str, views: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
+    def _read(self, path: str, views: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
         """(frames (K, T, H, W, 3) uint8, their indices (K, T), the video's frame count) of
         the K = len(views) clips (see `_decode`).
 
-        The K clips' frames are decoded in one pass, in increasing order, each distinct frame
-        once: the decoders seek to the keyframe before the first frame and read forward, so
-        an index that goes backwards (a second clip, a looped mmaction clip) would decode again
-        from an earlier keyframe."""
-        with open_video(path, backend) as video:
+        The K clips' distinct frames are asked for in one call, in increasing order, each once:
+        the PyAV reader decodes the keyframe-to-frame spans they need once (shared spans once),
+        decord reads forward from the keyframe before the first; an index that went backwards (a
+        second clip, a looped mmaction clip) would decode again from an earlier keyframe."""
+        with open_video(path, self.backend, fallback=self.pyav_fallback) as video:
             idx = np.stack([self.frame_indices(video.num_frames, video.fps, view) for view in views])  # (K, T)
             distinct, where = np.unique(idx.ravel(), return_inverse=True)
             decoded = video.get_frames(distinct)  # (U, H, W, 3), U <= K*T

@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from videored.normalization import config_normalization
-from videored.torch_io import load_torch_file
+from videored.data.tensor_file import TensorFileDataset
+from videored.normalization import config_normalization, model_input
 
 VIDEO_MODEL_PREFIX = "timesformer"
 
@@ -63,36 +63,12 @@ def check_model_kwargs(name: str, extra: dict[str, Any]) -> None:
                           f"it takes {', '.join(accepted)}")
 
 
-class TensorFileDataset(Dataset):
-    """Samples from one `.pt` file holding {"x": (M, C, T, H, W) or (M, C, H, W), "y": (M,)}.
-
-    For tests and debugging of the training algorithm without a decoding pipeline. A file with
-    per-split entries {"train": {"x", "y"}, "val": {...}} selects the split.
-    """
-
-    def __init__(self, path: str | Path, split: str = "train") -> None:
-        data = load_torch_file(path, what="tensor file (data.kind=tensor_file)")
-        if split in data and isinstance(data[split], dict):
-            data = data[split]
-        if "x" not in data or "y" not in data:
-            raise ValueError(f"{path}: expected keys 'x' and 'y' (or a '{split}' entry holding them)")
-        if len(data["x"]) != len(data["y"]):
-            raise ValueError(f"{path}: {len(data['x'])} inputs but {len(data['y'])} labels")
-        self.x, self.y = data["x"].float(), data["y"].long()
-        self.num_classes = int(self.y.max()) + 1 if len(self.y) else 0
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"video": self.x[i], "label": int(self.y[i])}
-
-
 def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
     """The dataset of `cfg.data` for split "train" | "val" | "test".
 
     video: `VideoClipDataset` on `<root>/<split>.csv` (mode = split); items are dicts with
-    "video" (C, T, H, W) and "label"; `overrides` replace its constructor arguments (e.g.
+    "video" (C, T, H, W) uint8 and its "normalization" (applied on the device by
+    `unpack_batch`), and "label"; `overrides` replace its constructor arguments (e.g.
     return_masks=True, num_spatial_crops=1). image: `<root>/<split>/<class>/*` with DeiT's
     transforms. tensor_file: `TensorFileDataset`.
     """
@@ -114,8 +90,8 @@ def build_dataset(cfg: DictConfig, split: str, **overrides: Any) -> Dataset:
         mode=split, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
         target_fps=d.target_fps, crop_size=cfg.model.img_size,
         train_jitter_scales=tuple(d.train_jitter_scales), num_spatial_crops=d.num_spatial_crops,
-        num_temporal_views=d.num_temporal_views, backend=d.backend, sampling=d.sampling,
-        mean=norm.mean, std=norm.std,
+        num_temporal_views=d.num_temporal_views, backend=d.decoder, sampling=d.sampling,
+        mean=norm.mean, std=norm.std, output="uint8",
         num_classes=cfg.model.num_classes)  # a label outside the head is a malformed line
     if split == "train":
         kwargs["clips_per_video"] = d.clips_per_video
@@ -130,18 +106,22 @@ def _build_image_dataset(cfg: DictConfig, split: str) -> Dataset:
                                   mean=norm.mean, std=norm.std)
 
 
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) from a dict batch ({"video"|"image", "label"}) or an (x, y) pair.
+def unpack_batch(batch: Any, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) from a dict batch ({"video"|"image", "label"}) or an (x, y) pair, on
+    `device` (None: where they are).
 
-    A video batch of B items with K clips each (`data.clips_per_video`: video (B, K, C, T, H, W))
-    becomes B*K clips (B*K, C, T, H, W), the clips of one video next to each other, and each
-    label is repeated K times."""
+    uint8 video (the video loaders' output) is normalized on the device here
+    (`videored.normalization.model_input`). A video batch of B items with K clips each
+    (`data.clips_per_video`: video (B, K, C, T, H, W)) becomes B*K clips (B*K, C, T, H, W), the
+    clips of one video next to each other, and each label is repeated K times."""
     if isinstance(batch, dict):
-        x, y = (batch["video"] if "video" in batch else batch["image"]), batch["label"]
+        x, y = model_input(batch, device), batch["label"]
         if "video" in batch and x.dim() == 6:
             x, y = x.flatten(0, 1), y.repeat_interleave(x.shape[1])
-        return x, y
-    x, y = batch[0], batch[1]
+    else:
+        x, y = batch[0], batch[1]
+    if device is not None:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x, y
 
 
@@ -177,7 +157,7 @@ def batches_or_hang_error(loader: Iterable, batch_items: Callable[[int], list[in
             f"no training batch for step {start + received} of the epoch after {timeout:g} s "
             f"(data.loader_timeout): a DataLoader worker stopped answering while loading one of "
             f"{', '.join(names)}. A decoder hang (decord can); check the file with `videored data "
-            "scan`, remove it from the list, or use data.backend=pyav") from err
+            "scan`, remove it from the list, or use data.decoder=pyav") from err
 
 
 def num_items(batch: Any) -> int:

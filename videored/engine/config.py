@@ -7,6 +7,7 @@ that name the file and the full key.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -52,7 +53,10 @@ class DataConfig:
     train_jitter_scales: list[int] = field(default_factory=lambda: [256, 320])
     num_spatial_crops: int = 1  # val/test views per video during training-time validation
     num_temporal_views: int = 1
-    backend: str = "decord"  # decord | pyav
+    # video reader (videored.data.decoding): auto (the fastest installed: PyAV's selective
+    # decode) | pyav | decord | torchcodec; all give the same frames
+    decoder: str = "auto"
+    backend: Optional[str] = None  # deprecated name of data.decoder (read with a warning)
     # frame sampling convention: videored (fps-aware, centred, clamped) | mmaction (SampleFrames:
     # raw frames exactly sampling_rate apart, looped) | timesformer (linspace; test view at frame 0)
     sampling: str = "videored"
@@ -210,6 +214,15 @@ def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, Dic
     return chain + [(path, node)]
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, FutureWarning, stacklevel=3)
+
+
 def validate(cfg: ExperimentConfig | DictConfig) -> None:
     """Checks that types alone cannot express; raises ConfigError naming the key."""
     for kind in cfg.schedule.stages:
@@ -219,6 +232,12 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
         value = cfg.optim[key]
         if value is not None and value not in ("sgd", "adam", "adamw"):
             raise ConfigError(f"key 'optim.{key}': unknown optimizer {value!r}")
+    if cfg.data.backend is not None:  # the old name: honoured, said once per process
+        _warn_once("key 'data.backend' is deprecated: use data.decoder (same values)")
+        cfg.data.decoder, cfg.data.backend = cfg.data.backend, None
+    if cfg.data.decoder not in ("auto", "pyav", "decord", "torchcodec"):
+        raise ConfigError(f"key 'data.decoder': use auto, pyav, decord or torchcodec, not "
+                          f"{cfg.data.decoder!r}")
     if cfg.data.kind not in ("video", "image", "tensor_file"):
         raise ConfigError(f"key 'data.kind': unknown data kind {cfg.data.kind!r}")
     if cfg.model.time_embed_resize not in ("linear", "nearest"):

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from videored.models.budget import Budget, method_kwargs
 from videored.models.methods import Method, get_method
+from videored.normalization import model_input
 
 from .distributed import DistInfo, all_gather_object
 
@@ -168,7 +169,7 @@ def predict_arms(arms: list[Arm], dataset: Dataset, *, dist: DistInfo, batch_siz
     bar = tqdm(total=len(loader) * len(arms), desc=progress, leave=False,
                disable=progress is None or not dist.is_main)
     for batch in loader:
-        x = (batch["video"] if "video" in batch else batch["image"]).to(dist.device)  # decoded once
+        x = model_input(batch, dist.device)  # decoded once; uint8 video normalized here
         outputs: dict[str, Any] = {}
         for arm in arms:
             kwargs = arm.forward_kwargs(len(x), outputs)

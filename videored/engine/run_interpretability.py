@@ -86,7 +86,7 @@ def open_mask_set(path: str | Path, cfg: DictConfig) -> Dataset:
     d = cfg.data
     norm = config_normalization(cfg)
     clip = dict(num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
-                target_fps=d.target_fps, crop_size=size, num_spatial_crops=1, backend=d.backend,
+                target_fps=d.target_fps, crop_size=size, num_spatial_crops=1, backend=d.decoder,
                 sampling=d.sampling, mean=norm.mean, std=norm.std)
     if path.suffix.lower() == ".mat":
         kind = "ImageNet-Segmentation file"
@@ -97,13 +97,13 @@ def open_mask_set(path: str | Path, cfg: DictConfig) -> Dataset:
     elif path.is_dir() and (path / "JPEGImages").is_dir():
         kind = "DAVIS-style folder"
         if video:
-            from videored.data.davis import davis_clips
+            from videored.data.davis_set import davis_clips
 
             return davis_clips(path, **clip)
     elif path.is_dir() and (path / "images").is_dir():
         kind = "images/ + masks/ folder"
         if not video:
-            from videored.viz.image_masks import ImageMaskFolder
+            from videored.data.image_masks import ImageMaskFolder
 
             return ImageMaskFolder(path, img_size=size, normalization=norm)
     elif path.suffix.lower() == ".csv":

@@ -293,9 +293,7 @@ class Trainer:
 
     def _step(self, stage: Stage, net: nn.Module, params: list, optimizer, batch) -> Optional[StepResult]:
         """One optimizer step; None when it was skipped for a non-finite loss or gradient."""
-        x, y = unpack_batch(batch)
-        x = x.to(self.dist.device, non_blocking=True)
-        y = y.to(self.dist.device, non_blocking=True)
+        x, y = unpack_batch(batch, self.dist.device)  # uint8 video is normalized on the device there
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             if stage.kind == "interpreter":
                 r = self.cfg.reinforce

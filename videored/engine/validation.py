@@ -27,9 +27,9 @@ def validate(model: nn.Module, dataset: Dataset, active_groups: int, dist: DistI
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
     sums = torch.zeros(5, dtype=torch.float64, device=dist.device)  # correct, kept, gflops, n, failed
     for batch in loader:
-        x, y = unpack_batch(batch)
+        x, y = unpack_batch(batch, dist.device)  # uint8 video is normalized on the device there
         ok = ~batch["failed"].bool() if isinstance(batch, dict) and "failed" in batch else torch.ones_like(y, dtype=torch.bool)
-        x, y, ok = x.to(dist.device), y.to(dist.device), ok.to(dist.device)
+        ok = ok.to(dist.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(x, active_groups=active_groups, **forward)
         correct = (out.logits.argmax(1) == y) & ok

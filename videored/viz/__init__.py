@@ -5,7 +5,6 @@
 - the interpretability metric (pixel accuracy, mean accuracy, mIoU of kept-patch masks vs object
   masks) lives in `videored.interpretability`, beside evaluation, which uses it too
 - `inputs`: one video or image file prepared exactly as the test-mode datasets do
-- `image_masks`: an images/ + masks/ folder for the image metric
 Importing this package has no side effects.
 """
 from .heatmap import (colorize, grey_out, kept_ratio_per_frame, overlay_heatmap, patch_grid,

@@ -1,7 +1,7 @@
 """Model inputs from one file (video or image), taken from the test-mode datasets themselves.
 
 Video: `VideoClipDataset(mode="test", num_spatial_crops=1)` over the file (a one-line list), so
-the decode (decord, PyAV fallback), frame indices, short-side resize, centre crop and object masks
+the decode (`videored.data.decoding`), frame indices, short-side resize, centre crop and object masks
 are the dataset's own: one definition, nothing repeated here. Both views use the model's own
 normalization (`videored.normalization`).
 Image: DeiT's evaluation transform (`build_imagenet_transform`).
@@ -18,10 +18,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from videored.data.image_masks import IMAGE_SUFFIXES  # defined beside the image readers
 from videored.normalization import IMAGENET, TIMESFORMER, Normalization, model_normalization
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 @dataclass
@@ -38,7 +38,7 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def test_clips(csv_path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
-               target_fps: float, backend: str = "decord", return_masks: bool = False,
+               target_fps: float, backend: str = "auto", return_masks: bool = False,
                normalization: Normalization = TIMESFORMER, sampling: str = "videored"):
     """The test-mode dataset the figures take their clips from: the centred clip, centre crop."""
     from videored.data import VideoClipDataset
@@ -60,7 +60,7 @@ def prepared_item(dataset, item: dict) -> PreparedInput:
 
 
 def load_video_clip(path: str | Path, *, num_frames: int, crop_size: int, sampling_rate: int,
-                    target_fps: float, backend: str = "decord",
+                    target_fps: float, backend: str = "auto",
                     normalization: Normalization = TIMESFORMER,
                     sampling: str = "videored") -> PreparedInput:
     """The centred test clip of `path`, centre crop: x (3, T, crop, crop) normalized.
@@ -105,7 +105,7 @@ def load_image(path: str | Path, *, img_size: int,
 
 
 def prepare_input(path: str | Path, model: torch.nn.Module, *, sampling_rate: int = 32,
-                  target_fps: float = 30, backend: str = "decord",
+                  target_fps: float = 30, backend: str = "auto",
                   sampling: str = "videored") -> PreparedInput:
     """Video or image input for `model` (its frames and input size decide the geometry)."""
     T, gh, _ = model.grid

@@ -15,9 +15,10 @@ from torch.utils.data import Dataset
 
 from videored.normalization import IMAGENET, Normalization
 
-from .inputs import IMAGE_SUFFIXES
-
 log = logging.getLogger(__name__)
+
+# image files the readers of single images take (`videored visualize`, this folder)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 class ImageMaskFolder(Dataset):
