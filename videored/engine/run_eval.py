@@ -108,6 +108,11 @@ def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: boo
     if need_interpreter and fresh_interpreters:
         raise ValueError(f"{checkpoint} has no trained interpreter weights; evaluate it without "
                          "'interpreter' in --methods (and give --kept-ratio)")
+    fresh_pruners = sorted({k.split(".")[1] for k in report.initialized if k.startswith("pruners.")})
+    if fresh_pruners:  # model.kwargs.pruners asks for SPViT / SViT selectors the file lacks
+        raise ValueError(f"{checkpoint} has no trained {', '.join(fresh_pruners)} selector weights "
+                         "(model.kwargs.pruners in the config); train them first "
+                         f"(configs/*/*_{fresh_pruners[0]}.yaml) or drop them from the config")
     if report.dropped or any(k.startswith("head.") for k in report.initialized):
         raise ValueError(f"{checkpoint}: classification head does not fit "
                          f"model.num_classes={cfg.model.num_classes}")
