@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from videored.models.budget import Budget
-from videored.models.methods import EXPLANATIONS, METHODS, get_method, parse_methods
+from videored.models.methods import ANY_MODEL_METHODS, EXPLANATIONS, get_method, parse_methods
 from videored.normalization import resolve_normalization
 from videored.tables import markdown_table
 
@@ -48,7 +48,7 @@ def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
     if masks is not None and not interpretability:
         raise ValueError("--masks goes with --interpretability")
     table1 = masks is not None
-    names = parse_methods(methods or ",".join(TABLE1_METHODS if table1 else METHODS),
+    names = parse_methods(methods or ",".join(TABLE1_METHODS if table1 else ANY_MODEL_METHODS),
                           explanations=table1)
     try:
         budget = Budget.of(kept_ratio, match)
@@ -183,7 +183,8 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
         raise ValueError(f"{budgeted} need a kept ratio: evaluate {plan.reference!r} too (they "
                          "match it) or give a fixed kept ratio")
     order = sorted(methods, key=lambda m: not get_method(m).learned)
-    nets = {m: model if m in learned else dense for m in methods}
+    # the learned methods and those deciding with the checkpoint's trained pruners (SPViT, SViT)
+    nets = {m: model if m in learned or get_method(m).weights else dense for m in methods}
     results: dict[str, dict[str, Any]] = {}
     budgets: dict[str, Optional[ViewBudget]] = {}
     reference_views = None

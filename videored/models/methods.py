@@ -466,7 +466,9 @@ def run_methods(model, x: torch.Tensor, methods: list[str], *, match: str = "rat
     for m in methods:
         if m not in outputs:
             entry = get_method(m)
-            net = ref_model if entry.learned else model
+            # the learned reference's weights; a pruner method's trained selectors where only
+            # the reference model has them (the dense model beside an SPViT / SViT checkpoint)
+            net = ref_model if entry.learned or (entry.weights and entry.unusable(model)) else model
             outputs[m] = net(x, **budget.forward_kwargs(net, entry, batch=len(x),
                                                          reference=reference), **forward_kwargs)
     return {m: outputs[m] for m in methods}
