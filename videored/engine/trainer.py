@@ -33,7 +33,8 @@ from .fault_injection import write_pause_hook
 from .metrics_log import MetricsLogger
 from .sampler import ResumableSampler
 from .substitutions import SubstitutionTally
-from .stages import (Stage, StepResult, classification_step, interpreter_step, plan_stages,
+from .stages import (Stage, StepResult, classification_step, dense_teacher, interpreter_step,
+                     plan_stages, pruner_step, pruner_training,
                      set_train_mode, trainable_parameters)
 from .validation import validate
 
@@ -120,6 +121,10 @@ class Trainer:
                                       self.steps_per_epoch * self.videos_per_step * dist.world_size)
         self.log = MetricsLogger(self.out, enabled=dist.is_main)
         self._resume_state: Optional[ckpt.TrainingState] = None
+        # a learned pruner's recipe (SPViT / SViT) and its teacher: the starting weights, copied
+        # before a resume loads newer ones
+        self.pruning = pruner_training(cfg, self.model)
+        self.teacher = dense_teacher(self.model, self.pruning)
 
     # ---- resume ----
     def load_state(self, state: dict, source: str) -> None:
@@ -325,6 +330,9 @@ class Trainer:
                 r = self.cfg.reinforce
                 result = interpreter_step(net, self.model, x, y, stage.group, r.tau, r.squared, r.baseline,
                                           r.samples)
+            elif self.pruning is not None and stage.kind == "supervised":
+                result = pruner_step(net, x, y, stage, self.pruning, self.teacher,
+                                     **self._reduction(stage))
             else:
                 result = classification_step(net, x, y, stage, **self._reduction(stage))
         optimizer.zero_grad(set_to_none=True)

@@ -82,6 +82,22 @@ class Selection:
     macs: torch.Tensor
 
 
+@dataclass(frozen=True)
+class PrunerRecipe:
+    """How a learned pruner (SPViT, SViT) trains through the stage engine: a `supervised` stage
+    with `schedule.reduction` = the method runs `selector` (the pruner's own decisions: Gumbel
+    samples, straight-through) and adds to the cross-entropy (`engine.stages.pruner_step`)
+
+        ratio_weight · keep_ratio_loss(out.decisions, targets(S))        (S stages / gates)
+      + distill_weight · logits_kl(out.logits, the dense starting model's logits)
+
+    Config overrides: schedule.pruner_targets, schedule.ratio_weight, schedule.distill_weight."""
+    selector: str
+    targets: Callable[[int], list[float]]
+    ratio_weight: float
+    distill_weight: float = 0.0
+
+
 def _no_macs(n: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.zeros_like(n)
 
@@ -120,6 +136,8 @@ class Method:
     video_only   compares frames (RLT): an image model raises a clear error
     weights      the model's trained module set it decides with (`model.pruners[weights]`:
                  "spvit", "svit"); a model without them raises a clear error
+    train_recipe how its pruners train (`PrunerRecipe`: losses, targets, weights); None: the
+                 method trains nothing of its own
     """
     name: str
     selector: str
@@ -137,6 +155,7 @@ class Method:
     needs_pixels: bool = False
     video_only: bool = False
     weights: str | None = None
+    train_recipe: PrunerRecipe | None = None
 
     @property
     def reduces(self) -> bool:
@@ -164,6 +183,8 @@ class Method:
     def training_kwargs(self, model, kept_ratio: float, progress: float = 1.0) -> dict:
         """Forward arguments of a training step that runs through this method at `kept_ratio`,
         `progress` along its `train_schedule` (1: the target)."""
+        if self.train_recipe is not None:  # the pruner's own (sampled) decisions, no budget
+            return method_kwargs(model, SELECTORS[self.train_recipe.selector])
         if self.train_schedule is not None:
             kept_ratio = self.train_schedule(model, kept_ratio, progress)
         return method_kwargs(model, self, kept_ratio=kept_ratio)
@@ -314,6 +335,13 @@ def _svit_macs(model, kept_ratio: float) -> float:
                                  kept_ratio, dim=model.embed_dim, mlp_ratio=model.mlp_ratio)
 
 
+# SPViT's reference recipe (docs/peers_spvit_svit.md): targets 0.7^s at its 3 stages, ratio loss
+# weight 2.0 (DynamicViT's), KL distillation from the dense model at 0.5. SViT: targets 0.7^(j+1)
+# over its 3 gate groups, ratio weight 4.0 (unverified: its script takes it as a flag), no teacher.
+SPVIT_RECIPE = PrunerRecipe("spvit_native", spvit.spvit_targets, ratio_weight=2.0,
+                            distill_weight=0.5)
+SVIT_RECIPE = PrunerRecipe("svit_native", svit.svit_targets, ratio_weight=4.0)
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("original", "none", learned=False,
            summary="dense model: every token reaches every block", setting_name=None),
@@ -355,21 +383,21 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "tokens by keep probability at the budget, folds the rest into a package token",
            reduce=lambda m, c, p, r: _spvit_run(m, c, p, r), reduce_macs=_spvit_macs,
            setting_name="kept_ratio", setting_for=kept_ratio_itself, gmacs_at=reducer_gmacs,
-           weights="spvit"),
+           weights="spvit", train_recipe=SPVIT_RECIPE),
     Method("spvit_native", "spvit_native", learned=False,
            summary="SPViT with its selectors' own decisions (argmax; Gumbel in training)",
            reduce=lambda m, c, p, r: _spvit_run(m, c, p, None), setting_name=None, native=True,
-           weights="spvit"),
+           weights="spvit", train_recipe=SPVIT_RECIPE),
     Method("svit", "svit", learned=False,
            summary="SViT: a 2-layer gate before every block from the 4th; each gate's block runs "
                    "on the top tokens at the budget, the others wait in place (reactivable)",
            reduce=lambda m, c, p, r: _svit_run(m, c, p, r), reduce_macs=_svit_macs,
            setting_name="kept_ratio", setting_for=kept_ratio_itself, gmacs_at=reducer_gmacs,
-           weights="svit"),
+           weights="svit", train_recipe=SVIT_RECIPE),
     Method("svit_native", "svit_native", learned=False,
            summary="SViT with its gates' own decisions (argmax; Gumbel in training)",
            reduce=lambda m, c, p, r: _svit_run(m, c, p, None), setting_name=None, native=True,
-           weights="svit"),
+           weights="svit", train_recipe=SVIT_RECIPE),
 )}
 # the methods every model can run (no video-only comparison, no trained pruner weights): the
 # default `--methods` of the tools; the others are offered by name
@@ -475,6 +503,6 @@ def run_methods(model, x: torch.Tensor, methods: list[str], *, match: str = "rat
 
 
 __all__ = ["ANY_MODEL_METHODS", "Budget", "EXPLANATIONS", "MATCH_MODES", "METHODS", "Method", "SELECTORS", "Selection",
-           "SelectionInput", "budget_kwargs", "calibrate_interpreter", "get_method",
+           "SelectionInput", "PrunerRecipe", "budget_kwargs", "calibrate_interpreter", "get_method",
            "parse_methods", "predicted_gmacs", "reference_budget", "run_methods",
            "setting_for_gmacs", "topk_gmacs", "topk_setting"]
