@@ -75,22 +75,24 @@ def test_marks_figure_pixels(tmp_path):
     layout = figures.marks_figure(tmp_path / "p.png", frames, "package", package, 16)
     with Image.open(tmp_path / "p.png") as im:
         png = np.asarray(im.convert("RGB"))
-    top, left = layout.offsets[0][1]
+    top, left = layout.offsets[1][1]
     panel = png[top:top + 32, left:left + 32]
     assert (panel[20:28, 20:28] == [193, 40, 193]).all()  # 0.4 * 100 + 0.6 * magenta
     assert (panel[20:28, 4:12] == 100).all()
-    top, left = layout.offsets[0][0]
+    top, left = layout.offsets[1][0]
     assert (png[top + 18:top + 30, left + 18:left + 30] == 100).all()  # frame 0: nothing marked
+    top, left = layout.offsets[0][1]  # row 1: the frame as it is
+    assert (png[top + 18:top + 30, left + 18:left + 30] == 100).all()
     runs = np.array([[[1, 1], [2, 1]], [[1, 1], [0, 1]]])  # frame-1 bottom-left: dropped (run 0)
     layout = figures.marks_figure(tmp_path / "r.png", frames, "runs", runs, 16)
     with Image.open(tmp_path / "r.png") as im:
         png = np.asarray(im.convert("RGB"))
-    top, left = layout.offsets[0][1]
+    top, left = layout.offsets[1][1]
     # dropped (run 0): the jet colour of 0 over the frame, faded to grey (render_overlays)
     heated = np.rint(0.5 * 100 + 0.5 * colormap_lut("jet")[0].astype(np.float32))
     grey = np.rint(0.2 * heated + 0.8 * 128)
     assert (png[top + 20:top + 28, left + 4:left + 12] == grey).all()
-    top, left = layout.offsets[0][0]
+    top, left = layout.offsets[1][0]
     long_run, short_run = png[top + 24, left + 8], png[top + 24, left + 24]
     assert not np.array_equal(long_run, short_run)  # run 2 and run 1 in different colours
     with pytest.raises(ValueError, match="unknown mark kind"):

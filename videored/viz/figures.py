@@ -216,8 +216,8 @@ def groups_figure(path: str | Path, frames: np.ndarray, group_grid: np.ndarray,
 def marks_figure(path: str | Path, frames: np.ndarray, kind: str, grid: np.ndarray,
                  patch_size: int, *, title: str = "", object_mask: np.ndarray | None = None,
                  zoom: int = 1) -> Layout:
-    """One row x T frames of what a method does beyond keep / drop (`viz.panels.method_panels`'
-    marks): "package" / "reactivated" (bool (T, gh, gw)) tint those patches in their colour
+    """Two rows x T frames: the frames as they are, then what a method does beyond keep / drop
+    (`viz.panels.method_panels`' marks): "package" / "reactivated" (bool (T, gh, gw)) tint those patches in their colour
     (`MARKS`), their count per frame in the corner; "runs" (int (T, gh, gw) run lengths, RLT)
     colours each kept token by its run length / T on a jet scale, dropped patches greyed, so a
     static patch kept at frame t shows as one warm token followed by grey ones."""
@@ -226,7 +226,7 @@ def marks_figure(path: str | Path, frames: np.ndarray, kind: str, grid: np.ndarr
     if kind == "runs":
         _, _, shown = render_overlays(frames, grid / T, grid > 0, patch_size)
         corner = [[f"{int((grid[t] > 0).sum())} kept" for t in range(T)]]
-        colorbar = dict(cmap="jet", label=f"run length / {T} frames", rows=(0, 0))
+        colorbar = dict(cmap="jet", label=f"run length / {T} frames", rows=(1, 1))
     elif kind in MARKS:
         colour, legend = MARKS[kind]
         shown = tint(frames, upsample_patches(grid, patch_size) > 0.5, colour)
@@ -236,7 +236,8 @@ def marks_figure(path: str | Path, frames: np.ndarray, kind: str, grid: np.ndarr
         raise ValueError(f"unknown mark kind {kind!r}; choose runs, {', '.join(MARKS)}")
     if object_mask is not None:
         shown = paint(shown, mask_outline(object_mask))
-    return save_panels(path, [list(shown)], title=title, corner_texts=corner, colorbar=colorbar,
+    return save_panels(path, [list(frames), list(shown)], title=title,
+                       corner_texts=[[f"t={t}" for t in range(T)], *corner], colorbar=colorbar,
                        zoom=zoom)
 
 
