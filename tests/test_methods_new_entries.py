@@ -173,3 +173,22 @@ run: {device: cpu}
     model = load_for_eval(load_config(tmp_path / "cfg.yaml"), tmp_path / "pruned.pt", False)
     torch.testing.assert_close(model.pruners["spvit"][0].in_proj.weight,
                                _video(pruners=("spvit",)).pruners["spvit"][0].in_proj.weight)
+
+
+def test_bench_times_the_new_entries_where_the_model_can_run_them():
+    """`videored bench --methods rlt,spvit,svit,spvit_native`: spvit / svit at each budget with
+    untrained selectors (built for the request), rlt on the video model only, native entries
+    (no budget) not timed; each row at its budget."""
+    from videored.bench.speed import speed_table
+
+    small = {"img_size": 64, "depth": 4, "num_classes": 3}
+    methods = ["rlt", "spvit", "svit", "spvit_native"]
+    video = speed_table("timesformer_jointst_tiny_patch16_224", kept_ratios=[0.5],
+                        batch_sizes=[2], methods=methods, runs=1, warmup=0,
+                        model_kwargs={**small, "num_frames": 4})
+    image = speed_table("deit_tiny_patch16_224", kept_ratios=[0.5], batch_sizes=[2],
+                        methods=methods, runs=1, warmup=0, model_kwargs={**small, "depth": 3})
+    assert [r.method for r in video] == ["original", "rlt", "spvit", "svit"]
+    assert [r.method for r in image] == ["original", "spvit", "svit"]
+    for row in video[1:] + image[1:]:
+        assert row.kept_ratio == pytest.approx(0.5, abs=1 / 16), row
