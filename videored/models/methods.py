@@ -268,7 +268,8 @@ def _rlt_differences(inp: SelectionInput) -> torch.Tensor:
     return diff.gather(1, inp.tokens.index)
 
 
-def _rlt_selection(inp: SelectionInput, decide: Callable[[torch.Tensor], torch.Tensor]) -> Selection:
+def _rlt_selection(inp: SelectionInput,
+                   decide: Callable[[torch.Tensor], torch.Tensor]) -> Selection:
     """Group 0: RLT's differences, `decide(diff) -> keep (B, n)`; later groups pass every alive
     token on (RLT drops once, at the input). Elementwise work: 0 MACs (flops.py convention)."""
     valid = inp.tokens.valid_mask
@@ -281,7 +282,8 @@ def _rlt_selection(inp: SelectionInput, decide: Callable[[torch.Tensor], torch.T
 
 def _rlt(inp: SelectionInput, kept_ratio) -> Selection:
     """At a budget: each clip keeps its kept_count largest differences (frame 0 always)."""
-    return _rlt_selection(inp, lambda d: rlt.keep_at_kept_ratio(d, kept_ratio, inp.grid[1] * inp.grid[2]))
+    frame = inp.grid[1] * inp.grid[2]  # frame 0's patches: RLT always keeps them
+    return _rlt_selection(inp, lambda d: rlt.keep_at_kept_ratio(d, kept_ratio, frame))
 
 
 def _rlt_threshold(inp: SelectionInput, setting) -> Selection:
@@ -401,7 +403,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 # the methods every model can run (no video-only comparison, no trained pruner weights): the
 # default `--methods` of the tools; the others are offered by name
-ANY_MODEL_METHODS = tuple(m.name for m in METHODS.values() if not m.video_only and m.weights is None)
+ANY_MODEL_METHODS = tuple(m.name for m in METHODS.values()
+                          if not m.video_only and m.weights is None)
 SELECTORS = {m.selector: m for m in METHODS.values()}  # model-side name -> method
 
 

@@ -217,8 +217,8 @@ def marks_figure(path: str | Path, frames: np.ndarray, kind: str, grid: np.ndarr
                  patch_size: int, *, title: str = "", object_mask: np.ndarray | None = None,
                  zoom: int = 1) -> Layout:
     """Two rows x T frames: the frames as they are, then what a method does beyond keep / drop
-    (`viz.panels.method_panels`' marks): "package" / "reactivated" (bool (T, gh, gw)) tint those patches in their colour
-    (`MARKS`), their count per frame in the corner; "runs" (int (T, gh, gw) run lengths, RLT)
+    (`viz.panels.method_panels`' marks): "package" / "reactivated" (bool (T, gh, gw)) tint
+    those patches in their colour (`MARKS`), their count per frame in the corner; "runs" (int (T, gh, gw) run lengths, RLT)
     colours each kept token by its run length / T on a jet scale, dropped patches greyed, so a
     static patch kept at frame t shows as one warm token followed by grey ones."""
     grid = np.asarray(grid)
