@@ -36,7 +36,15 @@ def _model(groups: int, video: bool = False):
                              groups=groups, num_classes=3, selector="interpreter")
     for interp in model.interpreters:  # unequal counts per clip
         torch.nn.init.normal_(interp.query.weight, std=0.5)
-    return model.eval()
+    # the learned pruners (SPViT selectors, SViT gates), untrained: built after the weights
+    # above so those are unchanged; spread so their own decisions differ from clip to clip
+    config = dict(model.model_config)
+    with_pruners = create_model(config.pop("name"), **config, pruners=["spvit", "svit"])
+    with_pruners.load_state_dict(model.state_dict(), strict=False)
+    for p in with_pruners.pruners.parameters():
+        if p.ndim == 2:
+            torch.nn.init.normal_(p, std=0.3)
+    return with_pruners.eval()
 
 
 def _x(model, n: int = 3) -> torch.Tensor:
@@ -70,6 +78,10 @@ def test_predicted_gmacs_equal_counted_for_every_method_and_D(groups, video):
     x = _x(model)
     with torch.no_grad():
         for m in METHODS.values():
+            if m.unusable(model):  # RLT on an image model
+                with pytest.raises(ValueError, match="video-only"):
+                    model(x, selector=m.selector)
+                continue
             if m.budgeted:
                 setting = m.setting_for(torch.tensor([0.2, 0.45, 0.8], dtype=torch.float64),
                                         model.groups)

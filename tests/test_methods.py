@@ -15,6 +15,11 @@ from videored.models.methods import (EXPLANATIONS, METHODS, budget_kwargs, get_m
 BASELINES = [m.name for m in METHODS.values() if m.budgeted]
 
 
+def _baselines(model) -> list[str]:
+    """The budgeted methods this model can run (RLT is video-only)."""
+    return [m for m in BASELINES if get_method(m).unusable(model) is None]
+
+
 def _spread(model, std: float = 0.5):
     """Interpreter weights that keep a different number of tokens in each clip."""
     for interp in model.interpreters:
@@ -22,16 +27,26 @@ def _spread(model, std: float = 0.5):
     return model
 
 
+def _with_pruners(model):
+    """The same weights plus (untrained) SPViT selectors and SViT gates, so the learned pruners
+    run at budgets beside the baselines (built after the fixture's weights: same RNG stream)."""
+    config = dict(model.model_config)
+    out = create_model(config.pop("name"), **config, pruners=["spvit", "svit"])
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("pruners.") for k in missing)
+    return out
+
+
 def _video_model():  # D = 1, 4 frames x 4 x 4 = 64 patch tokens
     torch.manual_seed(0)
-    return _spread(create_model("timesformer_jointst_tiny_patch16_224", img_size=64,
-                                num_frames=4, depth=2, num_classes=3, selector="interpreter")).eval()
+    return _with_pruners(_spread(create_model("timesformer_jointst_tiny_patch16_224", img_size=64,
+                                num_frames=4, depth=2, num_classes=3, selector="interpreter"))).eval()
 
 
 def _image_model():  # D = 3 groups of one block, 8 x 8 = 64 patch tokens
     torch.manual_seed(0)
-    return _spread(create_model("deit_tiny_patch16_224", img_size=128, depth=3, groups=3,
-                                num_classes=3, selector="interpreter")).eval()
+    return _with_pruners(_spread(create_model("deit_tiny_patch16_224", img_size=128, depth=3, groups=3,
+                                num_classes=3, selector="interpreter"))).eval()
 
 
 def _floor(model, x, method):
@@ -50,10 +65,15 @@ def _clips(model, n=6):
 
 def test_table_entries_are_complete_and_named_once():
     assert list(METHODS) == ["original", "interpreter", "random", "attention",
-                             "temporal_difference", "tome", "evit"]
+                             "temporal_difference", "tome", "evit", "rlt", "rlt_threshold",
+                             "spvit", "spvit_native", "svit", "svit_native"]
     assert [m.name for m in METHODS.values() if m.learned] == ["interpreter"]
-    assert BASELINES == ["random", "attention", "temporal_difference", "tome", "evit"]
-    assert [m.name for m in METHODS.values() if m.reduce is not None] == ["tome", "evit"]
+    assert BASELINES == ["random", "attention", "temporal_difference", "tome", "evit", "rlt",
+                         "spvit", "svit"]
+    assert [m.name for m in METHODS.values() if m.native] == [
+        "rlt_threshold", "spvit_native", "svit_native"]
+    assert [m.name for m in METHODS.values() if m.reduce is not None] == [
+        "tome", "evit", "spvit", "spvit_native", "svit", "svit_native"]
     assert METHODS["original"].select is None and not METHODS["original"].budgeted
     assert parse_methods(" random,attention ") == ["random", "attention"]
     with pytest.raises(ValueError, match="unknown methods \\['magic'\\]"):
@@ -73,11 +93,11 @@ def test_matched_ratio_within_one_token_per_clip(build):
     model = build()
     x = _clips(model)
     with torch.no_grad():
-        out = run_methods(model, x, ["interpreter", *BASELINES], match="ratio")
+        out = run_methods(model, x, ["interpreter", *_baselines(model)], match="ratio")
     N = model.num_patches
     ref = out["interpreter"].keep[-1].sum(1).float()  # (B,) tokens reaching the last block
     assert len(set(ref.tolist())) > 2, "the test needs unequal kept counts per clip"
-    for m in BASELINES:
+    for m in _baselines(model):
         kept = out[m].keep[-1].sum(1).float()
         with torch.no_grad():  # where the reference is below what the method can reach
             target = torch.maximum(ref, _floor(model, x, m).keep[-1].sum(1).float())
@@ -93,9 +113,9 @@ def test_matched_gmacs_within_two_percent_per_clip(build):
     model = build()
     x = _clips(model)
     with torch.no_grad():
-        out = run_methods(model, x, ["interpreter", *BASELINES], match="gmacs")
+        out = run_methods(model, x, ["interpreter", *_baselines(model)], match="gmacs")
     ref = out["interpreter"].gflops.double()
-    for m in BASELINES:
+    for m in _baselines(model):
         with torch.no_grad():
             target = torch.maximum(ref, _floor(model, x, m).gflops.double())
         rel = (out[m].gflops.double() - target).abs() / target
@@ -110,7 +130,7 @@ def test_predicted_gmacs_equal_the_models_count(build):
     x = _clips(model, n=4)
     ratios = torch.tensor([0.05, 0.31, 0.5, 0.93], dtype=torch.float64)
     with torch.no_grad():
-        for m in BASELINES:
+        for m in _baselines(model):
             out = model(x, selector=m, keep_ratio=ratios)
             torch.testing.assert_close(predicted_gmacs(model, m, ratios), out.gflops.cpu(),
                                        rtol=1e-6, atol=0)
@@ -150,11 +170,13 @@ def test_eval_bench_and_visualize_give_the_same_kept_ratio(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 170, 3), dtype=np.uint8)
                     ).save(image)
     (tmp_path / "cfg.yaml").write_text(f"""
-model: {{name: deit_tiny_patch16_224, img_size: 128, depth: 3, groups: 3, num_classes: 3}}
+model: {{name: deit_tiny_patch16_224, img_size: 128, depth: 3, groups: 3, num_classes: 3,
+        kwargs: {{pruners: [spvit, svit]}}}}
 data: {{kind: image, root: {tmp_path / 'img'}, batch_size: 1, num_workers: 0}}
 run: {{device: cpu, progress: false}}
 """)
-    methods = ["original", "interpreter", *BASELINES]
+    baselines = _baselines(model)
+    methods = ["original", "interpreter", *baselines]
 
     def evaluate(**budget):
         cfg = load_config(tmp_path / "cfg.yaml")
@@ -169,19 +191,19 @@ run: {{device: cpu, progress: false}}
         viz_matched = {m: float(k[-1].mean())
                        for m, (_, k, _, _) in _run_methods(loaded, x, methods, None)[0].items()}
         viz_fixed = {m: float(k[-1].mean())
-                     for m, (_, k, _, _) in _run_methods(loaded, x, BASELINES, 0.3)[0].items()}
+                     for m, (_, k, _, _) in _run_methods(loaded, x, baselines, 0.3)[0].items()}
     eval_matched, res = evaluate()
     assert res["budget"] == {"match": "ratio", "reference": "interpreter"}
     eval_fixed, res = evaluate(kept_ratio=0.3)
     assert res["budget"] == {"match": "fixed", "kept_ratio": 0.3}
-    rows = speed_table("deit", kept_ratios=[0.3], batch_sizes=[1], methods=BASELINES, runs=1,
+    rows = speed_table("deit", kept_ratios=[0.3], batch_sizes=[1], methods=baselines, runs=1,
                        warmup=0, model=loaded, inputs=x[None])
     bench_fixed = {r.method: r.kept_ratio for r in rows if r.method != "original"}
 
     interp = eval_matched["interpreter"]
     assert 0 < interp < 1 and eval_matched["original"] == viz_matched["original"] == 1.0
     assert viz_matched == pytest.approx(eval_matched, abs=1e-6)
-    for m in BASELINES:  # matched: the interpreter's kept ratio, within one token (64 patches)
+    for m in _baselines(model):  # matched: the interpreter's kept ratio, within one token (64 patches)
         assert eval_matched[m] == pytest.approx(interp, abs=1 / 64)
     assert eval_fixed == pytest.approx({**viz_fixed, "original": 1.0,
                                         "interpreter": interp}, abs=1e-6)

@@ -18,7 +18,8 @@ from videored.engine.reinforce import reward
 from videored.engine.builders import build_dataset
 from videored.models import load_model_file
 
-METHODS = {"original", "interpreter", "random", "attention", "temporal_difference", "tome", "evit"}
+METHODS = {"original", "interpreter", "random", "attention", "temporal_difference", "tome", "evit",
+           "rlt"}
 CLASSES, VIDEOS_PER_CLASS = 2, 4  # 2 colours + no_object: 12 train, 3 x 2 val, 3 x 2 test videos
 LABELS = CLASSES + 1
 

@@ -64,8 +64,10 @@ def test_video_all_methods_writes_the_expected_files(files, tmp_path, capsys):
     assert _run("--checkpoint", files / "video.pt", "-p", files / "synth.mp4", "-o", out,
                 "--method", "all", "--gif") == 0
     printed = capsys.readouterr().out.split()
-    expected = [out / f"synth_{m}.{ext}" for m in METHODS for ext in ("png", "gif")]
+    video_only = ("rlt", "rlt_threshold")  # a video model without trained pruners: RLT too
+    expected = [out / f"synth_{m}.{ext}" for m in (*METHODS, *video_only) for ext in ("png", "gif")]
     expected += [out / f"synth_{m}_groups.png" for m in MERGING] + [out / "synth_all.png"]
+    expected += [out / f"synth_{m}_runs.png" for m in video_only]  # RLT's runs over time
     assert sorted(printed) == sorted(map(str, expected))
     assert all(p.is_file() for p in expected)
     with Image.open(out / "synth_interpreter.gif") as gif:
@@ -159,8 +161,8 @@ def test_baselines_default_to_the_interpreters_kept_fraction(files):
     model.interpreters[0].threshold = 0.5  # a mixed keep pattern on this random model
     x = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30).x
     with torch.no_grad():
-        matched, notes, _ = _run_methods(model, x, list(METHODS), None)
-        fixed, _, _ = _run_methods(model, x, ["random"], 0.25)
+        matched, notes, _, _ = _run_methods(model, x, list(METHODS), None)
+        fixed, _, _, _ = _run_methods(model, x, ["random"], 0.25)
     kept = matched["interpreter"][1].mean()
     for m in METHODS[1:]:
         # one block of ToMe at most halves the 16 patches: it cannot keep fewer than 8
@@ -191,14 +193,15 @@ def test_bad_inputs_give_clear_errors(files, tmp_path, capsys):
                 "-o", tmp_path, "--method", "all") == 0  # baselines only
     names = sorted(p.name for p in tmp_path.glob("synth_*.png"))
     assert names == ["synth_all.png", "synth_attention.png", "synth_evit.png",
-                     "synth_evit_groups.png", "synth_random.png", "synth_temporal_difference.png",
-                     "synth_tome.png", "synth_tome_groups.png"]
+                     "synth_evit_groups.png", "synth_random.png", "synth_rlt.png",
+                     "synth_rlt_runs.png", "synth_rlt_threshold.png", "synth_rlt_threshold_runs.png",
+                     "synth_temporal_difference.png", "synth_tome.png", "synth_tome_groups.png"]
     from videored.commands.visualize import _run_methods
     from videored.models import load_model_file
     model = load_model_file(tmp_path / "baseline.pt").eval()
     x = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30).x
     with torch.no_grad():
-        results, notes, _ = _run_methods(model, x, ["random"], None)
+        results, notes, _, _ = _run_methods(model, x, ["random"], None)
     assert notes["random"] == "keep ratio 0.500 per selection (model default)"  # nothing to match
     assert results["random"][1].mean() == pytest.approx(0.5)
 
@@ -216,7 +219,7 @@ def test_tome_groups_figure_paints_the_merged_groups(files, tmp_path, capsys):
     model = load_model_file(files / "video.pt").eval()
     prepared = prepare_input(files / "synth.mp4", model, sampling_rate=4, target_fps=30)
     with torch.no_grad():
-        _, _, groups = _run_methods(model, prepared.x, ["tome"], 0.5)
+        _, _, groups, _ = _run_methods(model, prepared.x, ["tome"], 0.5)
     grid = groups["tome"]  # (T, gh, gw): 16 patches merged into 8 tokens
     assert grid.shape == (4, 2, 2) and len(np.unique(grid)) == 8
     png = _png(out / "synth_tome_groups.png")

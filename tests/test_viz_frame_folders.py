@@ -48,7 +48,7 @@ def test_explanations_keep_the_interpreters_fraction_in_visualize(tmp_path):
     model = load_model_file(ckpt).eval()
     x = prepare_input(frames / "car", model, sampling_rate=2, target_fps=24).x
     with torch.no_grad():
-        res, notes, merged = _run_methods(model, x, ["interpreter", "rollout", "gradcam"], None)
+        res, notes, merged, _ = _run_methods(model, x, ["interpreter", "rollout", "gradcam"], None)
     assert not merged  # no in-block reducer among them: no merged-token groups to draw
     kept = res["interpreter"][1][-1].sum()
     n = model.num_patches

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from videored.models.explanations import (canonical_name, explanation_pixels,
                                           explanation_scores, is_explanation,
                                           run_with_explanations)
-from videored.models.methods import METHODS, get_method, run_methods
+from videored.models.methods import ANY_MODEL_METHODS, get_method, run_methods
 from videored.normalization import model_input
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def method_maps(model: nn.Module, x: torch.Tensor, methods: list[str], protocol:
 
 @torch.no_grad()
 def interpretability_table(model: nn.Module, dataset: Dataset | Iterable[dict],
-                           methods: Iterable[str] = tuple(METHODS),
+                           methods: Iterable[str] = ANY_MODEL_METHODS,
                            kept_ratio: float | None = None, *, match: str = "ratio",
                            protocol: str = "kept",
                            reference_model: nn.Module | None = None, batch_size: int = 4,

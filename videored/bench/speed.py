@@ -16,7 +16,7 @@ import torch
 from videored.bench.common import device_name, example_input, time_interleaved
 from videored.models import TokenReductionViT, create_model
 from videored.models.budget import Budget, calibrate_interpreter
-from videored.models.methods import METHODS, get_method
+from videored.models.methods import ANY_MODEL_METHODS, get_method
 
 
 @dataclass
@@ -41,7 +41,7 @@ class SpeedRow:
 
 
 def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: Iterable[int],
-                methods: Iterable[str] = tuple(METHODS), device: str = "cpu", dtype: str = "fp32",
+                methods: Iterable[str] = ANY_MODEL_METHODS, device: str = "cpu", dtype: str = "fp32",
                 warmup: int = 1, runs: int = 3, model_kwargs: dict | None = None,
                 model: TokenReductionViT | None = None, inputs: torch.Tensor | None = None,
                 progress: Callable[[str], None] | None = None) -> list[SpeedRow]:
@@ -55,10 +55,15 @@ def speed_table(model_name: str, *, kept_ratios: Iterable[float], batch_sizes: I
     """
     dev = torch.device(device)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    if model is None:
-        model = create_model(model_name, selector="interpreter", **(model_kwargs or {}))
-    model = model.to(dev).eval()
     methods = [get_method(m).name for m in methods]
+    if model is None:  # SPViT / SViT at a budget: untrained selectors cost what trained ones do
+        pruners = sorted({get_method(m).weights for m in methods} - {None})
+        model = create_model(model_name, selector="interpreter",
+                             **{"pruners": pruners, **(model_kwargs or {})})
+    model = model.to(dev).eval()
+    # rows at kept-ratio budgets: what this model can run (RLT: video only) and has a budget
+    methods = [m for m in methods if get_method(m).unusable(model) is None
+               and not get_method(m).native]
     if inputs is not None:
         batch_sizes = [len(inputs)]
     rows = []

@@ -9,7 +9,7 @@ import torch
 
 from videored.bench.report import VIDEO, run_bench
 from videored.deprecation import add_renamed_flag
-from videored.models.methods import METHODS
+from videored.models.methods import ANY_MODEL_METHODS, METHODS
 from videored.models.ragged import RAGGED_MODES
 
 
@@ -21,8 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fewer rows and rounds, same columns (<= 5 min on 2 CPU cores)")
     p.add_argument("--models", default=None,
                    help=f"comma list (default: {VIDEO},deit_small_patch16_224,deit_base_patch16_224)")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma list from the method table: {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(ANY_MODEL_METHODS),
+                   help=f"comma list from the method table: {', '.join(METHODS)} (default: "
+                        f"{','.join(ANY_MODEL_METHODS)}; rlt runs on the video model only, "
+                        "spvit / svit with untrained selectors at each budget; the native "
+                        "entries have no budget and are not timed)")
     add_renamed_flag(p, "--kept-ratios", "--keep-ratios", default="1.0,0.7,0.5,0.3",
                      help="budgets: fractions of patch tokens reaching the last block "
                           "(--keep-ratios: old name, deprecated)")

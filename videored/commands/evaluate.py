@@ -28,7 +28,7 @@ from pathlib import Path
 
 from videored.deprecation import add_renamed_flag
 from videored.engine.run_interpretability import TABLE1_METHODS
-from videored.models.methods import EXPLANATIONS, MATCH_MODES, METHODS
+from videored.models.methods import ANY_MODEL_METHODS, EXPLANATIONS, MATCH_MODES, METHODS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every method on --checkpoint")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: next to checkpoint)")
     p.add_argument("--methods", default=None,
-                   help=f"comma list from the method table: {', '.join(METHODS)} (default: all; "
+                   help=f"comma list from the method table: {', '.join(METHODS)} (default: "
+                        f"{','.join(ANY_MODEL_METHODS)}; rlt* need a video model, spvit* / "
+                        "svit* a checkpoint with trained selectors (model.kwargs.pruners); "
                         f"with --masks: {','.join(TABLE1_METHODS)}, explanation-only "
                         f"{', '.join(EXPLANATIONS)} allowed)")
     p.add_argument("--match", default="ratio", choices=MATCH_MODES,

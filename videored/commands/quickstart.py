@@ -5,7 +5,8 @@
 1. writes the synthetic video dataset (H.264 mp4 + per-frame object masks);
 2. trains a small JointST TimeSformer densely (one `videored train` job, OUT/train/dense), then
    the IA-RED² interpreter stage (REINFORCE) and the finetune stage from it (OUT/train/iared2);
-3. evaluates original / interpreter / random / attention / temporal_difference with clip-1 and
+3. evaluates original / interpreter / random / attention / temporal_difference / tome / evit /
+   rlt (`QUICKSTART_METHODS`) with clip-1 and
    three-crop video-1 inference, plus the interpretability metric against the object masks:
    one `videored eval` job; `original` and the baselines use the dense weights, the
    interpreter the IA-RED² ones (paper Table 4);
@@ -25,6 +26,11 @@ import time
 from pathlib import Path
 
 DEFAULT_CONFIG = Path("quickstart/jointst_tiny_synth.yaml")  # packaged: videored/configs/
+# The comparison: every method any model runs, plus RLT (training-free, video: at the
+# interpreter's kept ratio, clip by clip). SPViT and SViT are left out: each needs its own
+# training job (docs/models.md, "SPViT and SViT in the quickstart").
+QUICKSTART_METHODS = ("original", "interpreter", "random", "attention", "temporal_difference",
+                      "tome", "evit", "rlt")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,11 +103,10 @@ def main(args: argparse.Namespace) -> int:
     tmp = model_file.with_name("model.pt.tmp")
     shutil.copyfile(iared2_dir / "model.pt", tmp)
     os.replace(tmp, model_file)
-    from videored.models.methods import METHODS
-
-    print(f"[quickstart] 3/4 evaluation: {len(METHODS)} methods, clip-1 / video-1, "
+    print(f"[quickstart] 3/4 evaluation: {len(QUICKSTART_METHODS)} methods, clip-1 / video-1, "
           "interpretability", flush=True)
     run_local_job(["eval", "--checkpoint", str(model_file), "--out", str(out),
+                   "--methods", ",".join(QUICKSTART_METHODS),
                    "--dense-checkpoint", str(dense_dir / "model.pt"),
                    "--interpretability", f"data.root={data}", "data.num_workers=1"], logs,
                   cluster=args.cluster)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from videored.models.explanations import DEPRECATED, EXPLANATIONS, is_explanation
-from videored.models.methods import MATCH_MODES, METHODS
+from videored.models.methods import MATCH_MODES, METHODS, get_method
 
 # Every method that reduces tokens (`original` draws nothing: it keeps every patch).
 VIEW_METHODS = tuple(m.name for m in METHODS.values() if m.reduces)
@@ -109,7 +109,13 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--kept-ratio must be in (0, 1], got {args.kept_ratio}")
     if args.zoom < 1:
         raise SystemExit(f"--zoom must be a positive integer, got {args.zoom}")
-    methods = list(VIEW_METHODS) if args.method == "all" else [args.method]
+    if args.method == "all":  # every reduction this model can run (RLT: video; pruners: trained)
+        methods = [m for m in VIEW_METHODS if get_method(m).unusable(model) is None]
+    else:
+        methods = [args.method]
+        why = None if is_explanation(args.method) else get_method(args.method).unusable(model)
+        if why:
+            raise SystemExit(f"{args.checkpoint}: {why}")
     if model.interpreters is None:
         if args.method == "interpreter":
             raise SystemExit(f"{args.checkpoint}: this model has no interpreter; choose a "

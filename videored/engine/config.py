@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from videored.models.budget import check_fraction, warn_renamed
+from videored.models.methods import METHODS
 
 STAGE_KINDS = ("interpreter", "finetune", "supervised")
 
@@ -110,6 +111,11 @@ class ScheduleConfig:
     reduction: Optional[str] = None
     kept_ratio: float = 1.0
     keep_warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    # learned pruners (reduction spvit / svit, their table entry's train_recipe): per-stage keep
+    # targets and loss weights; None: the recipe's (SPViT 0.7^s, 2.0, 0.5; SViT 0.7^(j+1), 4.0, 0)
+    pruner_targets: Optional[list[float]] = None
+    ratio_weight: Optional[float] = None
+    distill_weight: Optional[float] = None
 
 
 @dataclass
@@ -269,9 +275,11 @@ def validate(cfg: ExperimentConfig | DictConfig) -> None:
     groups = cfg.schedule.groups
     if groups is not None and any(not 0 <= g < cfg.model.groups for g in groups):
         raise ConfigError(f"key 'schedule.groups': {list(groups)} outside 0..{cfg.model.groups - 1}")
-    if cfg.schedule.reduction not in (None, "evit"):
-        raise ConfigError(f"key 'schedule.reduction': use evit or null, not "
-                          f"{cfg.schedule.reduction!r} (tome is used training-free)")
+    trainable = [m.name for m in METHODS.values()
+                 if m.train_schedule is not None or m.train_recipe is not None]
+    if cfg.schedule.reduction not in (None, *trainable):
+        raise ConfigError(f"key 'schedule.reduction': use {', '.join(trainable)} or null, not "
+                          f"{cfg.schedule.reduction!r} (tome and rlt are used training-free)")
     try:
         check_fraction(cfg.schedule.kept_ratio, "kept_ratio")
     except ValueError as err:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from videored.atomic_io import atomic_write_text
 from videored.curves import curves_from_results, curves_markdown, matching_rule
 from videored.models.budget import Budget, check_fraction
-from videored.models.methods import EXPLANATIONS, METHODS, get_method, parse_methods
+from videored.models.methods import ANY_MODEL_METHODS, EXPLANATIONS, get_method, parse_methods
 from videored.normalization import resolve_normalization
 from videored.tables import markdown_table
 
@@ -59,7 +59,7 @@ def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
     if kept_ratios is not None:
         check_curve_request(kept_ratios, kept_ratio, match, methods, masks, interpretability)
     table1 = masks is not None
-    names = parse_methods(methods or ",".join(TABLE1_METHODS if table1 else METHODS),
+    names = parse_methods(methods or ",".join(TABLE1_METHODS if table1 else ANY_MODEL_METHODS),
                           explanations=table1)
     try:
         budget = Budget.of(kept_ratio, match)
@@ -108,7 +108,7 @@ def check_curve_request(kept_ratios: list[float], kept_ratio: Optional[float], m
             raise ValueError(f"--kept-ratios: {r} keeps no token; budgets must be in (0, 1]")
     if len(set(kept_ratios)) != len(kept_ratios):
         raise ValueError(f"--kept-ratios: a budget is given twice in {kept_ratios}")
-    names = parse_methods(methods or ",".join(METHODS))
+    names = parse_methods(methods or ",".join(ANY_MODEL_METHODS))
     if match == "gmacs" and not any(get_method(m).learned and get_method(m).topk for m in names):
         raise ValueError("--match gmacs on a curve matches the interpreter's top-k GMACs at each "
                          "budget: add 'interpreter' to --methods, or use --match ratio")
@@ -154,6 +154,11 @@ def load_for_eval(cfg: DictConfig, checkpoint: str | Path, need_interpreter: boo
     if need_interpreter and fresh_interpreters:
         raise ValueError(f"{checkpoint} has no trained interpreter weights; evaluate it without "
                          "'interpreter' in --methods (and give --kept-ratio)")
+    fresh_pruners = sorted({k.split(".")[1] for k in report.initialized if k.startswith("pruners.")})
+    if fresh_pruners:  # model.kwargs.pruners asks for SPViT / SViT selectors the file lacks
+        raise ValueError(f"{checkpoint} has no trained {', '.join(fresh_pruners)} selector weights "
+                         "(model.kwargs.pruners in the config); train them first "
+                         f"(configs/*/*_{fresh_pruners[0]}.yaml) or drop them from the config")
     if report.dropped or any(k.startswith("head.") for k in report.initialized):
         raise ValueError(f"{checkpoint}: classification head does not fit "
                          f"model.num_classes={cfg.model.num_classes}")
@@ -280,7 +285,8 @@ def run_evaluation(cfg: DictConfig, *, checkpoint: str | Path, out_dir: str | Pa
     if kept_ratios is None and budgeted and plan.matched and plan.reference not in methods:
         raise ValueError(f"{budgeted} need a kept ratio: evaluate {plan.reference!r} too (they "
                          "match it) or give a fixed kept ratio")
-    nets = {m: model if m in learned else dense for m in methods}
+    # the learned methods and those deciding with the checkpoint's trained pruners (SPViT, SViT)
+    nets = {m: model if m in learned or get_method(m).weights else dense for m in methods}
     arms = plan_arms(methods, nets, kept_ratio=kept_ratio, match=match, kept_ratios=kept_ratios)
     views = predict_arms(arms, dataset, dist=dist, batch_size=batch_size, workers=workers,
                          amp=amp, progress="eval" if cfg.run.progress else None,

@@ -7,17 +7,23 @@ Stage kinds (paper Sec. 3.2, supplement Alg. 1), for group j of D:
   finetune     interpreter j frozen and greedy; cross-entropy trains the blocks of groups j..D-1
                plus the final norm and head (they read the reduced token sequence too).
   supervised   plain dense finetuning of the whole backbone (all tokens kept), e.g. to get a base
-               model on a new dataset before Algorithm 1.
+               model on a new dataset before Algorithm 1; or through a reduction
+               (`schedule.reduction`): EViT (its keep-rate warm-up), or a learned pruner (SPViT,
+               SViT) whose table entry's `train_recipe` adds its losses (`pruner_step`).
 Patch embed, pos/temporal embed and cls token stay frozen in interpreter and finetune stages.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
+
+from videored.models.methods import PrunerRecipe, get_method
+from videored.models.pruning_losses import check_targets, keep_ratio_loss, logits_kl
 
 from .reinforce import leave_one_out_advantage, policy_loss, reward, self_critical_advantage
 
@@ -161,4 +167,74 @@ def classification_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stag
         "loss": loss.detach() * B, "acc": (out.logits.argmax(1) == y).float().sum(),
         "kept": out.kept_ratio.float().sum(), "gflops": out.gflops.float().sum(),
     }
+    return StepResult(loss=loss, sums=sums, count=B)
+
+
+# ---- learned pruners (SPViT, SViT): the method's recipe through a supervised stage ----
+
+@dataclass(frozen=True)
+class PrunerTraining:
+    """A pruner's recipe resolved for one run: per-stage targets and loss weights (the table
+    entry's `train_recipe`, overridden by schedule.pruner_targets / ratio_weight /
+    distill_weight)."""
+    recipe: PrunerRecipe
+    targets: list[float]
+    ratio_weight: float
+    distill_weight: float
+
+
+def pruner_training(cfg: DictConfig, model: nn.Module) -> PrunerTraining | None:
+    """The run's pruner training (None: schedule.reduction is no learned pruner)."""
+    s = cfg.schedule
+    method = None if s.reduction is None else get_method(s.reduction)
+    if method is None or method.train_recipe is None:
+        return None
+    recipe = method.train_recipe
+    why = method.unusable(model)
+    if why:
+        raise ValueError(f"schedule.reduction={s.reduction}: {why}")
+    stages = len(model.pruner_blocks[method.weights])
+    targets = recipe.targets(stages) if s.pruner_targets is None else list(s.pruner_targets)
+    return PrunerTraining(
+        recipe=recipe, targets=check_targets(targets, stages, "schedule.pruner_targets"),
+        ratio_weight=recipe.ratio_weight if s.ratio_weight is None else float(s.ratio_weight),
+        distill_weight=recipe.distill_weight if s.distill_weight is None
+        else float(s.distill_weight))
+
+
+def dense_teacher(model: nn.Module, training: PrunerTraining | None) -> nn.Module | None:
+    """A frozen copy of the starting weights (SPViT's distillation teacher: the dense model it
+    starts from), or None when the recipe distils nothing. Made before any resume loads newer
+    weights, so a resumed run distils from the same teacher."""
+    if training is None or training.distill_weight <= 0:
+        return None
+    teacher = copy.deepcopy(model).eval()
+    return teacher.requires_grad_(False)
+
+
+def pruner_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: Stage,
+                training: PrunerTraining, teacher: nn.Module | None,
+                **forward: object) -> StepResult:
+    """CE + ratio_weight · keep-ratio loss (per-stage decisions toward the targets) +
+    distill_weight · KL to the dense teacher's logits. forward: the recipe's selector (the
+    pruner's own Gumbel decisions in train mode)."""
+    out = model(x, active_groups=stage.active_groups, **forward)
+    if out.decisions is None:
+        raise ValueError(f"{forward.get('selector')}: the forward returned no pruning decisions")
+    ce = F.cross_entropy(out.logits.float(), y)
+    ratio = keep_ratio_loss(out.decisions, training.targets)
+    loss = ce + training.ratio_weight * ratio
+    B = y.shape[0]
+    sums = {"ce": ce.detach() * B, "ratio_loss": ratio.detach().float() * B}
+    if teacher is not None:
+        with torch.no_grad():
+            dense = teacher(x, selector="none").logits
+        distill = logits_kl(out.logits.float(), dense.float())
+        loss = loss + training.distill_weight * distill
+        sums["distill"] = distill.detach() * B
+    # the kept ratio of each stage's decisions (what the ratio loss pushes toward its target)
+    for s, d in enumerate(out.decisions):
+        sums[f"kept{s}"] = d.detach().float().mean(1).sum()
+    sums.update({"loss": loss.detach() * B, "acc": (out.logits.argmax(1) == y).float().sum(),
+                 "kept": out.kept_ratio.float().sum(), "gflops": out.gflops.float().sum()})
     return StepResult(loss=loss, sums=sums, count=B)

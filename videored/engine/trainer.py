@@ -37,7 +37,8 @@ from .metrics_log import Meter, MetricsLogger
 from .run_folder import claim_run_folder
 from .sampler import ResumableSampler
 from .substitutions import SubstitutionTally
-from .stages import (Stage, StepResult, classification_step, interpreter_step, plan_stages,
+from .stages import (Stage, StepResult, classification_step, dense_teacher, interpreter_step,
+                     plan_stages, pruner_step, pruner_training,
                      set_train_mode, trainable_parameters)
 from .validation import validate
 
@@ -102,6 +103,10 @@ class Trainer:
             hook=lambda: write_pause_hook(cfg.debug, self.out, "checkpoint"))
         self.stage_updates = 0  # optimizer steps taken in the current stage (0 at its end: error)
         self.config_changes: list[dict] = []  # what resumes changed (config_changes.json)
+        # a learned pruner's recipe (SPViT / SViT) and its teacher: the starting weights, copied
+        # before a resume loads newer ones
+        self.pruning = pruner_training(cfg, self.model)
+        self.teacher = dense_teacher(self.model, self.pruning)
 
     # ---- resume ----
     def load_state(self, state: dict, source: str) -> None:
@@ -299,6 +304,9 @@ class Trainer:
                 r = self.cfg.reinforce
                 result = interpreter_step(net, self.model, x, y, stage.group, r.tau, r.squared, r.baseline,
                                           r.samples)
+            elif self.pruning is not None and stage.kind == "supervised":
+                result = pruner_step(net, x, y, stage, self.pruning, self.teacher,
+                                     **self._reduction(stage))
             else:
                 result = classification_step(net, x, y, stage, **self._reduction(stage))
         optimizer.zero_grad(set_to_none=True)

@@ -258,7 +258,27 @@ def has_fused_attention(block: nn.Module) -> bool:
     return attn is not None and bool(getattr(attn, "fused_attn", False)) and hasattr(block, "ls1")
 
 
+class PolicyAttend:
+    """Attention core with a keep policy (DynamicViT / SPViT training): policy (B, L) float in
+    {0, 1} (straight-through gradient allowed). Key j counts for query i with weight
+    P_j + (1 - P_j)·[i = j]: pruned tokens are no key for others but still attend to
+    themselves (their rows stay finite), so every kept row equals the gathered computation."""
+
+    def __init__(self, attn: nn.Module, policy: torch.Tensor) -> None:
+        self.attn, self.policy = attn, policy
+
+    def __call__(self, q, k, v):
+        logits = attention_logits(self.attn, q, k)  # (B, H, L, L)
+        L = logits.shape[-1]
+        p = self.policy.to(logits.dtype)[:, None, None, :]  # (B, 1, 1, L)
+        eye = torch.eye(L, dtype=logits.dtype, device=logits.device)
+        weight = p + (1.0 - p) * eye  # (B, 1, L, L)
+        e = (logits - logits.amax(dim=-1, keepdim=True).detach()).exp() * weight
+        probs = self.attn.attn_drop(e / e.sum(dim=-1, keepdim=True))
+        return tokens_first(probs @ heads_first(v))
+
+
 __all__ = ["Attend", "BlockTrace", "ExplicitAttend", "attention_half", "attention_logits",
            "attention_output", "attn_dim", "block_forward", "cls_attention", "dropout_p", "has_fused_attention",
-           "heads_first", "lrp_linears", "mlp_half", "patch_embed_matrix", "qkv_heads", "sdpa_attend", "tokens_first",
+           "heads_first", "lrp_linears", "PolicyAttend", "mlp_half", "patch_embed_matrix", "qkv_heads", "sdpa_attend", "tokens_first",
            "traced_block_forward"]

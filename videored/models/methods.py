@@ -35,7 +35,8 @@ from . import flops
 from .budget import (MATCH_MODES, Budget, calibrate_interpreter, kept_ratio_itself, method_kwargs,
                      topk_setting)
 from .budget import setting_for_gmacs as _setting_for_gmacs
-from .cost import reducer_gmacs, topk_gmacs
+from . import rlt, spvit, svit
+from .cost import embed_macs, group_macs, head_macs, reducer_gmacs, to_gmacs, topk_gmacs
 from .evit import evit_blocks, warmup_kept_ratio
 from .merge_blocks import MergeRun, evit_macs, evit_targets, run_evit, run_tome, tome_macs
 from .selectors import attention_scores, random_scores, temporal_difference_scores, topk_keep
@@ -54,6 +55,10 @@ class SelectionInput:
     generator  the caller's CPU generator (None: global RNG for samples, `seeded` for scores)
     seeded     the model's generator seeded with its `seed` (random scores' default)
     random_seeds  (B,) per-sample seeds of the random scorer (masks independent of the batch)
+    pixels  (B, N, C*p*p) the clip's normalized pixel patches in token order
+            (`rlt.pixel_patches`), only for methods with `needs_pixels` (else None)
+    group   index j of the group this selection runs before
+    rlt_threshold  RLT's tau for its threshold-native entry (the model's `rlt_threshold`)
     """
     tokens: TokenSet
     cls: torch.Tensor
@@ -64,6 +69,9 @@ class SelectionInput:
     generator: torch.Generator | None = None
     seeded: torch.Generator | None = None
     random_seeds: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+    group: int = 0
+    rlt_threshold: float = rlt.RLT_THRESHOLD
 
 
 @dataclass
@@ -72,6 +80,22 @@ class Selection:
     scores: torch.Tensor
     keep: torch.Tensor
     macs: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PrunerRecipe:
+    """How a learned pruner (SPViT, SViT) trains through the stage engine: a `supervised` stage
+    with `schedule.reduction` = the method runs `selector` (the pruner's own decisions: Gumbel
+    samples, straight-through) and adds to the cross-entropy (`engine.stages.pruner_step`)
+
+        ratio_weight · keep_ratio_loss(out.decisions, targets(S))        (S stages / gates)
+      + distill_weight · logits_kl(out.logits, the dense starting model's logits)
+
+    Config overrides: schedule.pruner_targets, schedule.ratio_weight, schedule.distill_weight."""
+    selector: str
+    targets: Callable[[int], list[float]]
+    ratio_weight: float
+    distill_weight: float = 0.0
 
 
 def _no_macs(n: torch.Tensor, dim: int) -> torch.Tensor:
@@ -109,6 +133,14 @@ class Method:
     topk         a learned method's `topk` setting: its twin entry that keeps the top
                  keep_rate of the same learned scores (a budgeted method: trade-off curves run the
                  learned scorer at every budget with it); None: no such setting
+    native       sets its own kept count (RLT's threshold, SPViT's / SViT's trained decisions):
+                 no budget, and not the reference a matched comparison matches
+    needs_pixels `select` reads `SelectionInput.pixels` (RLT): the forward fills it
+    video_only   compares frames (RLT): an image model raises a clear error
+    weights      the model's trained module set it decides with (`model.pruners[weights]`:
+                 "spvit", "svit"); a model without them raises a clear error
+    train_recipe how its pruners train (`PrunerRecipe`: losses, targets, weights); None: the
+                 method trains nothing of its own
     """
     name: str
     selector: str
@@ -123,6 +155,11 @@ class Method:
     reduce_macs: Callable[[object, float], float] | None = None
     train_schedule: Callable[[object, float, float], float] | None = None
     topk: "Method | None" = None
+    native: bool = False
+    needs_pixels: bool = False
+    video_only: bool = False
+    weights: str | None = None
+    train_recipe: PrunerRecipe | None = None
 
     @property
     def reduces(self) -> bool:
@@ -133,11 +170,25 @@ class Method:
     def budgeted(self) -> bool:
         """True when a budget sets its setting (top-k baselines, in-block reducers); False:
         original, learned."""
-        return self.reduces and not self.learned
+        return self.reduces and not self.learned and not self.native
+
+    def unusable(self, model) -> str | None:
+        """Why this method cannot run on `model` (None: it can): a video-only method on an
+        image model, or a model without the trained weights the method decides with."""
+        if self.video_only and model.embed.num_frames is None:
+            return f"{self.name} compares frames: it is video-only (this is an image model)"
+        if self.weights is not None and self.weights not in model.pruners:
+            return (f"{self.name} decides with trained {self.weights} selectors and this model "
+                    f"has none: build it with create_model(..., pruners=[{self.weights!r}]) "
+                    f"(config: model.kwargs.pruners: [{self.weights}]) and train them "
+                    f"(configs/*/*_{self.weights}.yaml), or load a checkpoint that has them")
+        return None
 
     def training_kwargs(self, model, kept_ratio: float, progress: float = 1.0) -> dict:
         """Forward arguments of a training step that runs through this method at `kept_ratio`,
         `progress` along its `train_schedule` (1: the target)."""
+        if self.train_recipe is not None:  # the pruner's own (sampled) decisions, no budget
+            return method_kwargs(model, SELECTORS[self.train_recipe.selector])
         if self.train_schedule is not None:
             kept_ratio = self.train_schedule(model, kept_ratio, progress)
         return method_kwargs(model, self, kept_ratio=kept_ratio)
@@ -221,6 +272,96 @@ def _evit_warmup(model, kept_ratio: float, progress: float) -> float:
     return warmup_kept_ratio(progress, kept_ratio, len(evit_blocks(len(model.blocks))))
 
 
+# ---- RLT (rlt.py): selects once, at the input, on the clip's pixels ----
+
+def _zero_macs(inp: SelectionInput) -> torch.Tensor:
+    return torch.zeros(inp.tokens.x.shape[0], dtype=torch.float64, device=inp.tokens.x.device)
+
+
+def _rlt_differences(inp: SelectionInput) -> torch.Tensor:
+    """(B, n) RLT differences of the alive rows (mean |pixel change| to the previous frame)."""
+    if inp.pixels is None:
+        raise ValueError("rlt reads the clip's pixels: SelectionInput.pixels is unset")
+    diff = rlt.differences_from_patches(inp.pixels, inp.grid)  # (B, N) in token order
+    return diff.gather(1, inp.tokens.index)
+
+
+def _rlt_selection(inp: SelectionInput,
+                   decide: Callable[[torch.Tensor], torch.Tensor]) -> Selection:
+    """Group 0: RLT's differences, `decide(diff) -> keep (B, n)`; later groups pass every alive
+    token on (RLT drops once, at the input). Elementwise work: 0 MACs (flops.py convention)."""
+    valid = inp.tokens.valid_mask
+    if inp.group > 0:
+        return Selection(valid.to(inp.tokens.x.dtype), valid, _zero_macs(inp))
+    diff = _rlt_differences(inp)
+    return Selection(rlt.rlt_scores(diff).to(inp.tokens.x.dtype), decide(diff) & valid,
+                     _zero_macs(inp))
+
+
+def _rlt(inp: SelectionInput, kept_ratio) -> Selection:
+    """At a budget: each clip keeps its kept_count largest differences (frame 0 always)."""
+    frame = inp.grid[1] * inp.grid[2]  # frame 0's patches: RLT always keeps them
+    return _rlt_selection(inp, lambda d: rlt.keep_at_kept_ratio(d, kept_ratio, frame))
+
+
+def _rlt_threshold(inp: SelectionInput, setting) -> Selection:
+    """RLT's own rule: keep a token whose difference is above tau; the count follows the clip."""
+    return _rlt_selection(inp, lambda d: rlt.rlt_keep(d, inp.rlt_threshold))
+
+
+def _rlt_gmacs(model, method, kept_ratio: torch.Tensor) -> torch.Tensor:
+    """(B,) GMACs of RLT at kept_ratio (B,) without a forward: the kept count of `rlt.kept_count`
+    (frame-0 floor gh*gw) through every group (RLT selects once), scoring 0."""
+    T, gh, gw = model.grid
+    ratio = kept_ratio.double().cpu()
+    kept = rlt.kept_count(torch.empty(len(ratio), model.num_patches), ratio, gh * gw).double()
+    depth = len(model.blocks) // model.groups
+    macs = torch.full_like(kept, embed_macs(model))
+    for _ in range(model.groups):
+        macs = macs + group_macs(torch.zeros_like(kept), kept, depth, model.embed_dim,
+                                 model.mlp_ratio)
+    return to_gmacs(macs + head_macs(model))
+
+
+# ---- SPViT / SViT (spvit.py, svit.py): learned pruners inside the block loop ----
+
+def _spvit_run(model, cls, patches, kept_ratio: float | None):
+    """kept_ratio None: the selectors' own decisions (Gumbel samples + attention policy while
+    the model trains, argmax at test); a float: the top-k per stage at the budget's counts."""
+    train = kept_ratio is None and model.training and torch.is_grad_enabled()
+    return spvit.run_spvit(list(model.blocks), cls, patches, model.pruners["spvit"],
+                           stage_blocks=model.pruner_blocks["spvit"], train=train,
+                           kept_ratio=kept_ratio, mlp_ratio=model.mlp_ratio, mode=model.ragged,
+                           generator=model.pruner_generator)
+
+
+def _spvit_macs(model, kept_ratio: float) -> float:
+    return spvit.spvit_budget_macs(model.num_patches, len(model.blocks),
+                                   model.pruner_blocks["spvit"], kept_ratio, dim=model.embed_dim,
+                                   heads=model.blocks[0].attn.num_heads, mlp_ratio=model.mlp_ratio)
+
+
+def _svit_run(model, cls, patches, kept_ratio: float | None):
+    """As `_spvit_run`, for SViT's gates (pruned tokens stay in place, reactivable)."""
+    train = kept_ratio is None and model.training and torch.is_grad_enabled()
+    return svit.run_svit(list(model.blocks), cls, patches, model.pruners["svit"],
+                         gate_blocks=model.pruner_blocks["svit"], train=train,
+                         kept_ratio=kept_ratio, mlp_ratio=model.mlp_ratio, mode=model.ragged,
+                         generator=model.pruner_generator)
+
+
+def _svit_macs(model, kept_ratio: float) -> float:
+    return svit.svit_budget_macs(model.num_patches, len(model.blocks), model.pruner_blocks["svit"],
+                                 kept_ratio, dim=model.embed_dim, mlp_ratio=model.mlp_ratio)
+
+
+# SPViT's reference recipe (docs/peers_spvit_svit.md): targets 0.7^s at its 3 stages, ratio loss
+# weight 2.0 (DynamicViT's), KL distillation from the dense model at 0.5. SViT: targets 0.7^(j+1)
+# over its 3 gate groups, ratio weight 4.0 (unverified: its script takes it as a flag), no teacher.
+SPVIT_RECIPE = PrunerRecipe("spvit_native", spvit.spvit_targets, ratio_weight=2.0,
+                            distill_weight=0.5)
+SVIT_RECIPE = PrunerRecipe("svit_native", svit.svit_targets, ratio_weight=4.0)
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("original", "none", learned=False,
            summary="dense model: every token reaches every block", setting_name=None),
@@ -251,7 +392,41 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "into one token weighted by that attention",
            reduce=_evit, reduce_macs=_evit_macs, setting_name="kept_ratio",
            setting_for=kept_ratio_itself, gmacs_at=reducer_gmacs, train_schedule=_evit_warmup),
+    Method("rlt", "rlt", learned=False,
+           summary="RLT: mean |pixel change| to the same patch in the previous frame; each clip "
+                   "keeps its largest changes at the budget (frame 0 always), once, at the input",
+           select=_rlt, setting_name="kept_ratio", setting_for=kept_ratio_itself,
+           gmacs_at=_rlt_gmacs, needs_pixels=True, video_only=True),
+    Method("rlt_threshold", "rlt_threshold", learned=False,
+           summary="RLT's own rule: drop a patch whose mean |pixel change| to the previous frame "
+                   "is <= tau (model.rlt_threshold, 0.1); the kept count follows the clip",
+           select=_rlt_threshold, setting_name=None, native=True, needs_pixels=True,
+           video_only=True),
+    Method("spvit", "spvit", learned=False,
+           summary="SPViT: learned selectors before blocks 4, 7, 10; each stage keeps the top "
+                   "tokens by keep probability at the budget, folds the rest into a package token",
+           reduce=lambda m, c, p, r: _spvit_run(m, c, p, r), reduce_macs=_spvit_macs,
+           setting_name="kept_ratio", setting_for=kept_ratio_itself, gmacs_at=reducer_gmacs,
+           weights="spvit", train_recipe=SPVIT_RECIPE),
+    Method("spvit_native", "spvit_native", learned=False,
+           summary="SPViT with its selectors' own decisions (argmax; Gumbel in training)",
+           reduce=lambda m, c, p, r: _spvit_run(m, c, p, None), setting_name=None, native=True,
+           weights="spvit", train_recipe=SPVIT_RECIPE),
+    Method("svit", "svit", learned=False,
+           summary="SViT: a 2-layer gate before every block from the 4th; each gate's block runs "
+                   "on the top tokens at the budget, the others wait in place (reactivable)",
+           reduce=lambda m, c, p, r: _svit_run(m, c, p, r), reduce_macs=_svit_macs,
+           setting_name="kept_ratio", setting_for=kept_ratio_itself, gmacs_at=reducer_gmacs,
+           weights="svit", train_recipe=SVIT_RECIPE),
+    Method("svit_native", "svit_native", learned=False,
+           summary="SViT with its gates' own decisions (argmax; Gumbel in training)",
+           reduce=lambda m, c, p, r: _svit_run(m, c, p, None), setting_name=None, native=True,
+           weights="svit", train_recipe=SVIT_RECIPE),
 )}
+# the methods every model can run (no video-only comparison, no trained pruner weights): the
+# default `--methods` of the tools; the others are offered by name
+ANY_MODEL_METHODS = tuple(m.name for m in METHODS.values()
+                          if not m.video_only and m.weights is None)
 SELECTORS = {m.selector: m for e in METHODS.values()  # model-side name -> method (+ topk twins)
              for m in (e, e.topk) if m is not None}
 
@@ -345,13 +520,15 @@ def run_methods(model, x: torch.Tensor, methods: list[str], *, match: str = "rat
     for m in methods:
         if m not in outputs:
             entry = get_method(m)
-            net = ref_model if entry.learned else model
+            # the learned reference's weights; a pruner method's trained selectors where only
+            # the reference model has them (the dense model beside an SPViT / SViT checkpoint)
+            net = ref_model if entry.learned or (entry.weights and entry.unusable(model)) else model
             outputs[m] = net(x, **budget.forward_kwargs(net, entry, batch=len(x),
                                                          reference=reference), **forward_kwargs)
     return {m: outputs[m] for m in methods}
 
 
-__all__ = ["Budget", "EXPLANATIONS", "MATCH_MODES", "METHODS", "Method", "SELECTORS", "Selection",
-           "SelectionInput", "budget_kwargs", "calibrate_interpreter", "get_method",
+__all__ = ["ANY_MODEL_METHODS", "Budget", "EXPLANATIONS", "MATCH_MODES", "METHODS", "Method", "SELECTORS", "Selection",
+           "SelectionInput", "PrunerRecipe", "budget_kwargs", "calibrate_interpreter", "get_method",
            "parse_methods", "predicted_gmacs", "reference_budget", "run_methods",
            "setting_for_gmacs", "topk_gmacs", "topk_setting"]

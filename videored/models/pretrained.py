@@ -30,7 +30,7 @@ from .formats import CheckpointFormatError, read_checkpoint
 log = logging.getLogger(__name__)
 
 # Present in a fresh model but legitimately absent from ImageNet / TimeSformer checkpoints.
-_MAY_BE_MISSING = ("interpreters.", "embed.time_embed", "head.")
+_MAY_BE_MISSING = ("interpreters.", "pruners.", "length_embed.", "embed.time_embed", "head.")
 TIME_EMBED_RESIZE = ("linear", "nearest")
 
 
@@ -87,7 +87,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *,
     if mismatched:
         raise CheckpointFormatError(f"{where} does not fit this architecture; mismatched shapes: "
                          + "; ".join(mismatched[:12]))
-    # A fresh head is fine (different class count, or a headless file); so are new interpreters.
+    # A fresh head is fine (different class count, or a headless file); so are new interpreters
+    # and pruners (SPViT / SViT selectors trained from a dense model) and RLT's length embedding.
     missing = [k for k in own if k not in adapted and not k.startswith(_MAY_BE_MISSING)]
     if missing:
         raise CheckpointFormatError(f"{where} lacks weights this model needs: {missing[:12]}")

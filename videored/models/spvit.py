@@ -40,7 +40,7 @@ overrides their decision to keep); a package token exists only once a sample has
 something (a zero package row would change the keep-all result).
 
 Training (`train=True`): the sequence keeps all N patches and the decisions act as an attention
-policy (DynamicViT's `softmax_with_policy`, `PolicyAttend` below): a pruned token is no key for
+policy (DynamicViT's `softmax_with_policy`, `block_adapter.PolicyAttend`): a pruned token is no key for
 any other token (it attends only to itself), so the kept tokens, cls and the package compute
 exactly what the gathered sequence computes, and the straight-through gradient reaches the
 selector through the policy and the package weights. The reported MACs are those of the
@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import flops
-from .block_adapter import attention_logits, block_forward, heads_first, tokens_first
+from .block_adapter import PolicyAttend, block_forward  # PolicyAttend: re-exported
 from .evit import evit_schedule
 from .merge_blocks import MergeRun
 from .merging import MergedTokens
@@ -211,28 +211,6 @@ def rows_at_positions(tokens: MergedTokens, num_patches: int) -> torch.Tensor:
     col = torch.where(tokens.index >= 0, tokens.index, torch.full_like(tokens.index, num_patches))
     out = tokens.x.new_zeros(B, num_patches + 1, D)
     return out.scatter(1, col.unsqueeze(-1).expand(-1, -1, D), tokens.x)[:, :num_patches]
-
-
-# ---------------------------------------------------------------------------- training attention
-
-class PolicyAttend:
-    """Attention core with a keep policy (DynamicViT / SPViT training): policy (B, L) float in
-    {0, 1} (straight-through gradient allowed). Key j counts for query i with weight
-    P_j + (1 - P_j)·[i = j]: pruned tokens are no key for others but still attend to
-    themselves (their rows stay finite), so every kept row equals the gathered computation."""
-
-    def __init__(self, attn: nn.Module, policy: torch.Tensor) -> None:
-        self.attn, self.policy = attn, policy
-
-    def __call__(self, q, k, v):
-        logits = attention_logits(self.attn, q, k)  # (B, H, L, L)
-        L = logits.shape[-1]
-        p = self.policy.to(logits.dtype)[:, None, None, :]  # (B, 1, 1, L)
-        eye = torch.eye(L, dtype=logits.dtype, device=logits.device)
-        weight = p + (1.0 - p) * eye  # (B, 1, L, L)
-        e = (logits - logits.amax(dim=-1, keepdim=True).detach()).exp() * weight
-        probs = self.attn.attn_drop(e / e.sum(dim=-1, keepdim=True))
-        return tokens_first(probs @ heads_first(v))
 
 
 # ---------------------------------------------------------------------------- the forward

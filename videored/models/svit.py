@@ -177,6 +177,17 @@ def run_svit(blocks: Sequence[nn.Module], cls: torch.Tensor, patches: torch.Tens
                     decisions=decisions, kept=kept)
 
 
+def reactivated(keep: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Patches a later gate brought back: pruned at some gate, processed again by a later one.
+    keep: per gate (B, N) bool (`PruneRun.keep`, `ReductionOutput.keep`) -> (B, N) bool."""
+    pruned_before = torch.zeros_like(keep[0])
+    back = torch.zeros_like(keep[0])
+    for k in keep:
+        back |= k & pruned_before
+        pruned_before |= ~k
+    return back
+
+
 def _run_kept(blk: nn.Module, x: torch.Tensor, alive: torch.Tensor, mode: str) -> torch.Tensor:
     """One block on the kept patches of each sample (and cls); the others pass through.
     x (B, 1 + N, D), alive (B, N) bool -> (B, 1 + N, D)."""
@@ -196,5 +207,5 @@ def _run_kept(blk: nn.Module, x: torch.Tensor, alive: torch.Tensor, mode: str) -
     return torch.cat([out[:, :1], patches], dim=1)
 
 
-__all__ = ["SViTGate", "budget_counts", "gate_macs", "run_svit", "svit_blocks",
+__all__ = ["SViTGate", "budget_counts", "gate_macs", "reactivated", "run_svit", "svit_blocks",
            "svit_budget_macs", "svit_macs", "svit_targets"]

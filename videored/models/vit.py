@@ -25,6 +25,9 @@ from .cost import embed_macs, group_macs, head_macs, to_gmacs
 from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
 from .methods import SELECTORS, SelectionInput
+from .rlt import RLT_THRESHOLD, LengthEmbedding, pixel_patches, run_lengths
+from .spvit import SPViTSelector, spvit_blocks
+from .svit import SViTGate, svit_blocks
 from .ragged import check_ragged, run_blocks
 from .tokens import TokenSet, full_token_set, gather_kept, scatter_to_positions
 
@@ -49,6 +52,9 @@ class ReductionOutput:
     source  in-block reducers only (tome, evit): (B, N) long, the final token row that covers
             each patch (ToMe's merged groups; EViT's fused token covers every fused patch);
             None for the dropping methods
+    decisions  learned pruners only (spvit, svit): per stage (B, N) float keep decisions at
+            original positions, carrying the straight-through gradient in training (what the
+            keep-ratio loss reads, `pruning_losses.keep_ratio_loss`); None otherwise
 
     The in-block reducers report per stage instead of per group (merge_blocks.run_tome /
     run_evit); their keep marks the positions the rows stand at, so kept_ratio is rows / N
@@ -59,6 +65,7 @@ class ReductionOutput:
     keep: list[torch.Tensor]
     gflops: torch.Tensor
     source: torch.Tensor | None = None
+    decisions: list[torch.Tensor] | None = None
 
     @property
     def kept_ratio(self) -> torch.Tensor:
@@ -96,6 +103,15 @@ class TokenReductionViT(nn.Module):
             the CUDA candidate). See `ragged.py`.
         grad_checkpointing: recompute each block's activations in backward (saves memory in
             training; forward-only calls are unaffected). Also `set_grad_checkpointing()`.
+        pruners: the learned pruners to build besides the selector's ("spvit": an
+            `SPViTSelector` per stage, "svit": an `SViTGate` per gated block), kept in
+            `self.pruners[name]` (state_dict keys `pruners.<name>.<i>.*`); selector "spvit*" /
+            "svit*" builds its own. pruner_blocks: {name: block indices} (default: the papers'
+            placements, `spvit.spvit_blocks` [3, 6, 9] / `svit.svit_blocks` [3..11] of 12).
+        rlt_threshold: RLT's tau for the threshold-native entry `rlt_threshold`, in the units of
+            the model's input normalization (docs/rlt.md).
+        length_embed: add RLT's run-length embedding (`rlt.LengthEmbedding`, zero-initialised:
+            training-free numbers unchanged) to the tokens RLT keeps (fine-tuning only).
     """
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
@@ -106,7 +122,10 @@ class TokenReductionViT(nn.Module):
                  setting: float = 0.5, seed: int = 0,
                  interpreter_heads: int | None = None,
                  interpreter_init_keep: float = 0.5, ragged: str = "auto",
-                 grad_checkpointing: bool = False, keep_ratio: float | None = None) -> None:
+                 grad_checkpointing: bool = False, keep_ratio: float | None = None,
+                 pruners: tuple[str, ...] | list[str] = (),
+                 pruner_blocks: dict[str, list[int]] | None = None,
+                 rlt_threshold: float = RLT_THRESHOLD, length_embed: bool = False) -> None:
         super().__init__()
         if keep_ratio is not None:
             warn_renamed("keep_ratio", "setting", "TokenReductionViT")
@@ -135,6 +154,23 @@ class TokenReductionViT(nn.Module):
                 MultiHeadInterpreter(embed_dim, interpreter_heads or num_heads, threshold,
                                      interpreter_init_keep)
                 for _ in range(groups))
+        # learned pruners (SPViT selectors, SViT gates): built for the selector and `pruners`
+        wanted = set(pruners) | ({SELECTORS[self.selector].weights} - {None})
+        unknown = wanted - set(PRUNERS)
+        if unknown:
+            raise ValueError(f"unknown pruners {sorted(unknown)}; choose from {', '.join(PRUNERS)}")
+        self.pruner_blocks = {name: list((pruner_blocks or {}).get(name) or default(depth))
+                              for name, (default, _) in PRUNERS.items()}
+        self.pruners = nn.ModuleDict({
+            name: nn.ModuleList(PRUNERS[name][1](embed_dim, num_heads)
+                                for _ in self.pruner_blocks[name])
+            for name in sorted(wanted)})
+        self.pruner_generator: torch.Generator | None = None  # Gumbel noise (None: global RNG)
+        self.rlt_threshold = rlt_threshold
+        self.length_embed = (LengthEmbedding(num_frames=num_frames, embed_dim=embed_dim)
+                             if length_embed else None)
+        if length_embed and num_frames is None:
+            raise ValueError("length_embed is RLT's run-length embedding: video models only")
         self._generator: torch.Generator | None = None  # random selector, created on first use
         # The input normalization the weights expect (videored.normalization.Normalization):
         # set by create_model / load_pretrained, stored in model.pt by save_model_file.
@@ -201,13 +237,14 @@ class TokenReductionViT(nn.Module):
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
             on batch composition (sharded evaluation).
         """
-        features, scores, keep, macs, source = self.forward_features(
+        features, scores, keep, macs, source, decisions = self.forward_features(
             x, sample=sample, active_groups=active_groups, selector=selector,
             setting=setting, generator=generator, random_seeds=random_seeds,
             keep_ratio=keep_ratio)
         logits = self.forward_head(features)
         return ReductionOutput(logits=logits, scores=scores, keep=keep,
-                               gflops=to_gmacs(macs + head_macs(self)), source=source)
+                               gflops=to_gmacs(macs + head_macs(self)), source=source,
+                               decisions=decisions)
 
     def forward_features(self, x: torch.Tensor, *, sample: bool = False,
                          active_groups: int | None = None, selector: str | None = None,
@@ -215,7 +252,8 @@ class TokenReductionViT(nn.Module):
                          generator: torch.Generator | None = None,
                          random_seeds: torch.Tensor | None = None,
                          keep_ratio: float | torch.Tensor | None = None):
-        """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None).
+        """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None,
+        decisions or None).
 
         In-block reducers (tome, evit; training-free or finetuned through) ignore sample and
         active_groups."""
@@ -223,6 +261,9 @@ class TokenReductionViT(nn.Module):
         if SELECTORS[selector].learned and self.interpreters is None:
             raise ValueError("this model was built without interpreters "
                              "(create it with selector='interpreter')")
+        why = SELECTORS[selector].unusable(self)
+        if why:
+            raise ValueError(why)
         name = "setting"
         if keep_ratio is not None:  # the old name of the per-call setting
             if setting is not None:
@@ -236,10 +277,12 @@ class TokenReductionViT(nn.Module):
         tokens = full_token_set(patches)
         macs = torch.full((x.shape[0],), embed_macs(self), device=x.device, dtype=torch.float64)
         method = SELECTORS[selector]
+        # RLT compares pixels: (B, N, C*p*p) patches of the normalized clip, before the embedding
+        pixels = pixel_patches(x, self.patch_size) if method.needs_pixels else None
         if method.reduce is not None:
-            features, scores, keep, cost, source = self._reduce_in_blocks(
+            features, scores, keep, cost, source, decisions = self._reduce_in_blocks(
                 method, cls, patches, setting)
-            return features, scores, keep, macs + cost, source
+            return features, scores, keep, macs + cost, source, decisions
         all_scores, all_keep = [], []
         for j in range(self.groups):
             blocks = self.group_blocks(j)
@@ -248,9 +291,12 @@ class TokenReductionViT(nn.Module):
                 row_scores, row_keep, scoring = self._select(
                     selector, j, blocks[0], cls, tokens, setting,
                     sample=sample and j == active - 1, generator=generator,
-                    random_seeds=None if random_seeds is None else random_seeds * self.groups + j)
+                    random_seeds=None if random_seeds is None else random_seeds * self.groups + j,
+                    pixels=pixels)
                 all_scores.append(scatter_to_positions(row_scores, tokens, N))
                 tokens = gather_kept(tokens, row_keep)
+                if pixels is not None and j == 0 and self.length_embed is not None:
+                    tokens = self._add_run_lengths(tokens, N)
             else:  # pass-through: every alive token scores 1
                 all_scores.append(scatter_to_positions(tokens.valid_mask.to(cls.dtype), tokens, N))
             all_keep.append(scatter_to_positions(tokens.valid_mask.float(), tokens, N) > 0)
@@ -259,7 +305,7 @@ class TokenReductionViT(nn.Module):
                                      self.mlp_ratio)
             cls, tokens = self._run_blocks(blocks, cls, tokens)
         features = self.norm(torch.cat([cls, tokens.x], dim=1))[:, 0]  # norm is per token
-        return features, all_scores, all_keep, macs, None
+        return features, all_scores, all_keep, macs, None, None
 
     # ---- internals ----
     def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, kept_ratio):
@@ -271,8 +317,13 @@ class TokenReductionViT(nn.Module):
         if ratios is None or len(set(ratios)) == 1:
             run = method.reduce(self, cls, patches, ratios[0] if ratios else kept_ratio)
             features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
-            macs = torch.full((cls.shape[0],), run.macs, dtype=torch.float64, device=cls.device)
-            return features, run.scores, run.keep, macs, run.tokens.source
+            if isinstance(run.macs, torch.Tensor):  # learned pruners: per sample (B,)
+                macs = run.macs.to(device=cls.device, dtype=torch.float64)
+            else:  # ToMe / EViT: every sample has the same count
+                macs = torch.full((cls.shape[0],), run.macs, dtype=torch.float64,
+                                  device=cls.device)
+            decisions = getattr(run, "decisions", None) or None  # learned pruners' (ST gradient)
+            return features, run.scores, run.keep, macs, run.tokens.source, decisions
         parts, order = [], []
         for ratio in sorted(set(ratios)):
             rows = torch.tensor([b for b, r in enumerate(ratios) if r == ratio],
@@ -285,9 +336,14 @@ class TokenReductionViT(nn.Module):
             return torch.cat([p[i] for p in parts])[inverse]
 
         stages = len(parts[0][1])
-        return (joined(0), [torch.cat([p[1][s] for p in parts])[inverse] for s in range(stages)],
-                [torch.cat([p[2][s] for p in parts])[inverse] for s in range(stages)],
-                joined(3), joined(4))
+
+        def per_stage(i: int):
+            if parts[0][i] is None:
+                return None
+            return [torch.cat([p[i][s] for p in parts])[inverse] for s in range(stages)]
+
+        return joined(0), per_stage(1), per_stage(2), joined(3), joined(4), per_stage(5)
+
     def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
         seq = torch.cat([cls, tokens.x], dim=1)  # (B, 1 + n, D)
         dim, ratio = self.embed_dim, self.mlp_ratio
@@ -299,16 +355,26 @@ class TokenReductionViT(nn.Module):
 
     def _select(self, selector: str, j: int, first_block: Block, cls: torch.Tensor,
                 tokens: TokenSet, setting, *, sample: bool,
-                generator: torch.Generator | None, random_seeds: torch.Tensor | None):
+                generator: torch.Generator | None, random_seeds: torch.Tensor | None,
+                pixels: torch.Tensor | None = None):
         """-> (scores (B, n), keep (B, n) bool, MACs (B,)) for the alive rows of group j:
         the method table's `select` of this selector, given explicit state."""
         chosen = SELECTORS[selector].select(SelectionInput(
             tokens=tokens, cls=cls, block=first_block, grid=self.grid,
             interpreter=None if self.interpreters is None else self.interpreters[j],
             sample=sample, generator=generator, seeded=self._random_generator(),
-            random_seeds=random_seeds), setting)
+            random_seeds=random_seeds, pixels=pixels, group=j,
+            rlt_threshold=self.rlt_threshold), setting)
         zero = torch.zeros(tokens.x.shape[0], dtype=torch.float64, device=tokens.x.device)
         return chosen.scores, chosen.keep & tokens.valid_mask, chosen.macs.to(zero) + zero
+
+    def _add_run_lengths(self, tokens: TokenSet, N: int) -> TokenSet:
+        """RLT's length embedding on the kept rows: each row's run length (frames it stands for,
+        `rlt.run_lengths` of the input selection), 0 on padding rows (left unchanged)."""
+        keep = scatter_to_positions(tokens.valid_mask.float(), tokens, N) > 0  # (B, N)
+        lengths = run_lengths(keep, self.grid).gather(1, tokens.index) * tokens.valid_mask
+        return TokenSet(x=self.length_embed(tokens.x, lengths), index=tokens.index,
+                        valid=tokens.valid)
 
     def _random_generator(self) -> torch.Generator:
         if self._generator is None:
@@ -319,6 +385,11 @@ class TokenReductionViT(nn.Module):
         """Restart the random selector's mask sequence (e.g. before each evaluation pass)."""
         self.seed = self.seed if seed is None else seed
         self._generator = None
+
+
+# learned pruners: name -> (default block placement for a depth, module per stage (dim, heads))
+PRUNERS = {"spvit": (spvit_blocks, lambda dim, heads: SPViTSelector(dim, heads)),
+           "svit": (svit_blocks, lambda dim, heads: SViTGate(dim))}
 
 
 def check_selector(name: str) -> str:

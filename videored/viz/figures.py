@@ -23,7 +23,12 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .heatmap import (group_edges, group_mean_colours, kept_ratio_per_frame, mask_outline, paint,
-                      render_overlays)
+                      render_overlays, tint, upsample_patches)
+
+# the marks of `marks_figure`: colour and legend of the bool kinds
+MARKS = {"package": ((255, 0, 255), "magenta: the patches folded into SPViT's package token"),
+         "reactivated": ((0, 255, 0), "green: patches a gate pruned and a later SViT gate "
+                                      "reactivated")}
 
 GAP = 4  # px between panels
 FONT = 8  # pt
@@ -208,6 +213,34 @@ def groups_figure(path: str | Path, frames: np.ndarray, group_grid: np.ndarray,
                        zoom=zoom)
 
 
+def marks_figure(path: str | Path, frames: np.ndarray, kind: str, grid: np.ndarray,
+                 patch_size: int, *, title: str = "", object_mask: np.ndarray | None = None,
+                 zoom: int = 1) -> Layout:
+    """Two rows x T frames: the frames as they are, then what a method does beyond keep / drop
+    (`viz.panels.method_panels`' marks): "package" / "reactivated" (bool (T, gh, gw)) tint
+    those patches in their colour (`MARKS`), their count per frame in the corner; "runs" (int (T, gh, gw) run lengths, RLT)
+    colours each kept token by its run length / T on a jet scale, dropped patches greyed, so a
+    static patch kept at frame t shows as one warm token followed by grey ones."""
+    grid = np.asarray(grid)
+    T = len(frames)
+    if kind == "runs":
+        _, _, shown = render_overlays(frames, grid / T, grid > 0, patch_size)
+        corner = [[f"{int((grid[t] > 0).sum())} kept" for t in range(T)]]
+        colorbar = dict(cmap="jet", label=f"run length / {T} frames", rows=(1, 1))
+    elif kind in MARKS:
+        colour, legend = MARKS[kind]
+        shown = tint(frames, upsample_patches(grid, patch_size) > 0.5, colour)
+        corner = [[f"{int(grid[t].sum())} {kind}" for t in range(T)]]
+        title, colorbar = f"{title} | {legend}", None
+    else:
+        raise ValueError(f"unknown mark kind {kind!r}; choose runs, {', '.join(MARKS)}")
+    if object_mask is not None:
+        shown = paint(shown, mask_outline(object_mask))
+    return save_panels(path, [list(frames), list(shown)], title=title,
+                       corner_texts=[[f"t={t}" for t in range(T)], *corner], colorbar=colorbar,
+                       zoom=zoom)
+
+
 def video_gif(path: str | Path, frames: np.ndarray, scores_grid: np.ndarray,
               keep_grid: np.ndarray, patch_size: int, *, smooth: bool = False,
               frame_ms: int = 400, object_mask: np.ndarray | None = None,
@@ -249,11 +282,12 @@ def input_figures(out: Path, stem: str, name: str, description: str, frames: np.
                   zoom: int = 1) -> Iterator[Path]:
     """`videored visualize`'s figures of one input, yielding each path as it is written:
     `<stem>_<method>.png` (video: `video_figure`; image: one panel per group), the merged groups
-    of in-block reducers (`<stem>_<method>_groups.png`), a GIF per method (video, `gif`), and with
+    of in-block reducers (`<stem>_<method>_groups.png`), a method's marks
+    (`<stem>_<method>_{package,reactivated,runs}.png`, `marks_figure`), a GIF per method (video, `gif`), and with
     `all_methods` the `<stem>_all.png` comparison. panels: `viz.panels.method_panels`' output;
     frames (T, H, W, 3) uint8 (T = 1 for an image); object_mask (T, H, W) bool or None;
     learned(method): its scores are drawn against the keep threshold."""
-    results, notes, groups = panels
+    results, notes, groups, marks = panels
     truth = "" if label is None else f", label {label}"
     if object_mask is not None:
         truth += " | white outline: object mask"
@@ -278,6 +312,13 @@ def input_figures(out: Path, stem: str, name: str, description: str, frames: np.
                           title=f"{m} ({notes[m]}) | {Path(name).name}: the {tokens} tokens of "
                                 f"the last block and the patches each covers{truth}")
             yield png
+        if m in marks:  # SPViT's package, SViT's reactivations, RLT's runs over time
+            kind, grid = marks[m]
+            png = out / f"{stem}_{m}_{kind}.png"
+            marks_figure(png, frames, kind, grid, patch_size, zoom=zoom,
+                         object_mask=object_mask if video else None,
+                         title=f"{m} ({notes[m]}) | {Path(name).name}: {kind}{truth}")
+            yield png
         if gif and video:
             yield video_gif(out / f"{stem}_{m}.gif", frames, scores[-1], keep[-1], patch_size,
                             smooth=smooth, object_mask=object_mask, zoom=zoom)
@@ -296,5 +337,5 @@ def input_figures(out: Path, stem: str, name: str, description: str, frames: np.
         yield png
 
 
-__all__ = ["Layout", "grid_layout", "groups_figure", "image_groups_figure", "input_figures",
+__all__ = ["Layout", "MARKS", "grid_layout", "groups_figure", "image_groups_figure", "input_figures", "marks_figure",
            "methods_figure", "save_panels", "video_figure", "video_gif"]

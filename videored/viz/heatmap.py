@@ -116,6 +116,16 @@ def grey_out(frames, keep_pixels, strength: float = 0.8, grey: int = 128) -> np.
     return np.where(keep[..., None], frames, faded.astype(np.uint8))
 
 
+def tint(frames, where_pixels, colour: Sequence[int], alpha: float = 0.6) -> np.ndarray:
+    """frames (T, H, W, 3) uint8 blended towards `colour` where `where_pixels` (T, H, W) is True
+    (alpha of the colour), unchanged elsewhere: a mark that keeps the picture visible."""
+    frames = _numpy(frames)
+    where = _numpy(where_pixels).astype(bool)
+    mixed = np.rint((1.0 - alpha) * frames.astype(np.float32)
+                    + alpha * np.asarray(colour, np.float32))
+    return np.where(where[..., None], mixed.astype(np.uint8), frames)
+
+
 def mask_outline(mask) -> np.ndarray:
     """(T, H, W) bool object mask -> (T, H, W) bool: object pixels with a 4-neighbour outside it
     (pixels beyond the frame count as outside)."""
@@ -178,5 +188,5 @@ def render_overlays(frames, scores_grid, keep_grid, patch_size: int, *, smooth: 
 __all__ = [
     "UPSAMPLE_MODES", "colorize", "colormap_lut", "grey_out", "group_edges",
     "group_mean_colours", "kept_ratio_per_frame",
-    "mask_outline", "overlay_heatmap", "paint", "patch_grid", "render_overlays", "to_uint8_frames", "upsample_patches",
+    "mask_outline", "overlay_heatmap", "paint", "tint", "patch_grid", "render_overlays", "to_uint8_frames", "upsample_patches",
 ]
