@@ -58,6 +58,16 @@ def _tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([cls, patches], dim=1)
 
 
+@torch.no_grad()
+def _into_last_block(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + N, D): the sequence entering the last block (every token, no gradient): the
+    last-block explanations (raw attention, attention-GradCAM, feature GradCAM) start here."""
+    seq = _tokens(model, x)
+    for blk in model.blocks[:-1]:
+        seq = blk(seq)
+    return seq
+
+
 def _features(model: nn.Module, seq: torch.Tensor) -> torch.Tensor:
     return model.norm(seq)[:, 0]  # (B, D): what the head reads
 
@@ -91,10 +101,7 @@ def cls_row_of_product(mats: list[torch.Tensor]) -> torch.Tensor:
 def raw_attention(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """The last block's cls-row attention over the patches, mean over heads -> (B, N)."""
-    seq = _tokens(model, x)
-    for blk in model.blocks[:-1]:
-        seq = blk(seq)
-    return ba.cls_attention(model.blocks[-1], seq)
+    return ba.cls_attention(model.blocks[-1], _into_last_block(model, x))
 
 
 @torch.no_grad()
@@ -114,10 +121,7 @@ def attention_rollout(model: nn.Module, x: torch.Tensor, target: torch.Tensor | 
 def attn_gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
                  ) -> torch.Tensor:
     """Attention-GradCAM on the last block -> (B, N) = ReLU(mean_h w_h A_h[0, 1:])."""
-    with torch.no_grad():
-        seq = _tokens(model, x)
-        for blk in model.blocks[:-1]:
-            seq = blk(seq)
+    seq = _into_last_block(model, x)
     last = model.blocks[-1]
     with torch.enable_grad():
         seq = seq.detach().requires_grad_(True)  # the graph reaches A even with frozen weights
@@ -134,10 +138,7 @@ def gradcam_parts(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature-GradCAM's activations A (B, 1 + N, D) (the last block's norm1 output) and channel
     weights α (B, D) = mean over patch tokens of ∂y_target/∂A."""
-    with torch.no_grad():
-        seq = _tokens(model, x)
-        for blk in model.blocks[:-1]:
-            seq = blk(seq)
+    seq = _into_last_block(model, x)
     last = model.blocks[-1]
     with torch.enable_grad():
         acts = last.norm1(seq).detach().requires_grad_(True)
