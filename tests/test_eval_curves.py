@@ -15,7 +15,10 @@ from videored.engine.run_eval import curve_arm, eval_command, plan_arms, run_eva
 from videored.models import create_model, flops, save_model_file
 from videored.models.budget import Budget, method_kwargs
 from videored.models.cost import embed_macs, head_macs
-from videored.models.methods import METHODS, get_method
+from videored.models.methods import default_methods, get_method
+
+# the curve's methods: every entry a video model runs without trained selectors of its own
+METHODS = default_methods(video=True)
 
 MODEL = dict(img_size=32, num_frames=2, depth=2, num_classes=3)
 NAME = "timesformer_jointst_tiny_patch16_224"
@@ -68,7 +71,7 @@ def test_curve_points_equal_a_clip_by_clip_reference(run):
     dim = model.embed_dim
     for r in BUDGETS:
         for name in METHODS:
-            if name == "original":
+            if name == "original" or get_method(name).native:  # no budget: one native point
                 continue
             entry = get_method(name).topk if name == "interpreter" else get_method(name)
             wrong, kept = 0, []
@@ -88,6 +91,9 @@ def test_curve_points_equal_a_clip_by_clip_reference(run):
                            "attention": float(flops.attention_selector_macs(torch.tensor(N + 1.0), dim))
                            }.get(name, 0.0)
                 assert p["gflops"] == pytest.approx(_topk_gmacs_by_hand(model, k, scoring), rel=1e-6)
+    for name in METHODS:  # RLT's own tau: one point, its kept ratio set by the clips
+        if get_method(name).native:
+            assert [p["native"] for p in curves[name]] == [True], name
     dense = curves["original"]
     assert len(dense) == 1 and dense[0]["kept_ratio"] == 1.0
     assert dense[0]["gflops"] == pytest.approx(_topk_gmacs_by_hand(model, N, 0.0), rel=1e-6)
@@ -97,7 +103,7 @@ def test_curves_monotone_and_each_budget_equals_a_single_eval(run, tmp_path):
     res = run["curve"]
     for name, points in res["curves"].items():
         budgeted = [p for p in points if p["budget"] is not None]
-        if name == "original":
+        if name == "original" or get_method(name).native:  # single points
             continue
         assert [p["budget"] for p in budgeted] == sorted(BUDGETS), name  # GFLOPs order = budget order
         g = [p["gflops"] for p in budgeted]
@@ -179,7 +185,9 @@ def test_each_view_is_decoded_once_for_every_arm(run):
     ds = _Counting(run["x"], run["y"])
     nets = {m: model for m in METHODS}
     arms = plan_arms(list(METHODS), nets, kept_ratios=BUDGETS, match="gmacs")
-    assert len(arms) == 2 + len(BUDGETS) * (len(METHODS) - 1)
+    single = [m for m in METHODS if m == "original" or get_method(m).native]  # one arm each
+    # + the interpreter's threshold arm, + at each budget every other method (interpreter: top-k)
+    assert len(arms) == len(single) + 1 + len(BUDGETS) * (len(METHODS) - len(single))
     views = predict_arms(arms, ds, dist=CPU, batch_size=4)
     assert sorted(ds.calls) == list(range(len(ds)))  # 6 items read once for 20 arms
     # the one-arm call is the same code path: a fixed-budget arm gives the same views alone

@@ -171,8 +171,8 @@ def test_table1_on_a_davis_folder_counts_unreadable_videos(tmp_path):
 def test_davis_frame_not_sampled_may_lack_its_annotation(tmp_path):
     """Only the sampled frames' annotations are read: a missing PNG elsewhere in the sequence
     does not drop it; a missing PNG of a sampled frame still fails (counted) with its name."""
-    from videored.data.davis import davis_clips
-    from videored.data.frame_folder import load_annotations
+    from videored.data.davis_set import davis_clips
+    from videored.data.davis import load_annotations
 
     _write_davis(tmp_path, {"bear": 12, "car": 12}, skip_annotation=("bear", 11))
     (tmp_path / "Annotations/480p/car/00005.png").unlink()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from videored.normalization import model_input
 from videored.models import create_model, load_model_file, load_pretrained, save_model_file
 from videored.normalization import IMAGENET, Normalization
 
@@ -347,7 +348,7 @@ run: {{device: cpu, progress: false}}
                              crop_size=SIZE, num_spatial_crops=3, mean=(0.0,) * 3, std=(1.0,) * 3)
     for i in (0, 4):
         pixels = plain[i]["video"] * 255.0  # the same crop, 0-255 scale, no normalization
-        torch.testing.assert_close(ran[i]["video"], (pixels - 127.5) / 127.5, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model_input(ran[i]), (pixels - 127.5) / 127.5, atol=1e-5, rtol=0)
 
 
 def test_shipped_mmaction2_config_eval_and_iared2_recipe_from_the_file(tmp_path, synth_root):

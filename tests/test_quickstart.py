@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from _engine_utils import run_cli
+from videored.normalization import model_input
 from videored.commands.quickstart import method_checks
 from videored.engine.reinforce import reward
 from videored.engine.builders import build_dataset
@@ -95,7 +96,7 @@ def test_quickstart_model_reproduces_results(quickstart_run):
     with torch.no_grad():
         for i in range(len(views)):
             item = views[i]
-            x = item["video"][None]  # (1, C, T, H, W)
+            x = model_input(item)[None]  # (1, C, T, H, W): uint8 normalized as the steps do
             kept.append(model(x).keep[0].float().mean().item())  # greedy interpreter decisions
             if i % 3 == 1:  # the centre crop: clip-1
                 logits = dense(x, selector="none").logits

@@ -81,7 +81,8 @@ def test_real_video_file_static_background_moving_square(tmp_path, lossless):
     enters; everything else is a run from frame 0."""
     from videored.data.decoding import open_video
     from videored.data.encoding import write_video
-    from videored.data.transforms import to_normalized_float, uint8_cthw
+    from videored.data.transforms import uint8_cthw
+    from videored.normalization import normalize_uint8
     from videored.data.video_dataset import KINETICS_MEAN, KINETICS_STD
 
     T = 4
@@ -93,7 +94,7 @@ def test_real_video_file_static_background_moving_square(tmp_path, lossless):
     path = tmp_path / "square.mp4"
     write_video(path, frames, fps=30, lossless=lossless)
     decoded = open_video(path, backend="pyav").get_frames(list(range(T)))
-    x = to_normalized_float(uint8_cthw(decoded), KINETICS_MEAN, KINETICS_STD)[None]
+    x = normalize_uint8(uint8_cthw(decoded), KINETICS_MEAN, KINETICS_STD)[None]
     diff = patch_differences(x, 16)  # (1, 64): grid (4, 4, 4)
     moving = torch.zeros(T, 4, 4, dtype=torch.bool)
     for t in range(1, T):

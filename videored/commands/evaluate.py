@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="output dir (default: next to checkpoint)")
     p.add_argument("--methods", default=None,
                    help=f"comma list from the method table: {', '.join(METHODS)} (default: "
-                        f"{','.join(ANY_MODEL_METHODS)}; rlt* need a video model, spvit* / "
+                        f"{','.join(ANY_MODEL_METHODS)}, and rlt,rlt_threshold on a video model; spvit* / "
                         "svit* a checkpoint with trained selectors (model.kwargs.pruners); "
                         f"with --masks: {','.join(TABLE1_METHODS)}, explanation-only "
                         f"{', '.join(EXPLANATIONS)} allowed)")

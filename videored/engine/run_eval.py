@@ -29,7 +29,8 @@ from omegaconf import DictConfig
 from videored.atomic_io import atomic_write_text
 from videored.curves import curves_from_results, curves_markdown, matching_rule
 from videored.models.budget import Budget, check_fraction
-from videored.models.methods import ANY_MODEL_METHODS, EXPLANATIONS, get_method, parse_methods
+from videored.models.methods import (ANY_MODEL_METHODS, EXPLANATIONS, default_methods, get_method,
+                                     parse_methods)
 from videored.normalization import resolve_normalization
 from videored.tables import markdown_table
 
@@ -59,8 +60,8 @@ def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
     if kept_ratios is not None:
         check_curve_request(kept_ratios, kept_ratio, match, methods, masks, interpretability)
     table1 = masks is not None
-    names = parse_methods(methods or ",".join(TABLE1_METHODS if table1 else ANY_MODEL_METHODS),
-                          explanations=table1)
+    if methods is not None:  # a bad name is an error before anything loads
+        parse_methods(methods, explanations=table1)
     try:
         budget = Budget.of(kept_ratio, match)
     except ValueError as err:
@@ -69,6 +70,8 @@ def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
         cfg = config_for_checkpoint(checkpoint, config, list(overrides))
     except (ConfigError, FileNotFoundError) as err:
         raise ConfigError(f"config error: {err}") from None
+    default = TABLE1_METHODS if table1 else default_methods(is_video_model(cfg.model.name))
+    names = parse_methods(methods or ",".join(default), explanations=table1)
     # Explanations need a kept fraction only where kept patches are scored (--protocol kept, or
     # kept-patch masks without --masks); the benchmark protocol thresholds their maps itself.
     kept_view = protocol == "kept" or not table1
@@ -349,8 +352,10 @@ def curve_results(rows: dict[str, dict], kept_ratios: list[float], match: str) -
         if "original" in rows:
             at = {"original": rows["original"], **at}
         per_budget.append([r, at])
+    # points a method sets by itself (the interpreter's threshold, RLT's tau, trained SPViT /
+    # SViT decisions): one each, marked native; the dense model is not one
     native = {name: row for name, row in rows.items()
-              if name == row["method"] and get_method(name).learned}
+              if name == row["method"] and name != "original" and not get_method(name).budgeted}
     return {"kept_ratios": list(kept_ratios), "match": match, "per_budget": per_budget,
             "native": native, "curves": curves_from_results(per_budget, native)}
 

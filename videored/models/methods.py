@@ -425,8 +425,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 # the methods every model can run (no video-only comparison, no trained pruner weights): the
 # default `--methods` of the tools; the others are offered by name
-ANY_MODEL_METHODS = tuple(m.name for m in METHODS.values()
-                          if not m.video_only and m.weights is None)
+def default_methods(video: bool) -> tuple[str, ...]:
+    """The tools' default `--methods` for an image or a video model: every entry that runs without
+    trained weights of its own (SPViT / SViT need their checkpoint's selectors: offered by name),
+    the frame comparisons (RLT) on video only."""
+    return tuple(m.name for m in METHODS.values()
+                 if m.weights is None and (video or not m.video_only))
+
+
+ANY_MODEL_METHODS = default_methods(video=False)
 SELECTORS = {m.selector: m for e in METHODS.values()  # model-side name -> method (+ topk twins)
              for m in (e, e.topk) if m is not None}
 
