@@ -92,8 +92,9 @@ def test_eval_cli_matched_keep_ratio_and_reports(tmp_path):
     res = json.loads((tmp_path / "one" / "results.json").read_text())
     assert res["num_videos"] == 7 and res["failed_videos"] == []
     methods = res["methods"]
+    # the default list on a video model: every method that needs no trained selectors of its own
     assert set(methods) == {"original", "interpreter", "random", "attention", "temporal_difference",
-                            "tome", "evit"}
+                            "tome", "evit", "rlt", "rlt_threshold"}
     interp_ratio = methods["interpreter"]["kept_ratio"]
     assert 0.05 < interp_ratio < 0.95
     n = 2 * 2 * 2  # patch tokens: 2 frames of a 2x2 grid
