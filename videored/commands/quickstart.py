@@ -10,7 +10,13 @@
    three-crop video-1 inference, plus the interpretability metric against the object masks:
    one `videored eval` job; `original` and the baselines use the dense weights, the
    interpreter the IA-RED² ones (paper Table 4);
-4. draws per-frame redundancy figures for a few test videos.
+4. draws per-frame redundancy figures for a few test videos;
+5. with --peers: trains SPViT and SViT through their recipes from the dense model
+   (configs/quickstart/jointst_tiny_synth_{spvit,svit}.yaml, OUT/train/{spvit,svit}) and evaluates
+   each at the interpreter's mean kept ratio (matched ratio) and at the kept ratio whose predicted
+   GMACs equal the interpreter's mean GMACs (matched cost, `budget.setting_for_gmacs`); their rows
+   join results.json / results.md as "spvit @ ratio", "spvit @ gmacs", ... (OUT/peers/ holds the
+   four evals).
 Training and evaluation go through submitit's local executor with the same job class the SLURM launcher
 submits (`videored.launch.VideoredJob`); their logs are streamed here and kept in OUT/logs.
 Leaves OUT/results.json, OUT/results.md, OUT/figures/, OUT/logs/ and OUT/model.pt.
@@ -27,10 +33,11 @@ from pathlib import Path
 
 DEFAULT_CONFIG = Path("quickstart/jointst_tiny_synth.yaml")  # packaged: videored/configs/
 # The comparison: every method any model runs, plus RLT (training-free, video: at the
-# interpreter's kept ratio, clip by clip). SPViT and SViT are left out: each needs its own
-# training job (docs/models.md, "SPViT and SViT in the quickstart").
+# interpreter's kept ratio, clip by clip). SPViT and SViT need their own training jobs: only
+# with --peers (PEERS; docs/models.md "RLT, SPViT and SViT").
 QUICKSTART_METHODS = ("original", "interpreter", "random", "attention", "temporal_difference",
                       "tome", "evit", "rlt")
+PEERS = ("spvit", "svit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", type=int, default=5,
                    help="test videos to draw, one per class in turn (default: every class once)")
+    p.add_argument("--peers", action="store_true",
+                   help="also train SPViT and SViT from the dense model and add their rows at the "
+                        "interpreter's kept ratio and at its GMACs (about +2.5 min on 2 cores)")
     p.add_argument("--cluster", default="local", choices=["local", "debug"],
                    help="submitit executor: local processes (default) or this process")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -64,6 +74,12 @@ def main(args: argparse.Namespace) -> int:
         args.config = resolve_config_path(args.config).resolve()
     except ConfigError as err:
         print(f"videored quickstart: {err}", file=sys.stderr)
+        return 2
+    peer_configs = {name: args.config.with_name(f"{args.config.stem}_{name}.yaml") for name in PEERS}
+    missing = [str(c) for c in peer_configs.values() if not c.is_file()]
+    if args.peers and missing:
+        print(f"videored quickstart: --peers needs the peers' training configs next to "
+              f"{args.config}: {', '.join(missing)} not found", file=sys.stderr)
         return 2
     out = args.out.resolve()
     data, train_dir, logs = out / "data", out / "train", out / "logs"
@@ -124,14 +140,68 @@ def main(args: argparse.Namespace) -> int:
     step("figures")
 
     results = json.loads((out / "results.json").read_text())
+    if args.peers:
+        print(f"[quickstart] 5/5 peers: {', '.join(PEERS)} from the dense model, at the "
+              "interpreter's kept ratio and GMACs", flush=True)
+        for name in PEERS:
+            peer_dir = train_dir / name
+            run_local_job(["train", "--config", str(peer_configs[name]),
+                           "--out", str(peer_dir), "--resume", "auto", *overrides,
+                           f"model.pretrained_path={dense_dir / 'model.pt'}"], logs,
+                          cluster=args.cluster)
+            for match, ratio in peer_budgets(results, name, peer_dir / "model.pt").items():
+                peer_out = out / "peers" / f"{name}_{match}"
+                run_local_job(["eval", "--checkpoint", str(peer_dir / "model.pt"),
+                               "--out", str(peer_out), "--methods", name,
+                               "--kept-ratio", repr(ratio), "--interpretability",
+                               f"data.root={data}", "data.num_workers=1"], logs,
+                              cluster=args.cluster)
+                add_peer_row(results, name, match, ratio,
+                             json.loads((peer_out / "results.json").read_text()))
+        step("peers")
     results["quickstart_seconds"] = {**times, "total": round(time.perf_counter() - start, 1)}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    from videored.engine.run_eval import write_reports
+
+    write_reports(results, out)  # results.md re-rendered: the peers' rows join the table
     print("\n" + (out / "results.md").read_text())
     for line in method_checks(results):
         print(line)
     print(f"\n[quickstart] total {results['quickstart_seconds']['total'] / 60:.1f} min; "
           f"everything is in {out}")
     return 0
+
+
+def peer_budgets(results: dict, name: str, checkpoint: Path) -> dict[str, float]:
+    """The kept ratios a trained peer (spvit / svit) runs at: "ratio" = the interpreter's mean
+    kept ratio; "gmacs" = the ratio whose predicted GMACs (the method's cost formula on this
+    model, no forward) come closest to the interpreter's mean GMACs; where even kept ratio 0
+    costs more (the blocks before a peer's first stage run every token), that is ratio 0, the
+    peer's cheapest setting, and its row shows the GFLOPs it really costs."""
+    import torch
+
+    from videored.models import load_model_file
+    from videored.models.budget import setting_for_gmacs
+    from videored.models.methods import get_method
+
+    interpreter = results["methods"]["interpreter"]
+    model = load_model_file(checkpoint)
+    target = torch.tensor([float(interpreter["gflops"])], dtype=torch.float64)
+    at_cost = float(setting_for_gmacs(model, get_method(name), target)[0])
+    return {"ratio": float(interpreter["kept_ratio"]), "gmacs": at_cost}
+
+
+def add_peer_row(results: dict, name: str, match: str, ratio: float, peer: dict) -> str:
+    """Put peer eval `peer` (its results.json: one method, `name`, at a fixed kept ratio) into
+    the quickstart's results as the row "<name> @ <match>"; returns the row's name."""
+    row = f"{name} @ {match}"
+    results["methods"][row] = {**peer["methods"][name], "budget_kept_ratio": ratio}
+    if name in peer.get("interpretability", {}):
+        results.setdefault("interpretability", {})[row] = peer["interpretability"][name]
+    results.setdefault("peers", {})[row] = {
+        "method": name, "match": match, "kept_ratio_budget": ratio,
+        "interpreter_kept_ratio": results["methods"]["interpreter"]["kept_ratio"],
+        "interpreter_gflops": results["methods"]["interpreter"]["gflops"]}
+    return row
 
 
 def one_per_class(csv_path: Path, count: int) -> list[tuple[str, int]]:

@@ -179,11 +179,22 @@ def param_groups(model: nn.Module, params: Iterable[nn.Parameter], weight_decay:
 
 
 def build_optimizer(model: nn.Module, params: Iterable[nn.Parameter], cfg: DictConfig, lr: float,
-                    kind: str = "") -> torch.optim.Optimizer:
+                    kind: str = "", lr_scales: dict[int, float] | None = None
+                    ) -> torch.optim.Optimizer:
     """SGD / Adam / AdamW of `cfg.optim` over `params` (the stage's trainable parameters);
-    interpreter stages use `optim.interpreter_optimizer` when it is set."""
+    interpreter stages use `optim.interpreter_optimizer` when it is set.
+
+    lr_scales {id(parameter): multiple} (`stages.lr_scales`: a learned pruner's selectors):
+    those parameters get their own param groups at lr · multiple, after the stage-lr groups
+    (group 0 stays at the stage lr, which `build_scheduler` reads as the peak; the schedule
+    multiplies every group by the same factor)."""
     o = cfg.optim
-    groups = param_groups(model, params, o.weight_decay)
+    params = list(params)
+    scales = {id(p): lr_scales[id(p)] for p in params if lr_scales and id(p) in lr_scales}
+    groups = param_groups(model, [p for p in params if id(p) not in scales], o.weight_decay)
+    for scale in sorted(set(scales.values())):
+        mine = [p for p in params if scales.get(id(p)) == scale]
+        groups += [{**g, "lr": lr * scale} for g in param_groups(model, mine, o.weight_decay)]
     name = o.interpreter_optimizer if kind == "interpreter" and o.interpreter_optimizer else o.name
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)

@@ -112,10 +112,13 @@ class ScheduleConfig:
     kept_ratio: float = 1.0
     keep_warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 0.0])
     # learned pruners (reduction spvit / svit, their table entry's train_recipe): per-stage keep
-    # targets and loss weights; None: the recipe's (SPViT 0.7^s, 2.0, 0.5; SViT 0.7^(j+1), 4.0, 0)
+    # targets and loss weights; None: the recipe's (SPViT 0.7^s, 2.0, 0.5, token 0.5; SViT
+    # 0.7^(j+1), 4.0, 0, 0); selector_lr_scale: the pruner weights' lr / the stage lr (recipe: 1)
     pruner_targets: Optional[list[float]] = None
     ratio_weight: Optional[float] = None
     distill_weight: Optional[float] = None
+    token_distill_weight: Optional[float] = None
+    selector_lr_scale: Optional[float] = None
 
 
 @dataclass

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from videored.models.methods import PrunerRecipe, get_method
-from videored.models.pruning_losses import check_targets, keep_ratio_loss, logits_kl
+from videored.models.pruning_losses import check_targets, keep_ratio_loss, logits_kl, token_mse
 
 from .reinforce import leave_one_out_advantage, policy_loss, reward, self_critical_advantage
 
@@ -174,13 +174,21 @@ def classification_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stag
 
 @dataclass(frozen=True)
 class PrunerTraining:
-    """A pruner's recipe resolved for one run: per-stage targets and loss weights (the table
-    entry's `train_recipe`, overridden by schedule.pruner_targets / ratio_weight /
-    distill_weight)."""
+    """A pruner's recipe resolved for one run: per-stage targets, loss weights and the pruner
+    weights' lr scale (the table entry's `train_recipe`, overridden by schedule.pruner_targets /
+    ratio_weight / distill_weight / token_distill_weight / selector_lr_scale)."""
     recipe: PrunerRecipe
     targets: list[float]
     ratio_weight: float
     distill_weight: float
+    token_distill_weight: float = 0.0
+    selector_lr_scale: float = 1.0
+    weights: str | None = None  # the model.pruners key of the pruner's own weights
+
+    @property
+    def distils(self) -> bool:
+        """True when a dense teacher is needed (either distillation term has weight)."""
+        return self.distill_weight > 0 or self.token_distill_weight > 0
 
 
 def pruner_training(cfg: DictConfig, model: nn.Module) -> PrunerTraining | None:
@@ -195,18 +203,37 @@ def pruner_training(cfg: DictConfig, model: nn.Module) -> PrunerTraining | None:
         raise ValueError(f"schedule.reduction={s.reduction}: {why}")
     stages = len(model.pruner_blocks[method.weights])
     targets = recipe.targets(stages) if s.pruner_targets is None else list(s.pruner_targets)
+
+    def pick(key: str) -> float:  # the config's value, else the recipe's
+        value = s.get(key)
+        value = getattr(recipe, key) if value is None else float(value)
+        if value < 0 or (key == "selector_lr_scale" and value == 0):
+            raise ValueError(f"schedule.{key} = {value}: must be "
+                             f"{'> 0' if key == 'selector_lr_scale' else '>= 0'}")
+        return value
+
     return PrunerTraining(
         recipe=recipe, targets=check_targets(targets, stages, "schedule.pruner_targets"),
-        ratio_weight=recipe.ratio_weight if s.ratio_weight is None else float(s.ratio_weight),
-        distill_weight=recipe.distill_weight if s.distill_weight is None
-        else float(s.distill_weight))
+        ratio_weight=pick("ratio_weight"), distill_weight=pick("distill_weight"),
+        token_distill_weight=pick("token_distill_weight"),
+        selector_lr_scale=pick("selector_lr_scale"), weights=method.weights)
+
+
+def lr_scales(model: nn.Module, training: PrunerTraining | None) -> dict[int, float]:
+    """{id(parameter): lr multiple} for `build_optimizer`: the pruner's own weights at
+    selector_lr_scale (SPViT trains its selectors faster than the backbone); empty when every
+    parameter trains at the stage lr."""
+    if training is None or training.selector_lr_scale == 1.0:
+        return {}
+    return {id(p): training.selector_lr_scale
+            for p in model.pruners[training.weights].parameters()}
 
 
 def dense_teacher(model: nn.Module, training: PrunerTraining | None) -> nn.Module | None:
     """A frozen copy of the starting weights (SPViT's distillation teacher: the dense model it
     starts from), or None when the recipe distils nothing. Made before any resume loads newer
     weights, so a resumed run distils from the same teacher."""
-    if training is None or training.distill_weight <= 0:
+    if training is None or not training.distils:
         return None
     teacher = copy.deepcopy(model).eval()
     return teacher.requires_grad_(False)
@@ -216,9 +243,12 @@ def pruner_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: Stage
                 training: PrunerTraining, teacher: nn.Module | None,
                 **forward: object) -> StepResult:
     """CE + ratio_weight · keep-ratio loss (per-stage decisions toward the targets) +
-    distill_weight · KL to the dense teacher's logits. forward: the recipe's selector (the
-    pruner's own Gumbel decisions in train mode)."""
-    out = model(x, active_groups=stage.active_groups, **forward)
+    distill_weight · KL to the dense teacher's logits + token_distill_weight · MSE between the
+    student's kept patch tokens and the teacher's at the same positions (after the final norm;
+    SPViT's / DynamicViT's token distillation). forward: the recipe's selector (the pruner's own
+    Gumbel decisions in train mode)."""
+    tokens = teacher is not None and training.token_distill_weight > 0
+    out = model(x, active_groups=stage.active_groups, return_tokens=tokens, **forward)
     if out.decisions is None:
         raise ValueError(f"{forward.get('selector')}: the forward returned no pruning decisions")
     ce = F.cross_entropy(out.logits.float(), y)
@@ -228,10 +258,14 @@ def pruner_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: Stage
     sums = {"ce": ce.detach() * B, "ratio_loss": ratio.detach().float() * B}
     if teacher is not None:
         with torch.no_grad():
-            dense = teacher(x, selector="none").logits
-        distill = logits_kl(out.logits.float(), dense.float())
+            dense = teacher(x, selector="none", return_tokens=tokens)
+        distill = logits_kl(out.logits.float(), dense.logits.float())
         loss = loss + training.distill_weight * distill
         sums["distill"] = distill.detach() * B
+        if tokens:  # the patches the student kept to the end (its package row has no position)
+            token = token_mse(out.tokens.float(), dense.tokens.float(), out.keep[-1])
+            loss = loss + training.token_distill_weight * token
+            sums["token_distill"] = token.detach() * B
     # the kept ratio of each stage's decisions (what the ratio loss pushes toward its target)
     for s, d in enumerate(out.decisions):
         sums[f"kept{s}"] = d.detach().float().mean(1).sum()

@@ -38,6 +38,7 @@ from .run_folder import claim_run_folder
 from .sampler import ResumableSampler
 from .substitutions import SubstitutionTally
 from .stages import (Stage, StepResult, classification_step, dense_teacher, interpreter_step,
+                     lr_scales,
                      plan_stages, pruner_step, pruner_training,
                      set_train_mode, trainable_parameters)
 from .validation import validate
@@ -186,7 +187,8 @@ class Trainer:
         params = trainable_parameters(self.model, stage)
         global_batch = self.batch * self.dist.world_size
         lr = stage_lr(self.cfg, stage.kind, global_batch)
-        optimizer = build_optimizer(self.model, params, self.cfg, lr, stage.kind)
+        optimizer = build_optimizer(self.model, params, self.cfg, lr, stage.kind,
+                                    lr_scales(self.model, self.pruning))
         total = stage.epochs * self.steps_per_epoch
         scheduler = build_scheduler(optimizer, self.cfg, total, self.steps_per_epoch)
         net = self.model

@@ -90,12 +90,21 @@ class PrunerRecipe:
 
         ratio_weight · keep_ratio_loss(out.decisions, targets(S))        (S stages / gates)
       + distill_weight · logits_kl(out.logits, the dense starting model's logits)
+      + token_distill_weight · token_mse(the kept patch tokens after the final norm, the dense
+                                         model's tokens at the same positions)
 
-    Config overrides: schedule.pruner_targets, schedule.ratio_weight, schedule.distill_weight."""
+    selector_lr_scale: the pruner's own weights (`model.pruners[weights]`) train at this
+    multiple of the stage lr, in their own optimizer param groups (SPViT's reference trains its
+    selectors at 100x the backbone's lr; configs set it, the recipe's default is 1: one lr).
+
+    Config overrides: schedule.pruner_targets, schedule.ratio_weight, schedule.distill_weight,
+    schedule.token_distill_weight, schedule.selector_lr_scale."""
     selector: str
     targets: Callable[[int], list[float]]
     ratio_weight: float
     distill_weight: float = 0.0
+    token_distill_weight: float = 0.0
+    selector_lr_scale: float = 1.0
 
 
 def _no_macs(n: torch.Tensor, dim: int) -> torch.Tensor:
@@ -358,8 +367,10 @@ def _svit_macs(model, kept_ratio: float) -> float:
 # SPViT's reference recipe (docs/peers_spvit_svit.md): targets 0.7^s at its 3 stages, ratio loss
 # weight 2.0 (DynamicViT's), KL distillation from the dense model at 0.5. SViT: targets 0.7^(j+1)
 # over its 3 gate groups, ratio weight 4.0 (unverified: its script takes it as a flag), no teacher.
+# SPViT's reference loss (DynamicViT's `DistillDiffPruningLoss` with mse_token): ratio 2.0, the
+# same 0.5 on the logits KL and on the kept tokens' MSE
 SPVIT_RECIPE = PrunerRecipe("spvit_native", spvit.spvit_targets, ratio_weight=2.0,
-                            distill_weight=0.5)
+                            distill_weight=0.5, token_distill_weight=0.5)
 SVIT_RECIPE = PrunerRecipe("svit_native", svit.svit_targets, ratio_weight=4.0)
 
 METHODS: dict[str, Method] = {m.name: m for m in (

@@ -207,10 +207,16 @@ def rows_at_positions(tokens: MergedTokens, num_patches: int) -> torch.Tensor:
     """The patch rows put back at their original positions: (B, N, D), zeros where a patch has
     no row of its own (pruned into the package, or never kept). What SPViT's token distillation
     (`pruning_losses.token_mse`) compares with the dense model's tokens."""
-    B, n, D = tokens.x.shape
-    col = torch.where(tokens.index >= 0, tokens.index, torch.full_like(tokens.index, num_patches))
-    out = tokens.x.new_zeros(B, num_patches + 1, D)
-    return out.scatter(1, col.unsqueeze(-1).expand(-1, -1, D), tokens.x)[:, :num_patches]
+    return rows_to_positions(tokens.x, tokens.index, num_patches)
+
+
+def rows_to_positions(x: torch.Tensor, index: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """x (B, n, D) rows, index (B, n) long original patch of each row (-1: none) -> (B, N, D)
+    with zeros where no row stands."""
+    B, n, D = x.shape
+    col = torch.where(index >= 0, index, torch.full_like(index, num_patches))
+    out = x.new_zeros(B, num_patches + 1, D)
+    return out.scatter(1, col.unsqueeze(-1).expand(-1, -1, D), x)[:, :num_patches]
 
 
 # ---------------------------------------------------------------------------- the forward
@@ -405,5 +411,5 @@ def _run_train(blocks, seq, selectors, stages, *, normalize, generator, tau):
 
 
 __all__ = ["PolicyAttend", "PruneRun", "SPViTSelector", "budget_counts", "check_stages",
-           "rows_at_positions", "run_spvit", "selector_macs", "spvit_blocks", "spvit_budget_macs", "spvit_macs",
+           "rows_at_positions", "rows_to_positions", "run_spvit", "selector_macs", "spvit_blocks", "spvit_budget_macs", "spvit_macs",
            "spvit_targets"]

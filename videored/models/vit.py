@@ -26,7 +26,7 @@ from .embedding import SpaceTimeEmbedding
 from .interpreter import MultiHeadInterpreter
 from .methods import SELECTORS, SelectionInput
 from .rlt import RLT_THRESHOLD, LengthEmbedding, pixel_patches, run_lengths
-from .spvit import SPViTSelector, spvit_blocks
+from .spvit import SPViTSelector, rows_to_positions, spvit_blocks
 from .svit import SViTGate, svit_blocks
 from .ragged import check_ragged, run_blocks
 from .tokens import TokenSet, full_token_set, gather_kept, scatter_to_positions
@@ -55,6 +55,10 @@ class ReductionOutput:
     decisions  learned pruners only (spvit, svit): per stage (B, N) float keep decisions at
             original positions, carrying the straight-through gradient in training (what the
             keep-ratio loss reads, `pruning_losses.keep_ratio_loss`); None otherwise
+    tokens  only with forward(return_tokens=True): (B, N, D) the patch tokens after the final
+            norm at their original positions, zeros where no row of its own stands (dropped,
+            merged, folded into a package): what SPViT's token distillation compares
+            (`pruning_losses.token_mse`); None otherwise
 
     The in-block reducers report per stage instead of per group (merge_blocks.run_tome /
     run_evit); their keep marks the positions the rows stand at, so kept_ratio is rows / N
@@ -66,6 +70,7 @@ class ReductionOutput:
     gflops: torch.Tensor
     source: torch.Tensor | None = None
     decisions: list[torch.Tensor] | None = None
+    tokens: torch.Tensor | None = None
 
     @property
     def kept_ratio(self) -> torch.Tensor:
@@ -221,7 +226,8 @@ class TokenReductionViT(nn.Module):
                 selector: str | None = None, setting: float | torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
                 random_seeds: torch.Tensor | None = None,
-                keep_ratio: float | torch.Tensor | None = None) -> ReductionOutput:
+                keep_ratio: float | torch.Tensor | None = None,
+                return_tokens: bool = False) -> ReductionOutput:
         """x (B, C, T, H, W) for video, (B, C, H, W) for images.
 
         sample: the last active group's interpreter samples u ~ Bernoulli(I) (training);
@@ -236,24 +242,27 @@ class TokenReductionViT(nn.Module):
             RNG for samples, a generator seeded with `seed` for the random selector).
         random_seeds: (B,) per-sample seeds for the random selector: masks that do not depend
             on batch composition (sharded evaluation).
+        return_tokens: also return the final patch tokens (`ReductionOutput.tokens`; the norm
+            already runs on every row, so outputs and costs are the same either way).
         """
-        features, scores, keep, macs, source, decisions = self.forward_features(
+        features, scores, keep, macs, source, decisions, tokens = self.forward_features(
             x, sample=sample, active_groups=active_groups, selector=selector,
             setting=setting, generator=generator, random_seeds=random_seeds,
-            keep_ratio=keep_ratio)
+            keep_ratio=keep_ratio, return_tokens=return_tokens)
         logits = self.forward_head(features)
         return ReductionOutput(logits=logits, scores=scores, keep=keep,
                                gflops=to_gmacs(macs + head_macs(self)), source=source,
-                               decisions=decisions)
+                               decisions=decisions, tokens=tokens)
 
     def forward_features(self, x: torch.Tensor, *, sample: bool = False,
                          active_groups: int | None = None, selector: str | None = None,
                          setting: float | torch.Tensor | None = None,
                          generator: torch.Generator | None = None,
                          random_seeds: torch.Tensor | None = None,
-                         keep_ratio: float | torch.Tensor | None = None):
+                         keep_ratio: float | torch.Tensor | None = None,
+                         return_tokens: bool = False):
         """-> (cls features (B, D), scores per group, keep per group, MACs (B,), source or None,
-        decisions or None).
+        decisions or None, final patch tokens (B, N, D) or None (`ReductionOutput.tokens`)).
 
         In-block reducers (tome, evit; training-free or finetuned through) ignore sample and
         active_groups."""
@@ -280,9 +289,9 @@ class TokenReductionViT(nn.Module):
         # RLT compares pixels: (B, N, C*p*p) patches of the normalized clip, before the embedding
         pixels = pixel_patches(x, self.patch_size) if method.needs_pixels else None
         if method.reduce is not None:
-            features, scores, keep, cost, source, decisions = self._reduce_in_blocks(
-                method, cls, patches, setting)
-            return features, scores, keep, macs + cost, source, decisions
+            features, scores, keep, cost, source, decisions, final = self._reduce_in_blocks(
+                method, cls, patches, setting, return_tokens)
+            return features, scores, keep, macs + cost, source, decisions, final
         all_scores, all_keep = [], []
         for j in range(self.groups):
             blocks = self.group_blocks(j)
@@ -304,11 +313,16 @@ class TokenReductionViT(nn.Module):
             macs = macs + group_macs(scoring, tokens.counts(), len(blocks), self.embed_dim,
                                      self.mlp_ratio)
             cls, tokens = self._run_blocks(blocks, cls, tokens)
-        features = self.norm(torch.cat([cls, tokens.x], dim=1))[:, 0]  # norm is per token
-        return features, all_scores, all_keep, macs, None, None
+        normed = self.norm(torch.cat([cls, tokens.x], dim=1))  # norm is per token
+        final = None
+        if return_tokens:
+            index = torch.where(tokens.valid_mask, tokens.index, torch.full_like(tokens.index, -1))
+            final = rows_to_positions(normed[:, 1:], index, N)
+        return normed[:, 0], all_scores, all_keep, macs, None, None, final
 
     # ---- internals ----
-    def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, kept_ratio):
+    def _reduce_in_blocks(self, method, cls: torch.Tensor, patches: torch.Tensor, kept_ratio,
+                          return_tokens: bool = False):
         """An in-block reducer over all blocks (its setting is the kept ratio). A (B,)
         kept_ratio (matched budgets, one per clip) runs each distinct ratio as its own
         sub-batch: every clip is really reduced to its own count, and the sub-batches' results
@@ -316,19 +330,23 @@ class TokenReductionViT(nn.Module):
         ratios = kept_ratio.tolist() if isinstance(kept_ratio, torch.Tensor) else None
         if ratios is None or len(set(ratios)) == 1:
             run = method.reduce(self, cls, patches, ratios[0] if ratios else kept_ratio)
-            features = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))[:, 0]
+            normed = self.norm(torch.cat([run.cls, run.tokens.x], dim=1))  # (B, 1 + n, D)
+            features = normed[:, 0]
+            final = rows_to_positions(normed[:, 1:], run.tokens.index, patches.shape[1]) \
+                if return_tokens else None
             if isinstance(run.macs, torch.Tensor):  # learned pruners: per sample (B,)
                 macs = run.macs.to(device=cls.device, dtype=torch.float64)
             else:  # ToMe / EViT: every sample has the same count
                 macs = torch.full((cls.shape[0],), run.macs, dtype=torch.float64,
                                   device=cls.device)
             decisions = getattr(run, "decisions", None) or None  # learned pruners' (ST gradient)
-            return features, run.scores, run.keep, macs, run.tokens.source, decisions
+            return features, run.scores, run.keep, macs, run.tokens.source, decisions, final
         parts, order = [], []
         for ratio in sorted(set(ratios)):
             rows = torch.tensor([b for b, r in enumerate(ratios) if r == ratio],
                                 device=cls.device)
-            parts.append(self._reduce_in_blocks(method, cls[rows], patches[rows], ratio))
+            parts.append(self._reduce_in_blocks(method, cls[rows], patches[rows], ratio,
+                                                return_tokens))
             order.append(rows)
         inverse = torch.argsort(torch.cat(order))  # sub-batch rows back to batch order
 
@@ -342,7 +360,8 @@ class TokenReductionViT(nn.Module):
                 return None
             return [torch.cat([p[i][s] for p in parts])[inverse] for s in range(stages)]
 
-        return joined(0), per_stage(1), per_stage(2), joined(3), joined(4), per_stage(5)
+        return (joined(0), per_stage(1), per_stage(2), joined(3), joined(4), per_stage(5),
+                joined(6) if return_tokens else None)
 
     def _run_blocks(self, blocks: list[Block], cls: torch.Tensor, tokens: TokenSet):
         seq = torch.cat([cls, tokens.x], dim=1)  # (B, 1 + n, D)
