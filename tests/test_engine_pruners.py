@@ -44,14 +44,25 @@ def test_training_moves_each_stages_kept_ratio_toward_its_target(tmp_path, metho
     assert any(k.startswith(f"pruners.{method}.") for k in saved["model"])
 
 
-@pytest.mark.parametrize("method", ["spvit", "svit"])
-def test_pruner_training_resumes_exactly_after_a_kill(tmp_path, method):
+@pytest.mark.parametrize("method,extra", [("spvit", ()), ("svit", ()),
+                                          # the selectors in their own param groups at 10x lr
+                                          ("spvit", ("schedule.selector_lr_scale=10",
+                                                     "optim.lr=0.02"))])
+def test_pruner_training_resumes_exactly_after_a_kill(tmp_path, method, extra):
     data = random_tensor_file(tmp_path / "d.pt", n=16)
-    cfg = _cfg(data, method, "schedule.supervised_epochs=2", "run.ckpt_every_steps=1")
+    cfg = _cfg(data, method, "schedule.supervised_epochs=2", "run.ckpt_every_steps=1", *extra)
     straight = tmp_path / "straight"
     train(cfg, straight)
     run = kill_then_resume(cfg, tmp_path, 5)  # mid-epoch 2 (4 steps an epoch)
     assert_same_weights(straight / "model.pt", run / "model.pt")
+    if extra:  # every saved optimizer holds the two lrs (the schedule scales both alike)
+        files = sorted((run / "checkpoints").glob("*.pt"))
+        states = [torch.load(f, map_location="cpu", weights_only=False)["optimizer"] for f in files]
+        states = [s for s in states if s]
+        assert states
+        for state in states:
+            groups = state["param_groups"]
+            assert sorted({round(g["lr"] / groups[0]["lr"], 6) for g in groups}) == [1.0, 10.0]
 
 
 def test_recipe_is_a_field_of_the_table_entry_and_config_errors_name_the_key(tmp_path):
