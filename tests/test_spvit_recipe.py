@@ -187,3 +187,15 @@ def test_peer_budgets_match_the_interpreters_kept_ratio_and_gmacs(tmp_path):
     assert row == "spvit @ gmacs" and results["methods"][row]["budget_kept_ratio"] == 0.0
     assert results["interpretability"][row] == {"miou": 1.0}
     assert results["peers"][row]["interpreter_gflops"] == floor / 2
+
+
+def test_quickstart_peers_needs_the_peer_configs_next_to_the_config(tmp_path):
+    from _engine_utils import run_cli
+
+    config = tmp_path / "mine.yaml"
+    config.write_text("_base_: base.yaml\n")
+    proc = run_cli(["quickstart", "--out", str(tmp_path / "run"), "--config", str(config),
+                    "--peers"], timeout=120)
+    assert proc.returncode == 2
+    assert "mine_spvit.yaml" in proc.stderr and "--peers" in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
