@@ -61,7 +61,8 @@ def test_token_distillation_term_equals_a_hand_computation():
         torch.nn.init.zeros_(sel.out[-1].weight)
         sel.out[-1].bias.data = torch.tensor([30.0, -30.0])  # [keep, prune] logits
     with torch.no_grad():
-        student.blocks[1].mlp.fc2.weight.add_(0.05 * torch.randn_like(student.blocks[1].mlp.fc2.weight))
+        fc2 = student.blocks[1].mlp.fc2.weight
+        fc2.add_(0.05 * torch.randn_like(fc2))
     student.train()
     x = torch.randn(3, 3, 2, 32, 32)
     cfg = tiny_config("data.root=x", "schedule.stages=[supervised]", "schedule.reduction=spvit",
@@ -81,7 +82,7 @@ def test_token_distillation_term_equals_a_hand_computation():
     torch.testing.assert_close(result.loss.detach(), ce.detach() + want, atol=1e-5, rtol=1e-4)
 
 
-def test_token_distillation_gradient_reaches_selectors_and_backbone_and_matches_finite_differences():
+def test_token_distillation_gradient_reaches_selectors_and_backbone_by_finite_differences():
     teacher = _model().double().eval()
     student = copy.deepcopy(teacher).train()
     for sel in student.pruners["spvit"]:
@@ -100,7 +101,8 @@ def test_token_distillation_gradient_reaches_selectors_and_backbone_and_matches_
 
     student.zero_grad()
     term().backward()
-    selector_grad = sum(p.grad.abs().sum() for p in student.pruners.parameters() if p.grad is not None)
+    selector_grad = sum(p.grad.abs().sum() for p in student.pruners.parameters()
+                        if p.grad is not None)
     assert selector_grad > 0  # through the package token and the straight-through decisions
     # a backbone weight after the last selector (block 3 of 4): decisions do not move with it,
     # so the term is smooth in it and autograd must equal central differences
@@ -124,7 +126,8 @@ def test_token_distillation_gradient_reaches_selectors_and_backbone_and_matches_
 def test_selector_lr_scale_gives_the_selectors_their_own_param_groups():
     model = _model()
     cfg = tiny_config("data.root=x", "schedule.stages=[supervised]", "schedule.reduction=spvit",
-                      "schedule.selector_lr_scale=100", "optim.name=adamw", "optim.weight_decay=0.05")
+                      "schedule.selector_lr_scale=100", "optim.name=adamw",
+                      "optim.weight_decay=0.05")
     training = pruner_training(cfg, model)
     params = trainable_parameters(model, SUPERVISED)
     opt = build_optimizer(model, params, cfg, 1e-3, "supervised", lr_scales(model, training))
@@ -149,7 +152,8 @@ def test_selector_lr_scale_gives_the_selectors_their_own_param_groups():
     assert lr_scales(model, plain) == {}
     with pytest.raises(ValueError, match="schedule.selector_lr_scale"):
         pruner_training(tiny_config("data.root=x", "schedule.stages=[supervised]",
-                                    "schedule.reduction=spvit", "schedule.selector_lr_scale=0"), model)
+                                    "schedule.reduction=spvit", "schedule.selector_lr_scale=0"),
+                        model)
 
 
 def test_dense_teacher_is_made_for_token_distillation_alone():

@@ -75,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"videored quickstart: {err}", file=sys.stderr)
         return 2
-    peer_configs = {name: args.config.with_name(f"{args.config.stem}_{name}.yaml") for name in PEERS}
+    peer_configs = {name: args.config.with_name(f"{args.config.stem}_{name}.yaml")
+                    for name in PEERS}
     missing = [str(c) for c in peer_configs.values() if not c.is_file()]
     if args.peers and missing:
         print(f"videored quickstart: --peers needs the peers' training configs next to "
@@ -84,13 +85,14 @@ def main(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     data, train_dir, logs = out / "data", out / "train", out / "logs"
     times: dict[str, float] = {}
+    steps = 5 if args.peers else 4
     start = time.perf_counter()
 
     def step(name: str) -> None:
         times[name] = round(time.perf_counter() - start - sum(times.values()), 1)
         print(f"[quickstart] {name} done in {times[name]:.0f} s", flush=True)
 
-    print(f"[quickstart] 1/4 synthetic videos -> {data}", flush=True)
+    print(f"[quickstart] 1/{steps} synthetic videos -> {data}", flush=True)
     if (data / "test.csv").is_file():
         print("[quickstart] dataset already there, reusing it", flush=True)
     else:
@@ -105,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     # Two jobs: the dense model (kept: it is the "original" of the table and the baselines'
     # weights, as in paper Table 4), then Algorithm 1 starting from it.
     dense_dir, iared2_dir = train_dir / "dense", train_dir / "iared2"
-    print("[quickstart] 2/4 training: dense (supervised), then interpreter (REINFORCE) -> "
+    print(f"[quickstart] 2/{steps} training: dense (supervised), then interpreter (REINFORCE) -> "
           "finetune", flush=True)
     run_local_job(["train", "--config", str(args.config), "--out", str(dense_dir),
                    "--resume", "auto", *overrides, "schedule.stages=[supervised]"], logs,
@@ -119,8 +121,8 @@ def main(args: argparse.Namespace) -> int:
     tmp = model_file.with_name("model.pt.tmp")
     shutil.copyfile(iared2_dir / "model.pt", tmp)
     os.replace(tmp, model_file)
-    print(f"[quickstart] 3/4 evaluation: {len(QUICKSTART_METHODS)} methods, clip-1 / video-1, "
-          "interpretability", flush=True)
+    print(f"[quickstart] 3/{steps} evaluation: {len(QUICKSTART_METHODS)} methods, clip-1 / "
+          "video-1, interpretability", flush=True)
     run_local_job(["eval", "--checkpoint", str(model_file), "--out", str(out),
                    "--methods", ",".join(QUICKSTART_METHODS),
                    "--dense-checkpoint", str(dense_dir / "model.pt"),
@@ -128,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
                   cluster=args.cluster)
     step("eval")
 
-    print(f"[quickstart] 4/4 figures -> {out / 'figures'}", flush=True)
+    print(f"[quickstart] 4/{steps} figures -> {out / 'figures'}", flush=True)
     from videored.cli import main as cli
     from videored.data.csv_list import write_video_list
 
@@ -141,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
 
     results = json.loads((out / "results.json").read_text())
     if args.peers:
-        print(f"[quickstart] 5/5 peers: {', '.join(PEERS)} from the dense model, at the "
+        print(f"[quickstart] 5/{steps} peers: {', '.join(PEERS)} from the dense model, at the "
               "interpreter's kept ratio and GMACs", flush=True)
         for name in PEERS:
             peer_dir = train_dir / name

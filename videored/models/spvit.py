@@ -411,5 +411,6 @@ def _run_train(blocks, seq, selectors, stages, *, normalize, generator, tau):
 
 
 __all__ = ["PolicyAttend", "PruneRun", "SPViTSelector", "budget_counts", "check_stages",
-           "rows_at_positions", "rows_to_positions", "run_spvit", "selector_macs", "spvit_blocks", "spvit_budget_macs", "spvit_macs",
+           "rows_at_positions", "rows_to_positions",
+           "run_spvit", "selector_macs", "spvit_blocks", "spvit_budget_macs", "spvit_macs",
            "spvit_targets"]
