@@ -147,3 +147,39 @@ def test_figures_take_one_video_per_class_in_turn(tmp_path):
     assert names(one_per_class(tmp_path / "test.csv", 5)) == [
         ("a.mp4", 0), ("d.mp4", 1), ("e.mp4", 2), ("b.mp4", 0), ("f.mp4", 1)]
     assert len(one_per_class(tmp_path / "test.csv", 99)) == 6  # every good row once
+
+
+@pytest.mark.slow
+def test_quickstart_peers_adds_spvit_and_svit_at_matched_ratio_and_cost(tmp_path):
+    """--peers on the tiny settings: SPViT and SViT trained from the dense model (1 epoch each),
+    their rows at the interpreter's kept ratio and at its GMACs (or their cheapest setting)."""
+    out = tmp_path / "run"
+    proc = run_cli(["quickstart", "--out", str(out), "--classes", str(CLASSES),
+                    "--videos-per-class", str(VIDEOS_PER_CLASS), "--figures", "1", "--peers",
+                    "schedule.supervised_epochs=1", "schedule.interpreter_epochs=1",
+                    "schedule.finetune_epochs=1", "data.num_workers=0", "data.batch_size=4",
+                    "model.kwargs={interpreter_init_keep: 0.25}", "run.progress=false"],
+                   timeout=500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    interp = results["methods"]["interpreter"]
+    rows = {f"{m} @ {k}" for m in ("spvit", "svit") for k in ("ratio", "gmacs")}
+    assert set(results["methods"]) == METHODS | rows and set(results["peers"]) == rows
+    table = (out / "results.md").read_text()
+    assert all(f"| {row} |" in table for row in rows)
+    assert "peers" in results["quickstart_seconds"]
+    model_cfg = results["config"]["model"]
+    n = model_cfg["num_frames"] * (model_cfg["img_size"] // 16) ** 2  # patch tokens
+    for name in ("spvit", "svit"):
+        saved = torch.load(out / "train" / name / "model.pt", map_location="cpu",
+                           weights_only=True)
+        assert any(k.startswith(f"pruners.{name}.") for k in saved["model"])
+        at_ratio = results["methods"][f"{name} @ ratio"]
+        at_cost = results["methods"][f"{name} @ gmacs"]
+        assert results["peers"][f"{name} @ ratio"]["kept_ratio_budget"] == interp["kept_ratio"]
+        assert abs(at_ratio["kept_ratio"] - interp["kept_ratio"]) <= 1.0 / n + 1e-9  # a token
+        if results["peers"][f"{name} @ gmacs"]["kept_ratio_budget"] > 0:  # reachable: matched
+            assert abs(at_cost["gflops"] - interp["gflops"]) <= 0.02 * interp["gflops"]
+        else:  # the pruner's cheapest setting costs more than the interpreter
+            assert at_cost["gflops"] > interp["gflops"]
+        assert at_cost["interpretability"]["samples"] == results["num_videos"]
