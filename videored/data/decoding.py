@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import VideoDecodeError
+from .reader import VideoReader
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def open_video(path: str | os.PathLike, backend: str = "auto", fallback: bool = 
     return _DecordThenPyAV(path)
 
 
-class _DecordThenPyAV:
+class _DecordThenPyAV(VideoReader):
     """decord, switching to PyAV for good at decord's first failure on this file."""
 
     def __init__(self, path: str):
@@ -155,14 +156,8 @@ class _DecordThenPyAV:
     def get_frames(self, indices: Sequence[int]) -> np.ndarray:
         return self._call("get_frames", indices)
 
-    def decode_all(self) -> int:
-        return self._call("decode_all")
+    def decode_all(self, chunk: int = 32) -> int:
+        return self._call("decode_all", chunk)
 
     def close(self) -> None:
         self._video.close()
-
-    def __enter__(self) -> "_DecordThenPyAV":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -13,9 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from .errors import VideoDecodeError, check_file, readable_error, validate_indices
+from .reader import VideoReader
 
 
-class DecordVideo:
+class DecordVideo(VideoReader):
     """An opened video read through decord."""
 
     def __init__(self, path: str):
@@ -43,13 +44,6 @@ class DecordVideo:
             raise VideoDecodeError(self.path, f"decoded {frames.shape[0]} of {len(idx)} frames")
         return frames
 
-    def decode_all(self, chunk: int = 32) -> int:
-        """Decode every frame (nothing kept); returns how many decoded. For integrity scans."""
-        done = 0
-        for start in range(0, self.num_frames, chunk):
-            done += self.get_frames(range(start, min(start + chunk, self.num_frames))).shape[0]
-        return done
-
     def _located_error(self, idx: list[int], error: BaseException) -> VideoDecodeError:
         """decord's batch error does not say which frame broke, and its decoder thread reads
         ahead, so where it gives up varies from run to run. PyAV decodes the same file frame by
@@ -69,9 +63,3 @@ class DecordVideo:
 
     def close(self) -> None:
         self._reader = None
-
-    def __enter__(self) -> "DecordVideo":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

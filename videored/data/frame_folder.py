@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import VideoDecodeError, validate_indices
+from .reader import VideoReader
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DAVIS_FPS = 24.0
@@ -45,7 +46,7 @@ def is_frame_folder(path: str | os.PathLike) -> bool:
     return bool(frame_files(path))
 
 
-class FrameFolderVideo:
+class FrameFolderVideo(VideoReader):
     """A frame folder opened like a video: frames 0..num_frames-1 in natural name order.
 
     Every error is a `VideoDecodeError` with `file_problem=True`: no other decoder can help."""
@@ -79,21 +80,6 @@ class FrameFolderVideo:
             raise VideoDecodeError(self.path, f"frames differ in size: {sorted(shapes)}",
                                    file_problem=True)
         return np.stack([frames[i] for i in idx])
-
-    def decode_all(self) -> int:
-        """Read every frame (nothing kept); returns how many were read. For integrity scans."""
-        for start in range(0, self.num_frames, 32):
-            self.get_frames(range(start, min(start + 32, self.num_frames)))
-        return self.num_frames
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "FrameFolderVideo":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 __all__ = ["DAVIS_FPS", "FRAME_SUFFIXES", "FrameFolderVideo", "frame_files", "is_frame_folder"]

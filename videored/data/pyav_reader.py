@@ -29,6 +29,7 @@ from av.video.reformatter import VideoReformatter
 
 from .errors import VideoDecodeError, check_file, readable_error, validate_indices
 from .packet_index import PacketIndex, cached_index
+from .reader import VideoReader
 
 # Decoders whose NONREF skipping is checked here bit for bit against a full decode (tests).
 SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
@@ -36,7 +37,7 @@ SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
 SEEK_GAP = 250
 
 
-class PyAVVideo:
+class PyAVVideo(VideoReader):
     """An opened video read through PyAV (FFmpeg). `skip_nonref=False` decodes every packet of a
     run (the reference path the tests compare against is `decode_sequential`)."""
 
@@ -198,8 +199,9 @@ class PyAVVideo:
                 self.path, f"stream ended before frame {missing[0]} (header says {self.num_frames} frames)")
         return found
 
-    def decode_all(self) -> int:
-        """Decode every frame (nothing kept, no RGB conversion); returns how many decoded."""
+    def decode_all(self, chunk: int = 32) -> int:
+        """Decode every frame in one sequential pass (nothing kept, no RGB conversion; `chunk`
+        unused); returns how many decoded."""
         self._container.seek(0)
         self._stream.codec_context.flush_buffers()
         done = 0
@@ -213,12 +215,6 @@ class PyAVVideo:
 
     def close(self) -> None:
         self._container.close()
-
-    def __enter__(self) -> "PyAVVideo":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _upright(frame, rgb24: VideoReformatter) -> np.ndarray:

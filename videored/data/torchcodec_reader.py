@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import VideoDecodeError, check_file, readable_error, validate_indices
+from .reader import VideoReader
 
 MISSING_FFMPEG = ("torchcodec could not be loaded ({error}). It needs FFmpeg's shared libraries "
                   "(versions 4-8) on the system: `apt-get install ffmpeg` (Debian/Ubuntu), `conda "
@@ -31,7 +32,7 @@ def import_torchcodec():
     return VideoDecoder
 
 
-class TorchCodecVideo:
+class TorchCodecVideo(VideoReader):
     """An opened video read through torchcodec (CPU decode)."""
 
     def __init__(self, path: str):
@@ -59,17 +60,5 @@ class TorchCodecVideo:
             raise VideoDecodeError(self.path, f"decode failed: {readable_error(e)}") from e
         return batch.numpy()[where]
 
-    def decode_all(self, chunk: int = 32) -> int:
-        done = 0
-        for start in range(0, self.num_frames, chunk):
-            done += len(self.get_frames(range(start, min(start + chunk, self.num_frames))))
-        return done
-
     def close(self) -> None:
         self._decoder = None
-
-    def __enter__(self) -> "TorchCodecVideo":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
