@@ -65,6 +65,7 @@ from torch import nn
 
 from . import flops
 from .block_adapter import PolicyAttend, block_forward  # PolicyAttend: re-exported
+from .budget import check_fraction
 from .evit import evit_schedule
 from .merge_blocks import MergeRun
 from .merging import MergedTokens
@@ -260,8 +261,8 @@ def run_spvit(blocks: Sequence[nn.Module], cls: torch.Tensor, patches: torch.Ten
     if train and kept_ratio is not None:
         raise ValueError("run_spvit: kept_ratio is an evaluation budget; training samples the "
                          "selectors' decisions (train=True, kept_ratio=None)")
-    if kept_ratio is not None and not 0.0 <= kept_ratio <= 1.0:
-        raise ValueError(f"run_spvit: kept_ratio must be in [0, 1], got {kept_ratio}")
+    if kept_ratio is not None:
+        check_fraction(kept_ratio, where="run_spvit")
     stages = check_stages(stage_blocks, len(blocks), len(selectors))
     B, N, D = patches.shape
     seq = run_blocks(blocks[:stages[0]], torch.cat([cls, patches], dim=1), None)

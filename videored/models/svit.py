@@ -43,6 +43,7 @@ from torch import nn
 
 from . import flops
 from .block_adapter import block_forward, sdpa_attend
+from .budget import check_fraction
 from .merging import unmerged
 from .pruning_losses import budget_keep, gumbel_keep
 from .ragged import run_blocks
@@ -89,8 +90,7 @@ def _gate_groups(gates: int, groups: int) -> list[int]:
 
 def budget_counts(num_patches: int, gates: int, kept_ratio: float, groups: int = 3) -> list[int]:
     """Patches each gate keeps at a kept-ratio budget: round(N · r^((j+1)/G)), at least 1."""
-    if not 0.0 <= kept_ratio <= 1.0:
-        raise ValueError(f"kept_ratio must be in [0, 1], got {kept_ratio}")
+    check_fraction(kept_ratio)
     G = min(groups, gates)
     return [max(round(num_patches * kept_ratio ** ((j + 1) / G)), 1)
             for j in _gate_groups(gates, groups)]
