@@ -60,8 +60,8 @@ def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
     if kept_ratios is not None:
         check_curve_request(kept_ratios, kept_ratio, match, methods, masks, interpretability)
     table1 = masks is not None
-    if methods is not None:  # a bad name is an error before anything loads
-        parse_methods(methods, explanations=table1)
+    # names checked before anything loads; the default list depends on the model (below)
+    names = parse_methods(methods, explanations=table1) if methods else None
     try:
         budget = Budget.of(kept_ratio, match)
     except ValueError as err:
@@ -70,8 +70,8 @@ def eval_command(*, checkpoint: str | Path, config: Optional[str | Path] = None,
         cfg = config_for_checkpoint(checkpoint, config, list(overrides))
     except (ConfigError, FileNotFoundError) as err:
         raise ConfigError(f"config error: {err}") from None
-    default = TABLE1_METHODS if table1 else default_methods(is_video_model(cfg.model.name))
-    names = parse_methods(methods or ",".join(default), explanations=table1)
+    if names is None:
+        names = list(TABLE1_METHODS if table1 else default_methods(is_video_model(cfg.model.name)))
     # Explanations need a kept fraction only where kept patches are scored (--protocol kept, or
     # kept-patch masks without --masks); the benchmark protocol thresholds their maps itself.
     kept_view = protocol == "kept" or not table1
